@@ -1,0 +1,136 @@
+//! Command-line interface. Every flag can also be set through the
+//! environment variable shown in `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::connection::ConnectionConfig;
+use crate::logging::LogFormat;
+use crate::room::RoomConfig;
+use crate::units::{parse_duration, parse_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crdt-hub",
+    version,
+    about = "A fast, durable Yjs sync server, compatible with y-websocket clients.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable text or one JSON object per line.
+    /// Verbosity follows RUST_LOG (default: info).
+    #[arg(
+        long,
+        global = true,
+        env = "CRDT_HUB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sync server.
+    ///
+    /// Clients connect with y-websocket:
+    /// new WebsocketProvider('ws://127.0.0.1:1234', 'my-room', doc)
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit (serve also does this at start).
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Where documents are stored: sqlite://PATH (an embedded file, created
+    /// on first use) or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://crdt-hub.db")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CRDT_HUB_BIND", default_value = "127.0.0.1:1234")]
+    pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Largest WebSocket message a client may send; bigger ones close the
+    /// connection with 1009.
+    #[arg(long, env = "CRDT_HUB_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// A room with no connection for this long is saved and unloaded from memory.
+    #[arg(long, env = "CRDT_HUB_ROOM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub room_idle_timeout: Duration,
+
+    /// Idle connections are pinged this often; one silent for two intervals is closed.
+    #[arg(long, env = "CRDT_HUB_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Frames queued for one client before it counts as too slow and is
+    /// closed with 1013 (it reconnects and resyncs; nothing is dropped).
+    #[arg(long, env = "CRDT_HUB_MAX_QUEUED_FRAMES", default_value = "2048")]
+    pub max_queued_frames: usize,
+
+    /// Longest a socket write may block before the client counts as dead.
+    #[arg(long, env = "CRDT_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Snapshots kept per room as version history.
+    #[arg(long, env = "CRDT_HUB_KEEP_SNAPSHOTS", default_value = "20")]
+    pub keep_snapshots: usize,
+
+    /// At shutdown, how long rooms wait for their connections to close
+    /// before saving anyway.
+    #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            idle_timeout: self.room_idle_timeout,
+            keep_snapshots: self.keep_snapshots.max(1),
+            shutdown_grace: self.shutdown_grace,
+            ..RoomConfig::default()
+        }
+    }
+
+    pub fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            outbox_capacity: self.max_queued_frames.max(1),
+            keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
+            write_timeout: self.write_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["crdt-hub", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.bind.to_string(), "127.0.0.1:1234");
+        assert_eq!(args.max_message_size, 16 << 20);
+        assert_eq!(args.room_idle_timeout, Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,42 @@
+//! WebSocket close codes the server uses, each with one meaning, so that a
+//! client (or an operator reading a capture) can tell why a socket closed.
+//! y-websocket clients reconnect after any close; the codes say whether
+//! that is expected to help.
+
+/// A close code with the reason text sent alongside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+}
+
+/// 1001: the server is shutting down; reconnect (to it or another node).
+pub const SHUTTING_DOWN: CloseReason = CloseReason::new(1001, "server shutting down");
+/// 1001: no sign of life from the client within the keepalive window.
+pub const KEEPALIVE_TIMEOUT: CloseReason = CloseReason::new(1001, "keepalive timeout");
+/// 1002: a frame that is not valid y-websocket protocol.
+pub const PROTOCOL_ERROR: CloseReason = CloseReason::new(1002, "malformed message");
+/// 1002: an update that decodes but cannot be applied to the document.
+pub const BAD_UPDATE: CloseReason = CloseReason::new(1002, "update could not be applied");
+/// 1003: y-websocket speaks binary frames only.
+pub const TEXT_FRAME: CloseReason = CloseReason::new(1003, "text frames are not supported");
+/// 1009: a frame larger than `--max-message-size`.
+pub const MESSAGE_TOO_BIG: CloseReason = CloseReason::new(1009, "message too big");
+/// 1011: the room failed internally and is being reloaded; reconnect.
+pub const ROOM_FAILED: CloseReason = CloseReason::new(1011, "room failed; reconnect to resync");
+/// 1013: the client did not read its updates fast enough and its outbound
+/// queue filled up. Nothing was dropped: it reconnects and resyncs.
+pub const SLOW_CONSUMER: CloseReason = CloseReason::new(
+    1013,
+    "slow consumer: outbound queue full; reconnect to resync",
+);
+/// 1013: the room's stored state could not be loaded; retry later. The
+/// server never serves an empty document in its place.
+pub const LOAD_FAILED: CloseReason =
+    CloseReason::new(1013, "room could not be loaded from storage; retry later");

@@ -1,0 +1,265 @@
+//! The room itself, free of any networking: it takes decoded messages from a
+//! peer and says which frames go to whom. The owner task drives it; unit
+//! tests and fuzz targets drive it directly.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use yrs::block::ClientID;
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::protocol::{self, ClientMessage, DocUpdate};
+
+/// Identifies one connection within the process.
+pub type PeerId = u64;
+
+/// What a peer may do in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// Syncs and shares awareness, but its document updates are dropped
+    /// (counted, never applied or broadcast).
+    ReadOnly,
+}
+
+/// What handling one input produced.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Frames for the peer that sent the input, in order.
+    pub to_sender: Vec<Bytes>,
+    /// Frames for every other peer of the room, in order.
+    pub to_others: Vec<Bytes>,
+    /// Document updates applied (Yjs v1), for persistence.
+    pub applied: Vec<Bytes>,
+    /// Updates refused because the peer may only read.
+    pub refused_read_only: usize,
+}
+
+/// A failure that ends the peer's connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("update could not be applied")]
+    Apply(#[source] yrs::error::UpdateError),
+    /// yrs panicked while changing the document: its state can no longer be
+    /// trusted, so the room must be torn down and reloaded from storage.
+    #[error("yrs panicked while applying an update; room state is untrustworthy")]
+    Poisoned,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    access: Access,
+    /// Awareness client ids this peer set, removed (and announced as removed)
+    /// when it leaves, as y-websocket does.
+    awareness_clients: HashSet<ClientID>,
+}
+
+/// One shared document and the peers editing it.
+pub struct Room {
+    awareness: Awareness,
+    peers: HashMap<PeerId, PeerState>,
+    /// The SyncStep2 answer to an empty state vector (every fresh client
+    /// asks for it), encoded once per document version, so that a join
+    /// storm encodes a large document once and not once per joiner.
+    full_state_frame: Option<Bytes>,
+    /// Updates applied since [`Room::mark_saved`].
+    unsaved_updates: u64,
+}
+
+impl Room {
+    pub fn new(doc: Doc) -> Self {
+        Self {
+            awareness: Awareness::new(doc),
+            peers: HashMap::new(),
+            full_state_frame: None,
+            unsaved_updates: 0,
+        }
+    }
+
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn unsaved_updates(&self) -> u64 {
+        self.unsaved_updates
+    }
+
+    pub fn mark_saved(&mut self) {
+        self.unsaved_updates = 0;
+    }
+
+    /// The whole document as one Yjs v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// Adds a peer and returns what it must be sent first: the server's
+    /// SyncStep1 (so the client answers with whatever it has that the server
+    /// lacks, e.g. offline edits) and the current awareness states.
+    pub fn join(&mut self, peer: PeerId, access: Access) -> Vec<Bytes> {
+        self.peers.insert(
+            peer,
+            PeerState {
+                access,
+                awareness_clients: HashSet::new(),
+            },
+        );
+        let sv = self.doc().transact().state_vector();
+        let mut greeting = vec![protocol::encode_sync_step1(&sv)];
+        if let Ok(states) = self.awareness.update() {
+            if !states.clients.is_empty() {
+                greeting.push(protocol::encode_awareness(&states));
+            }
+        }
+        greeting
+    }
+
+    /// Handles the messages of one frame from `peer`.
+    ///
+    /// # Errors
+    /// [`RoomError`] when an update fails to apply. Messages before the
+    /// failing one have taken effect; their effects are lost with the
+    /// connection, which is harmless: the peer resyncs on reconnect.
+    pub fn receive(
+        &mut self,
+        peer: PeerId,
+        messages: Vec<ClientMessage>,
+    ) -> Result<Effects, RoomError> {
+        let Some(access) = self.peers.get(&peer).map(|p| p.access) else {
+            return Ok(Effects::default());
+        };
+        let mut effects = Effects::default();
+        for message in messages {
+            match message {
+                ClientMessage::SyncStep1(sv) => effects.to_sender.push(self.sync_step2_for(&sv)),
+                ClientMessage::DocUpdate(update) => match access {
+                    Access::ReadWrite => self.apply(update, &mut effects)?,
+                    Access::ReadOnly => effects.refused_read_only += 1,
+                },
+                ClientMessage::Awareness(update) => {
+                    if let Some(frame) = self.apply_awareness(peer, update) {
+                        effects.to_others.push(frame);
+                    }
+                }
+                ClientMessage::AwarenessQuery => {
+                    if let Ok(states) = self.awareness.update() {
+                        effects.to_sender.push(protocol::encode_awareness(&states));
+                    }
+                }
+                ClientMessage::Ignored { .. } => {}
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Applies an update that did not come from a peer (HTTP API, another
+    /// node, a restore) and returns the frames for every peer.
+    ///
+    /// # Errors
+    /// As [`Room::receive`].
+    pub fn apply_external(&mut self, update: DocUpdate) -> Result<Effects, RoomError> {
+        let mut effects = Effects::default();
+        self.apply(update, &mut effects)?;
+        Ok(effects)
+    }
+
+    /// Removes a peer; its awareness states are cleared and the removal is
+    /// announced to the others.
+    pub fn leave(&mut self, peer: PeerId) -> Effects {
+        let mut effects = Effects::default();
+        let Some(state) = self.peers.remove(&peer) else {
+            return effects;
+        };
+        let clients: Vec<ClientID> = state.awareness_clients.into_iter().collect();
+        if clients.is_empty() {
+            return effects;
+        }
+        for &client in &clients {
+            self.awareness.remove_state(client);
+        }
+        if let Ok(removal) = self.awareness.update_with_clients(clients) {
+            effects.to_others.push(protocol::encode_awareness(&removal));
+        }
+        effects
+    }
+
+    fn sync_step2_for(&mut self, sv: &StateVector) -> Bytes {
+        if sv.is_empty() {
+            if let Some(frame) = &self.full_state_frame {
+                return frame.clone();
+            }
+            let frame = protocol::encode_sync_step2(&self.encode_state());
+            self.full_state_frame = Some(frame.clone());
+            return frame;
+        }
+        let diff = self.doc().transact().encode_state_as_update_v1(sv);
+        protocol::encode_sync_step2(&diff)
+    }
+
+    fn apply(&mut self, update: DocUpdate, effects: &mut Effects) -> Result<(), RoomError> {
+        let DocUpdate { update, encoded } = update;
+        let doc = self.awareness.doc();
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update)
+        }));
+        match applied {
+            Err(_) => return Err(RoomError::Poisoned),
+            Ok(Err(e)) => return Err(RoomError::Apply(e)),
+            Ok(Ok(())) => {}
+        }
+        self.full_state_frame = None;
+        self.unsaved_updates += 1;
+        effects.to_others.push(protocol::encode_update(&encoded));
+        effects.applied.push(encoded);
+        Ok(())
+    }
+
+    /// Applies an awareness update from `peer` and returns the frame that
+    /// tells the others what changed, if anything did.
+    fn apply_awareness(&mut self, peer: PeerId, update: AwarenessUpdate) -> Option<Bytes> {
+        let summary = self.awareness.apply_update_summary(update).ok()??;
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state
+                .awareness_clients
+                .extend(summary.added.iter().chain(&summary.updated).copied());
+            for removed in &summary.removed {
+                state.awareness_clients.remove(removed);
+            }
+        }
+        let changed = summary.all_changes();
+        let update = self.awareness.update_with_clients(changed).ok()?;
+        Some(protocol::encode_awareness(&update))
+    }
+}
+
+/// Builds a document from stored data: a snapshot and the log after it.
+///
+/// # Errors
+/// The first stored blob that does not decode or apply, with its position.
+pub fn doc_from_updates<'a>(
+    updates: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Doc, (usize, String)> {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for (index, bytes) in updates.into_iter().enumerate() {
+            let update = catch_unwind(|| Update::decode_v1(bytes))
+                .map_err(|_| (index, "decoder panicked".to_string()))?
+                .map_err(|e| (index, e.to_string()))?;
+            catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)))
+                .map_err(|_| (index, "apply panicked".to_string()))?
+                .map_err(|e| (index, e.to_string()))?;
+        }
+    }
+    Ok(doc)
+}

@@ -1,0 +1,13 @@
+//! Rooms: the sans-IO document logic ([`core`]), the task that owns each
+//! room ([`owner`]), and the registry that creates each room exactly once
+//! ([`registry`]).
+
+pub mod core;
+mod owner;
+pub mod peer;
+mod registry;
+
+pub use self::core::{Access, Effects, PeerId, Room, RoomError};
+pub use owner::{JoinRefused, RoomCommand, RoomConfig};
+pub use peer::{CloseSignal, PeerLink};
+pub use registry::{RoomHandle, Rooms};

@@ -1,0 +1,107 @@
+//! Room lifecycle: created once, unloaded when idle, slow peers closed.
+
+use std::time::Duration;
+
+use crdt_hub::connection::ConnectionConfig;
+use crdt_hub::room::RoomConfig;
+use futures_util::future::join_all;
+
+use crate::support::{ServerOptions, TestServer, YClient};
+
+#[tokio::test]
+async fn many_clients_joining_a_cold_room_at_once_converge() {
+    let server = TestServer::start().await;
+    let url = server.url("cold");
+    let clients = join_all((0..40).map(|_| YClient::connect(&url))).await;
+    assert_eq!(server.app.rooms.len(), 1, "one room, created once");
+    let mut clients = clients;
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.insert("t", 0, &format!("<{i}>")).await;
+    }
+    let expected_len: usize = (0..40).map(|i| format!("<{i}>").len()).sum();
+    for client in &mut clients {
+        client
+            .until("every insert", |c| c.text("t").len() == expected_len)
+            .await;
+    }
+    let first = clients[0].text("t");
+    for client in &clients {
+        assert_eq!(client.text("t"), first);
+    }
+    for i in 0..40 {
+        assert_eq!(first.matches(&format!("<{i}>")).count(), 1);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_rooms_are_saved_unloaded_and_reloaded() {
+    let server = TestServer::start_with(ServerOptions {
+        room: RoomConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..RoomConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut a = YClient::connect(&server.url("idle")).await;
+    a.insert("t", 0, "kept").await;
+    let mut b = YClient::connect(&server.url("idle")).await;
+    b.until("kept", |c| c.text("t") == "kept").await;
+    drop(a);
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.app.rooms.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room never unloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = YClient::connect(&server.url("idle")).await;
+    c.until("content after reload", |c| c.text("t") == "kept")
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_closed_with_1013_and_the_room_carries_on() {
+    let server = TestServer::start_with(ServerOptions {
+        connection: ConnectionConfig {
+            outbox_capacity: 64,
+            ..ConnectionConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = server.url("slow");
+    let mut slow = YClient::connect(&url).await; // never reads until the end
+    let mut writer = YClient::connect(&url).await;
+    let mut watcher = YClient::connect(&url).await;
+    let chunk = "x".repeat(64 * 1024);
+    // The writer sends in bursts of 16 and waits for the watcher to have
+    // each burst: a client that keeps reading is never closed, however
+    // much flows, while the one that stops reading is.
+    let text = watcher.doc().get_or_insert_text("t");
+    let length = move |c: &YClient| {
+        use yrs::{Text, Transact};
+        text.len(&c.doc().transact()) as usize
+    };
+    for burst in 1..=25usize {
+        for _ in 0..16 {
+            writer.insert("t", 0, &chunk).await;
+        }
+        let expected = burst * 16 * chunk.len();
+        watcher.until("the burst", |c| length(c) == expected).await;
+    }
+    assert_eq!(slow.close_code().await, Some(1013));
+
+    // It reconnects with its doc and resyncs.
+    let doc = slow.doc().clone();
+    let mut again = YClient::connect_with_doc(&url, doc).await;
+    let total = 25 * 16 * chunk.len();
+    again
+        .until("full resync", |c| c.text("t").len() == total)
+        .await;
+    server.stop().await;
+}

@@ -1,0 +1,348 @@
+//! Shared test scaffolding: a real server on a loopback port (in-process or
+//! the real binary), and a y-websocket client built on yrs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt_hub::app::App;
+use crdt_hub::connection::ConnectionConfig;
+use crdt_hub::room::{RoomConfig, Rooms};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use yrs::encoding::read::Cursor;
+use yrs::sync::{
+    Awareness, DefaultProtocol, Message as YMessage, MessageReader, Protocol, SyncMessage,
+};
+use yrs::updates::decoder::DecoderV1;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, Transact};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running inside the test process on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<crdt_hub::server::Outcome>,
+    pub app: App,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct ServerOptions {
+    pub database_url: Option<String>,
+    pub room: RoomConfig,
+    pub connection: ConnectionConfig,
+    pub max_message_size: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            room: RoomConfig::default(),
+            connection: ConnectionConfig::default(),
+            max_message_size: 16 << 20,
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let (url, dir) = match options.database_url {
+            Some(url) => (url, None),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                (url, Some(dir))
+            }
+        };
+        let store = crdt_store::connect(&url).await.expect("store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let app = App {
+            rooms: Rooms::new(store.clone(), options.room, shutdown.clone(), tasks.clone()),
+            store,
+            connection: Arc::new(options.connection),
+            max_message_size: options.max_message_size,
+            shutdown: shutdown.clone(),
+            tasks,
+        };
+        let stop = CancellationToken::new();
+        let stop_signal = stop.clone();
+        let task = tokio::spawn(crdt_hub::server::run(listener, app.clone(), async move {
+            stop_signal.cancelled().await
+        }));
+        Self {
+            addr,
+            shutdown: stop,
+            task,
+            app,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/{}", self.addr, room)
+    }
+
+    pub async fn stop(self) -> crdt_hub::server::Outcome {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+    }
+}
+
+/// The real `crdt-hub` binary, started as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub async fn start(database_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn crdt-hub");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = tokio::time::timeout(TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                stderr.lock().unwrap().push(line.clone());
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    if line.contains("listening") {
+                        return rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                }
+            }
+            panic!(
+                "server exited before listening: {:?}",
+                stderr.lock().unwrap()
+            );
+        })
+        .await
+        .expect("server starts listening");
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/{}", self.addr, room)
+    }
+
+    /// Sends SIGTERM and waits for the exit status; returns it with the
+    /// server's log.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY-free: plain libc kill through the `kill` command keeps the
+        // test free of an extra dependency.
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server exits after SIGTERM")
+            .unwrap();
+        // Let the log reader drain the pipe.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let logs = self.stderr.lock().unwrap().join("\n");
+        (status, logs)
+    }
+}
+
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("crdt-hub.db").display())
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A y-websocket client made of yrs parts: a Doc with Awareness, handling
+/// the server's frames with yrs' DefaultProtocol.
+pub struct YClient {
+    pub ws: Socket,
+    pub awareness: Awareness,
+    pub closed: Option<Option<CloseFrame>>,
+}
+
+impl YClient {
+    pub async fn connect(url: &str) -> Self {
+        Self::connect_with_doc(url, Doc::new()).await
+    }
+
+    pub async fn connect_with_doc(url: &str, doc: Doc) -> Self {
+        // Resyncing a big document can exceed tungstenite's 16 MiB default.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(256 << 20))
+            .max_frame_size(Some(256 << 20));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .expect("connect");
+        let mut client = Self {
+            ws,
+            awareness: Awareness::new(doc),
+            closed: None,
+        };
+        let sv = client.doc().transact().state_vector();
+        client
+            .send(YMessage::Sync(SyncMessage::SyncStep1(sv)))
+            .await;
+        client
+    }
+
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    pub async fn send(&mut self, message: YMessage) {
+        self.send_raw(message.encode_v1()).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.expect("send");
+    }
+
+    /// Applies a local change and sends it as an update. Get the shared
+    /// types (`get_or_insert_text`…) before: they need their own transaction.
+    pub async fn edit(&mut self, change: impl FnOnce(&mut yrs::TransactionMut)) {
+        let update = {
+            let mut txn = self.doc().transact_mut();
+            change(&mut txn);
+            txn.encode_update_v1()
+        };
+        self.send(YMessage::Sync(SyncMessage::Update(update))).await;
+    }
+
+    /// Inserts into the Y.Text `name` and sends the update.
+    pub async fn insert(&mut self, name: &str, index: u32, content: &str) {
+        use yrs::Text;
+        let text = self.doc().get_or_insert_text(name);
+        self.edit(|txn| text.insert(txn, index, content)).await;
+    }
+
+    /// Handles incoming frames until `done` holds (or panics after TIMEOUT).
+    pub async fn until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while !done(self) {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            match frame {
+                Some(Ok(Message::Binary(bytes))) => self.handle(&bytes).await,
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed = Some(frame);
+                    if !done(self) {
+                        panic!("closed while waiting for {what}: {:?}", self.closed);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error while waiting for {what}: {e}"),
+                None => panic!("socket ended while waiting for {what}"),
+            }
+        }
+    }
+
+    /// Handles whatever arrives within `window`.
+    pub async fn pump_for(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match frame {
+                Some(Ok(Message::Binary(bytes))) => self.handle(&bytes).await,
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed = Some(frame);
+                    return;
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: &Bytes) {
+        let replies = {
+            let mut decoder = DecoderV1::new(Cursor::new(frame));
+            let messages: Vec<_> = MessageReader::new(&mut decoder)
+                .map(|m| m.expect("server sent a malformed message"))
+                .collect();
+            let mut replies = Vec::new();
+            for message in messages {
+                if let Some(reply) = DefaultProtocol
+                    .handle_message(&mut self.awareness, message)
+                    .expect("handle server message")
+                {
+                    replies.push(reply);
+                }
+            }
+            replies
+        };
+        for reply in replies {
+            self.send(reply).await;
+        }
+    }
+
+    /// Waits for the server's close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("no close frame within {TIMEOUT:?}"),
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return None,
+            }
+        }
+    }
+
+    pub fn text(&self, name: &str) -> String {
+        use yrs::GetString;
+        let text = self.doc().get_or_insert_text(name);
+        text.get_string(&self.doc().transact())
+    }
+}

@@ -1,0 +1,132 @@
+use yrs::sync::{Message, SyncMessage};
+use yrs::{Map, ReadTxn, Transact};
+
+use crate::support::{TestServer, YClient};
+
+#[tokio::test]
+async fn two_clients_sync_both_ways() {
+    let server = TestServer::start().await;
+    let mut a = YClient::connect(&server.url("doc")).await;
+    let mut b = YClient::connect(&server.url("doc")).await;
+
+    a.insert("t", 0, "hello").await;
+    b.until("a's text", |c| c.text("t") == "hello").await;
+
+    let map = b.doc().get_or_insert_map("m");
+    b.edit(|txn| {
+        map.insert(txn, "k", 42);
+    })
+    .await;
+    let map_a = a.doc().get_or_insert_map("m");
+    a.until("b's map entry", |c| {
+        map_a.get(&c.doc().transact(), "k").is_some()
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn first_frame_is_sync_step1_and_step1_is_answered() {
+    use futures_util::StreamExt;
+    use yrs::updates::decoder::Decode;
+
+    let server = TestServer::start().await;
+    let mut writer = YClient::connect(&server.url("greeting")).await;
+    writer.insert("t", 0, "abc").await;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("greeting"))
+        .await
+        .unwrap();
+    let first = ws.next().await.unwrap().unwrap().into_data();
+    let message = Message::decode_v1(&first).unwrap();
+    assert!(
+        matches!(message, Message::Sync(SyncMessage::SyncStep1(_))),
+        "{message:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn late_joiner_gets_everything() {
+    let server = TestServer::start().await;
+    let mut a = YClient::connect(&server.url("late")).await;
+    for i in 0..50 {
+        a.insert("t", 0, &format!("{i},")).await;
+    }
+    let expected = a.text("t");
+    let mut late = YClient::connect(&server.url("late")).await;
+    late.until("full state", |c| c.text("t") == expected).await;
+    assert_eq!(
+        late.doc().transact().state_vector(),
+        a.doc().transact().state_vector()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn updates_stay_in_their_room() {
+    let server = TestServer::start().await;
+    let mut a = YClient::connect(&server.url("room-a")).await;
+    let mut b = YClient::connect(&server.url("room-a")).await;
+    let mut other = YClient::connect(&server.url("Room-A")).await;
+    a.insert("t", 0, "only for room-a").await;
+    b.until("update in room-a", |c| c.text("t") == "only for room-a")
+        .await;
+    other.pump_for(std::time::Duration::from_millis(300)).await;
+    assert_eq!(other.text("t"), "");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn awareness_is_shared_and_removed_when_its_owner_leaves() {
+    let server = TestServer::start().await;
+    let mut a = YClient::connect(&server.url("aw")).await;
+    let mut b = YClient::connect(&server.url("aw")).await;
+    a.awareness
+        .set_local_state(serde_json::json!({"user": "alice"}))
+        .unwrap();
+    let update = a.awareness.update().unwrap();
+    a.send(Message::Awareness(update)).await;
+    let alice = a.awareness.client_id();
+    b.until("alice's awareness", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_some()
+    })
+    .await;
+
+    drop(a); // abrupt: the socket just goes away
+    b.until("alice's removal", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_none()
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn offline_edits_merge_on_reconnect() {
+    let server = TestServer::start().await;
+    let mut a = YClient::connect(&server.url("offline")).await;
+    a.insert("t", 0, "base ").await;
+    let mut b = YClient::connect(&server.url("offline")).await;
+    b.until("base", |c| c.text("t") == "base ").await;
+
+    // b goes offline and edits; a edits meanwhile.
+    let b_doc = b.doc().clone();
+    drop(b);
+    {
+        use yrs::Text;
+        let text = b_doc.get_or_insert_text("t");
+        let mut txn = b_doc.transact_mut();
+        text.push(&mut txn, "offline-b");
+    }
+    a.insert("t", 0, "online-a ").await;
+
+    // Reconnecting with the same doc: the server's SyncStep1 makes the
+    // client send what it has; the client's SyncStep1 fetches the rest.
+    let mut b = YClient::connect_with_doc(&server.url("offline"), b_doc).await;
+    b.until("a's edit", |c| c.text("t").contains("online-a"))
+        .await;
+    a.until("b's offline edit", |c| c.text("t").contains("offline-b"))
+        .await;
+    assert_eq!(a.text("t"), b.text("t"));
+    server.stop().await;
+}
