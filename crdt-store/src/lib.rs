@@ -1,0 +1,155 @@
+//! Storage for crdt-hub rooms: an append-only log of Yjs updates plus
+//! compacted snapshots, behind one [`Store`] trait with a Postgres and an
+//! SQLite implementation.
+//!
+//! The crate knows nothing about sockets. It knows just enough about Yjs to
+//! compact safely: a snapshot is always the CRDT merge of everything it
+//! replaces, so two writers can never erase each other's updates.
+
+mod error;
+mod merge;
+mod room_name;
+mod rows;
+mod types;
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use room_name::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};
+pub use types::{
+    LoggedUpdate, NewSnapshot, PendingUpdate, RoomSummary, Snapshot, SnapshotId, SnapshotInfo,
+    StoredRoom, UpdateId,
+};
+
+/// What the rooms need from storage.
+///
+/// Every method is one logical operation; the implementations make each one
+/// atomic (one transaction) so that a crash between two statements never
+/// leaves a room half-written.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Everything stored for `room`: the latest snapshot (if any) and every
+    /// log entry not yet folded into a snapshot, in append order.
+    /// An unknown room is an empty [`StoredRoom`], not an error.
+    async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError>;
+
+    /// Appends a batch of updates, possibly for many rooms, in one
+    /// transaction and as few round trips as the backend allows (the
+    /// group-commit path calls this once per flush window). Returns the ids
+    /// given to the updates, in the order of `batch`.
+    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError>;
+
+    /// Writes a compacted snapshot, in one transaction:
+    /// 1. the new snapshot's state is the CRDT merge of `snapshot.state`,
+    ///    the latest stored snapshot (when it is not `snapshot.base`), and
+    ///    every log entry of the room with id <= `snapshot.through`;
+    /// 2. those log entries are deleted;
+    /// 3. all but the newest `keep` snapshots of the room are pruned
+    ///    (`keep` is at least 1).
+    ///
+    /// Merging instead of overwriting is what makes concurrent writers safe:
+    /// a log entry is only ever deleted by the transaction that folded it
+    /// into a snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when `snapshot.state`, the stored snapshot
+    /// to merge or a log entry to fold does not decode as a Yjs v1 update;
+    /// then nothing is changed.
+    async fn write_snapshot(
+        &self,
+        snapshot: NewSnapshot<'_>,
+        keep: usize,
+    ) -> Result<SnapshotInfo, StoreError>;
+
+    /// Every stored room, by name.
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+
+    /// The room's snapshots (its version history), newest first.
+    async fn snapshots(&self, room: &RoomName) -> Result<Vec<SnapshotInfo>, StoreError>;
+
+    /// One snapshot with its state, or `None` when the room has no snapshot
+    /// with that id.
+    async fn snapshot(
+        &self,
+        room: &RoomName,
+        id: SnapshotId,
+    ) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Deletes the room, its log and its snapshots. Returns whether anything
+    /// was stored.
+    async fn delete_room(&self, room: &RoomName) -> Result<bool, StoreError>;
+
+    /// Applies the embedded migrations that are not applied yet.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// One cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Which backend this is, for logs: `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the store named by `url` (`postgres://…`, `postgresql://…` or
+/// `sqlite://path`, `sqlite::memory:`), creating an SQLite file if needed,
+/// and runs the embedded migrations.
+///
+/// # Errors
+/// [`StoreError::UnsupportedUrl`] for another scheme; otherwise the
+/// connection or migration error.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let store = connect_without_migrating(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Like [`connect`], but leaves the schema alone (for `crdt-hub migrate`
+/// to report what it does, and for tests of the migration itself).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_without_migrating(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    match scheme(url) {
+        Some("postgres" | "postgresql") => {
+            Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+        }
+        Some("sqlite") => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        _ => Err(StoreError::UnsupportedUrl(redact(url))),
+    }
+}
+
+fn scheme(url: &str) -> Option<&str> {
+    url.split_once(':').map(|(scheme, _)| scheme)
+}
+
+/// A database URL with any password replaced, safe for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => {
+            let userinfo = &url[start + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..start + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("sqlite://crdt-hub.db"), "sqlite://crdt-hub.db");
+    }
+}

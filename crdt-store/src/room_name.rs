@@ -1,0 +1,113 @@
+//! The one type every layer uses to name a room, so that no unchecked string
+//! reaches a room registry, a log line or a SQL bind parameter.
+
+use std::fmt;
+
+/// Longest room name accepted, in bytes of UTF-8.
+pub const MAX_ROOM_NAME_BYTES: usize = 256;
+
+/// A validated room name: UTF-8, 1 to 256 bytes, no control characters.
+///
+/// Names are stored exactly as given (any other Unicode is fine, including
+/// `/`), and only ever reach SQL as bind parameters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(String);
+
+/// Why a string is not a room name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRoomName {
+    #[error("room name is empty")]
+    Empty,
+    #[error("room name is {0} bytes long; the limit is {MAX_ROOM_NAME_BYTES}")]
+    TooLong(usize),
+    #[error("room name contains a control character at byte {0}")]
+    ControlCharacter(usize),
+}
+
+impl RoomName {
+    /// Checks `name` and wraps it.
+    ///
+    /// # Errors
+    /// [`InvalidRoomName`] when the name is empty, longer than
+    /// [`MAX_ROOM_NAME_BYTES`] or contains a control character.
+    pub fn parse(name: impl Into<String>) -> Result<Self, InvalidRoomName> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(InvalidRoomName::Empty);
+        }
+        if name.len() > MAX_ROOM_NAME_BYTES {
+            return Err(InvalidRoomName::TooLong(name.len()));
+        }
+        if let Some((at, _)) = name.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(InvalidRoomName::ControlCharacter(at));
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Serialized as the plain string (room listings are JSON).
+impl serde::Serialize for RoomName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RoomName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for RoomName {
+    type Err = InvalidRoomName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_unicode_and_slashes() {
+        assert_eq!(
+            RoomName::parse("team-a/ノート 1").unwrap().as_str(),
+            "team-a/ノート 1"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert_eq!(RoomName::parse(""), Err(InvalidRoomName::Empty));
+        assert_eq!(
+            RoomName::parse("a".repeat(257)),
+            Err(InvalidRoomName::TooLong(257))
+        );
+        assert!(RoomName::parse("a".repeat(256)).is_ok());
+        assert_eq!(
+            RoomName::parse("ab\ncd"),
+            Err(InvalidRoomName::ControlCharacter(2))
+        );
+        assert_eq!(
+            RoomName::parse("\u{7f}"),
+            Err(InvalidRoomName::ControlCharacter(0))
+        );
+    }
+}

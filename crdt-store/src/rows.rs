@@ -1,0 +1,96 @@
+//! Rows as both backends return them, and their conversion to the public
+//! types. The column names are the same in both schemas, so one derive
+//! serves Postgres and SQLite.
+
+use chrono::{DateTime, Utc};
+
+use crate::{LoggedUpdate, RoomName, Snapshot, SnapshotId, SnapshotInfo, UpdateId};
+
+/// The columns of `snapshots` that make a [`SnapshotInfo`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SnapshotInfoRow {
+    pub id: SnapshotId,
+    pub created_at: DateTime<Utc>,
+    pub size: i64,
+    pub update_count: i64,
+    pub restored_from: Option<SnapshotId>,
+}
+
+impl SnapshotInfoRow {
+    pub fn into_info(self, room: &RoomName) -> SnapshotInfo {
+        SnapshotInfo {
+            id: self.id,
+            room: room.clone(),
+            created_at: self.created_at,
+            size: self.size,
+            updates: self.update_count,
+            restored_from: self.restored_from,
+        }
+    }
+}
+
+/// A whole row of `snapshots`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    #[sqlx(flatten)]
+    pub info: SnapshotInfoRow,
+    pub state: Vec<u8>,
+    pub state_vector: Vec<u8>,
+}
+
+impl SnapshotRow {
+    pub fn into_snapshot(self, room: &RoomName) -> Snapshot {
+        Snapshot {
+            info: self.info.into_info(room),
+            state: self.state,
+            state_vector: self.state_vector,
+        }
+    }
+}
+
+/// What `write_snapshot` needs of the latest stored snapshot: its state only
+/// when the writer's state does not already contain it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LatestRow {
+    pub id: SnapshotId,
+    pub update_count: i64,
+    pub state: Option<Vec<u8>>,
+}
+
+/// A row of `updates`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct UpdateRow {
+    pub id: UpdateId,
+    pub data: Vec<u8>,
+}
+
+impl From<UpdateRow> for LoggedUpdate {
+    fn from(row: UpdateRow) -> Self {
+        LoggedUpdate {
+            id: row.id,
+            data: row.data,
+        }
+    }
+}
+
+/// A row of the room listing.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RoomSummaryRow {
+    pub name: String,
+    pub updated_at: DateTime<Utc>,
+    pub snapshots: i64,
+    pub size: i64,
+}
+
+impl TryFrom<RoomSummaryRow> for crate::RoomSummary {
+    type Error = crate::InvalidRoomName;
+
+    fn try_from(row: RoomSummaryRow) -> Result<Self, Self::Error> {
+        Ok(crate::RoomSummary {
+            room: RoomName::parse(row.name)?,
+            updated_at: row.updated_at,
+            snapshots: row.snapshots,
+            size: row.size,
+        })
+    }
+}

@@ -1,0 +1,330 @@
+//! The SQLite backend: one file (or one in-memory database for tests), for a
+//! single server process.
+//!
+//! SQLite allows one writer at a time. Every writing transaction starts with
+//! `BEGIN IMMEDIATE`, which takes the write lock up front (waiting up to the
+//! busy timeout for it), so a read-then-write transaction such as
+//! `write_snapshot` can never be overtaken between its read and its write.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::merge;
+use crate::rows::{LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow};
+use crate::{
+    NewSnapshot, PendingUpdate, RoomName, RoomSummary, Snapshot, SnapshotId, SnapshotInfo, Store,
+    StoreError, StoredRoom, UpdateId,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a statement waits for another connection's write lock before
+/// failing with `SQLITE_BUSY` (a transient error).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections to a database file: WAL lets readers run beside the one
+/// writer, so a few connections are useful; more would only queue on the
+/// write lock.
+const FILE_POOL_SIZE: u32 = 4;
+
+/// A [`Store`] in an SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens `url`: `sqlite://path` (relative to the working directory; the
+    /// file is created if missing) or `sqlite::memory:` (a private database
+    /// that lives as long as this store).
+    ///
+    /// The database runs in WAL mode with `synchronous=FULL`, so a returned
+    /// `append` survives a power loss, and with foreign keys enforced.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the URL does not parse or the file
+    /// cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Full);
+
+        let pool = if is_in_memory(url) {
+            // An in-memory database lives as long as its last connection:
+            // keep exactly one, forever. WAL does not apply to memory.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(FILE_POOL_SIZE)
+                .acquire_timeout(BUSY_TIMEOUT)
+                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+                .await?
+        };
+        Ok(Self { pool })
+    }
+}
+
+/// Whether the URL names an in-memory database, in any of the spellings
+/// sqlx accepts (`sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`).
+fn is_in_memory(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {
+        // A deferred transaction reads one WAL snapshot from its first
+        // SELECT on, so a compaction committing in between cannot make the
+        // log read miss entries that the snapshot read did not contain.
+        let mut tx = self.pool.begin().await?;
+        let snapshot: Option<SnapshotRow> = sqlx::query_as(
+            "SELECT id, created_at, size, update_count, restored_from, state, state_vector \
+             FROM snapshots WHERE room = ?1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(room.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let updates: Vec<UpdateRow> =
+            sqlx::query_as("SELECT id, data FROM updates WHERE room = ?1 ORDER BY id")
+                .bind(room.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+
+        Ok(StoredRoom {
+            snapshot: snapshot.map(|row| row.into_snapshot(room)),
+            updates: updates.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+
+        // Statements are prepared once per connection and cached; SQLite is
+        // in-process, so a statement per row costs no round trip.
+        for (room, count) in count_by_room(batch) {
+            sqlx::query(
+                "INSERT INTO rooms (name, created_at, updated_at, update_count) \
+                 VALUES (?1, ?2, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                     updated_at = excluded.updated_at, \
+                     update_count = rooms.update_count + excluded.update_count",
+            )
+            .bind(room.as_str())
+            .bind(now)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let mut ids = Vec::with_capacity(batch.len());
+        for update in batch {
+            let id: UpdateId = sqlx::query_scalar(
+                "INSERT INTO updates (room, data, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+            )
+            .bind(update.room.as_str())
+            .bind(update.data.as_ref())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn write_snapshot(
+        &self,
+        snapshot: NewSnapshot<'_>,
+        keep: usize,
+    ) -> Result<SnapshotInfo, StoreError> {
+        let room = snapshot.room;
+        let now = Utc::now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+
+        sqlx::query(
+            "INSERT INTO rooms (name, created_at, updated_at, update_count) \
+             VALUES (?1, ?2, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 updated_at = excluded.updated_at, \
+                 update_count = rooms.update_count + excluded.update_count",
+        )
+        .bind(room.as_str())
+        .bind(now)
+        .bind(snapshot.unlogged_updates.max(0))
+        .execute(&mut *tx)
+        .await?;
+
+        let latest: Option<LatestRow> = sqlx::query_as(
+            "SELECT id, update_count, CASE WHEN id = ?2 THEN NULL ELSE state END AS state \
+             FROM snapshots WHERE room = ?1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(room.as_str())
+        .bind(snapshot.base)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        // Delete and read in one statement: exactly the entries deleted are
+        // the ones merged. On any later error the transaction rolls back.
+        let folded: Vec<UpdateRow> = match snapshot.through {
+            Some(through) => {
+                sqlx::query_as(
+                    "DELETE FROM updates WHERE room = ?1 AND id <= ?2 RETURNING id, data",
+                )
+                .bind(room.as_str())
+                .bind(through)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
+
+        let compacted = merge::compact(&snapshot, latest, folded).await?;
+        let size = i64::try_from(compacted.merged.state.len()).unwrap_or(i64::MAX);
+
+        let info: SnapshotInfoRow = sqlx::query_as(
+            "INSERT INTO snapshots \
+                 (room, state, state_vector, size, update_count, restored_from, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             RETURNING id, created_at, size, update_count, restored_from",
+        )
+        .bind(room.as_str())
+        .bind(compacted.merged.state.as_slice())
+        .bind(compacted.merged.state_vector.as_slice())
+        .bind(size)
+        .bind(compacted.update_count)
+        .bind(snapshot.restored_from)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        sqlx::query(
+            "DELETE FROM snapshots WHERE room = ?1 AND id NOT IN \
+                 (SELECT id FROM snapshots WHERE room = ?1 ORDER BY id DESC LIMIT ?2)",
+        )
+        .bind(room.as_str())
+        .bind(merge::keep_limit(keep))
+        .execute(&mut *tx)
+        .await?;
+
+        tx.commit().await?;
+        Ok(info.into_info(room))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let rows: Vec<RoomSummaryRow> = sqlx::query_as(
+            "SELECT r.name, r.updated_at, \
+                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
+                 COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
+                           ORDER BY s.id DESC LIMIT 1), 0) \
+                 + COALESCE((SELECT sum(length(u.data)) FROM updates u WHERE u.room = r.name), 0) \
+                     AS size \
+             FROM rooms r ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(RoomSummary::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn snapshots(&self, room: &RoomName) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let rows: Vec<SnapshotInfoRow> = sqlx::query_as(
+            "SELECT id, created_at, size, update_count, restored_from \
+             FROM snapshots WHERE room = ?1 ORDER BY id DESC",
+        )
+        .bind(room.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| row.into_info(room)).collect())
+    }
+
+    async fn snapshot(
+        &self,
+        room: &RoomName,
+        id: SnapshotId,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<SnapshotRow> = sqlx::query_as(
+            "SELECT id, created_at, size, update_count, restored_from, state, state_vector \
+             FROM snapshots WHERE room = ?1 AND id = ?2",
+        )
+        .bind(room.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.into_snapshot(room)))
+    }
+
+    async fn delete_room(&self, room: &RoomName) -> Result<bool, StoreError> {
+        // The log and the snapshots go with the row (ON DELETE CASCADE).
+        let deleted = sqlx::query("DELETE FROM rooms WHERE name = ?1")
+            .bind(room.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+/// How many updates of each room `batch` holds.
+fn count_by_room(batch: &[PendingUpdate]) -> BTreeMap<&RoomName, i64> {
+    let mut counts = BTreeMap::new();
+    for update in batch {
+        *counts.entry(&update.room).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_memory_urls() {
+        assert!(is_in_memory("sqlite::memory:"));
+        assert!(is_in_memory("sqlite://:memory:"));
+        assert!(is_in_memory("sqlite://?mode=memory"));
+        assert!(!is_in_memory("sqlite://crdt-hub.db"));
+        assert!(!is_in_memory("sqlite://memory.db"));
+    }
+}
