@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::ConnectionConfig;
+use crate::persist::Journal;
 use crate::room::Rooms;
 
 /// Cheap to clone: everything inside is shared.
@@ -14,6 +15,8 @@ use crate::room::Rooms;
 pub struct App {
     pub rooms: Rooms,
     pub store: Arc<dyn Store>,
+    /// The group-commit write path every accepted update goes through.
+    pub journal: Journal,
     pub connection: Arc<ConnectionConfig>,
     /// Largest WebSocket message accepted, in bytes (bigger: close 1009).
     pub max_message_size: usize,

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::connection::ConnectionConfig;
 use crate::logging::LogFormat;
+use crate::persist::JournalConfig;
 use crate::room::RoomConfig;
 use crate::units::{parse_duration, parse_size};
 
@@ -84,12 +85,33 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// Accepted updates are appended to the update log in one batch per
+    /// window: a hard crash loses at most this much.
+    #[arg(long, env = "CRDT_HUB_FLUSH_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Bytes of updates that may wait for an unreachable database; past it,
+    /// rooms refuse new updates (clients closed with 1013) rather than drop any.
+    #[arg(long, env = "CRDT_HUB_MAX_PENDING_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_pending_bytes: usize,
+
+    /// A changed room writes a compacted snapshot (and trims its log) this often.
+    #[arg(long, env = "CRDT_HUB_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// ...or as soon as this many of its updates are not in a snapshot.
+    #[arg(long, env = "CRDT_HUB_SNAPSHOT_MAX_UPDATES", default_value = "10000")]
+    pub snapshot_max_updates: u64,
+
+    /// ...or as soon as this many bytes of its updates are not in a snapshot.
+    #[arg(long, env = "CRDT_HUB_SNAPSHOT_MAX_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub snapshot_max_bytes: usize,
+
     /// Snapshots kept per room as version history.
     #[arg(long, env = "CRDT_HUB_KEEP_SNAPSHOTS", default_value = "20")]
     pub keep_snapshots: usize,
 
-    /// At shutdown, how long rooms wait for their connections to close
-    /// before saving anyway.
+    /// At shutdown, how long rooms wait for their connections to close.
     #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
@@ -100,7 +122,18 @@ impl ServeArgs {
             idle_timeout: self.room_idle_timeout,
             keep_snapshots: self.keep_snapshots.max(1),
             shutdown_grace: self.shutdown_grace,
+            snapshot_interval: self.snapshot_interval.max(Duration::from_millis(10)),
+            snapshot_max_updates: self.snapshot_max_updates.max(1),
+            snapshot_max_bytes: self.snapshot_max_bytes as u64,
             ..RoomConfig::default()
+        }
+    }
+
+    pub fn journal_config(&self) -> JournalConfig {
+        JournalConfig {
+            flush_interval: self.flush_interval,
+            max_pending_bytes: self.max_pending_bytes,
+            ..JournalConfig::default()
         }
     }
 

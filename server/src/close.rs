@@ -40,3 +40,8 @@ pub const SLOW_CONSUMER: CloseReason = CloseReason::new(
 /// server never serves an empty document in its place.
 pub const LOAD_FAILED: CloseReason =
     CloseReason::new(1013, "room could not be loaded from storage; retry later");
+/// 1013: too many updates are waiting for the database (it is down or
+/// slow); this one was not applied. The client keeps it and sends it again
+/// when it reconnects.
+pub const STORAGE_BACKLOG: CloseReason =
+    CloseReason::new(1013, "storage unavailable: write backlog full; retry later");

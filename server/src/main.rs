@@ -6,6 +6,7 @@ use clap::Parser;
 use crdt_hub::app::App;
 use crdt_hub::cli::{Cli, Command, DatabaseArgs, ServeArgs};
 use crdt_hub::logging;
+use crdt_hub::persist::Journal;
 use crdt_hub::room::Rooms;
 use crdt_hub::server::{self, Outcome};
 use tokio::net::TcpListener;
@@ -52,21 +53,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (journal, journal_task) = Journal::start(store.clone(), args.journal_config());
     let app = App {
         rooms: Rooms::new(
             store.clone(),
+            journal.clone(),
             args.room_config(),
             shutdown.clone(),
             tasks.clone(),
         ),
         store,
+        journal,
         connection: Arc::new(args.connection_config()),
         max_message_size: args.max_message_size,
         shutdown,
         tasks,
     };
     info!(%addr, "listening; clients connect to ws://{addr}/ROOM");
-    match server::run(listener, app, server::shutdown_signal()).await {
+    match server::run(listener, app, journal_task, server::shutdown_signal()).await {
         Outcome::Clean => Ok(ExitCode::SUCCESS),
         Outcome::SaveFailed => Ok(ExitCode::FAILURE),
     }

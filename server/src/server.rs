@@ -13,6 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::app::App;
 use crate::http::{self, PeerAddr};
+use crate::persist::JournalTask;
 
 /// How the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +24,18 @@ pub enum Outcome {
     SaveFailed,
 }
 
+/// How long shutdown keeps retrying to write pending updates to a failing
+/// database before giving up (and exiting non-zero).
+const JOURNAL_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Serves `listener` until `shutdown` resolves, then closes every
-/// connection with 1001, saves every changed room and returns.
-pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> Outcome {
+/// connection with 1001, writes every pending update and returns.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    journal: JournalTask,
+    shutdown: impl Future<Output = ()>,
+) -> Outcome {
     let routes = http::routes(app.clone());
     let service = warp::service(routes);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -79,12 +89,25 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     app.shutdown.cancel();
     app.tasks.close();
     app.tasks.wait().await;
-    if app.rooms.save_failed() {
-        error!("shutdown finished, but some rooms could not be saved");
-        Outcome::SaveFailed
-    } else {
-        info!("shutdown complete");
+    let pending = app.journal.status();
+    info!(
+        pending_bytes = pending.pending_bytes,
+        "connections and rooms stopped; writing pending updates"
+    );
+    if journal.drain(JOURNAL_DRAIN_DEADLINE).await {
+        let status = app.journal.status();
+        info!(
+            updates = status.written_updates,
+            batches = status.written_batches,
+            "shutdown complete: every accepted update is in storage"
+        );
         Outcome::Clean
+    } else {
+        error!(
+            pending_bytes = app.journal.status().pending_bytes,
+            "shutdown finished, but storage failed: the pending updates are lost from the server (clients still hold them)"
+        );
+        Outcome::SaveFailed
     }
 }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod durability;
 mod rooms;
 mod shutdown;
 mod sync;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crdt_hub::app::App;
 use crdt_hub::connection::ConnectionConfig;
+use crdt_hub::persist::{Journal, JournalConfig};
 use crdt_hub::room::{RoomConfig, Rooms};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -31,6 +32,19 @@ use yrs::{Doc, ReadTxn, Transact};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Logs of in-process servers, shown for failing tests; `RUST_LOG` as usual.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// A server running inside the test process on a free port.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -42,6 +56,7 @@ pub struct TestServer {
 
 pub struct ServerOptions {
     pub database_url: Option<String>,
+    pub journal: JournalConfig,
     pub room: RoomConfig,
     pub connection: ConnectionConfig,
     pub max_message_size: usize,
@@ -51,6 +66,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             database_url: None,
+            journal: JournalConfig::default(),
             room: RoomConfig::default(),
             connection: ConnectionConfig::default(),
             max_message_size: 16 << 20,
@@ -64,6 +80,7 @@ impl TestServer {
     }
 
     pub async fn start_with(options: ServerOptions) -> Self {
+        init_logs();
         let (url, dir) = match options.database_url {
             Some(url) => (url, None),
             None => {
@@ -77,9 +94,17 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let (journal, journal_task) = Journal::start(store.clone(), options.journal);
         let app = App {
-            rooms: Rooms::new(store.clone(), options.room, shutdown.clone(), tasks.clone()),
+            rooms: Rooms::new(
+                store.clone(),
+                journal.clone(),
+                options.room,
+                shutdown.clone(),
+                tasks.clone(),
+            ),
             store,
+            journal,
             connection: Arc::new(options.connection),
             max_message_size: options.max_message_size,
             shutdown: shutdown.clone(),
@@ -87,9 +112,12 @@ impl TestServer {
         };
         let stop = CancellationToken::new();
         let stop_signal = stop.clone();
-        let task = tokio::spawn(crdt_hub::server::run(listener, app.clone(), async move {
-            stop_signal.cancelled().await
-        }));
+        let task = tokio::spawn(crdt_hub::server::run(
+            listener,
+            app.clone(),
+            journal_task,
+            async move { stop_signal.cancelled().await },
+        ));
         Self {
             addr,
             shutdown: stop,
@@ -142,10 +170,10 @@ impl ServerProcess {
         let addr = tokio::time::timeout(TIMEOUT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 stderr.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    if line.contains("listening") {
-                        return rest.split_whitespace().next().unwrap().parse().unwrap();
-                    }
+                if line.contains("listening")
+                    && let Some(rest) = line.split("addr=").nth(1)
+                {
+                    return rest.split_whitespace().next().unwrap().parse().unwrap();
                 }
             }
             panic!(
@@ -345,4 +373,178 @@ impl YClient {
         let text = self.doc().get_or_insert_text(name);
         text.get_string(&self.doc().transact())
     }
+}
+
+/// A fresh Postgres database for one test, dropped when the guard drops.
+pub struct PostgresDb {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl PostgresDb {
+    pub async fn create() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let admin_url = std::env::var("CRDT_HUB_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!(
+            "crdt_hub_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .expect("Postgres must run on 127.0.0.1:5432 (or set CRDT_HUB_TEST_POSTGRES_URL)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap();
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    /// The same database reached through another host:port (a proxy).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let after_scheme = self.url.split_once("://").unwrap().1;
+        let (userinfo, rest) = after_scheme.split_once('@').unwrap();
+        let path = rest.split_once('/').unwrap().1;
+        format!("postgres://{userinfo}@{addr}/{path}")
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
+        // Drop runs outside any runtime guarantee: use a small one of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(mut admin) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await
+                {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A TCP proxy on loopback that can be cut (every connection closed, new
+/// ones refused) and restored, to simulate a database outage.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    running: Option<CancellationToken>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let mut proxy = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            target,
+            running: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// Closes every proxied connection and stops listening.
+    pub fn cut(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.cancel();
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn restore(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        let listener = socket.listen(64).unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let running = CancellationToken::new();
+        self.running = Some(running.clone());
+        let target = self.target;
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(pair) => pair, Err(_) => return },
+                    () = running.cancelled() => return,
+                };
+                let running = running.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = running.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, returning the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The document stored for `room`, rebuilt the way the server loads it.
+pub async fn stored_doc(database_url: &str, room: &str) -> Doc {
+    let store = crdt_store::connect(database_url).await.unwrap();
+    let room = crdt_store::RoomName::parse(room).unwrap();
+    crdt_hub::persist::load(&store, &room).await.unwrap().0
+}
+
+pub fn text_of(doc: &Doc, name: &str) -> String {
+    use yrs::GetString;
+    let text = doc.get_or_insert_text(name);
+    text.get_string(&doc.transact())
 }

@@ -96,8 +96,24 @@ async fn readiness(app: &App) -> Response {
     if app.shutdown.is_cancelled() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    let journal = app.journal.status();
+    if let Some(failure) = journal.failing {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "storage writes failing for {}s ({} attempts); {} bytes of updates pending",
+                failure.since.elapsed().as_secs(),
+                failure.attempts,
+                journal.pending_bytes
+            ),
+        );
+    }
     match app.store.ping().await {
-        Ok(()) => warp::reply::json(&json!({ "status": "ready" })).into_response(),
+        Ok(()) => warp::reply::json(&json!({
+            "status": "ready",
+            "pending_bytes": journal.pending_bytes,
+        }))
+        .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: storage unreachable");
             json_error(StatusCode::SERVICE_UNAVAILABLE, "storage unreachable")

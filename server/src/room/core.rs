@@ -65,7 +65,7 @@ pub struct Room {
     /// asks for it), encoded once per document version, so that a join
     /// storm encodes a large document once and not once per joiner.
     full_state_frame: Option<Bytes>,
-    /// Updates applied since [`Room::mark_saved`].
+    /// Updates applied and not yet in a snapshot.
     unsaved_updates: u64,
 }
 
@@ -91,8 +91,10 @@ impl Room {
         self.unsaved_updates
     }
 
-    pub fn mark_saved(&mut self) {
-        self.unsaved_updates = 0;
+    /// Records that a snapshot now holds the first `count` unsaved updates
+    /// (updates applied while it was being written stay unsaved).
+    pub fn mark_saved(&mut self, count: u64) {
+        self.unsaved_updates = self.unsaved_updates.saturating_sub(count);
     }
 
     /// The whole document as one Yjs v1 update.
@@ -115,10 +117,10 @@ impl Room {
         );
         let sv = self.doc().transact().state_vector();
         let mut greeting = vec![protocol::encode_sync_step1(&sv)];
-        if let Ok(states) = self.awareness.update() {
-            if !states.clients.is_empty() {
-                greeting.push(protocol::encode_awareness(&states));
-            }
+        if let Ok(states) = self.awareness.update()
+            && !states.clients.is_empty()
+        {
+            greeting.push(protocol::encode_awareness(&states));
         }
         greeting
     }

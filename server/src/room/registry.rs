@@ -1,7 +1,7 @@
 //! Where rooms are found, and created exactly once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crdt_store::{RoomName, Store};
@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::core::{Access, PeerId};
 use super::owner::{JoinRefused, RoomCommand, RoomConfig, RoomTask};
 use super::peer::PeerLink;
+use crate::persist::Journal;
 use crate::protocol::ClientMessage;
 
 /// Every room loaded in this process.
@@ -31,12 +32,10 @@ struct Inner {
     rooms: Mutex<HashMap<RoomName, RoomHandle>>,
     next_generation: AtomicU64,
     store: Arc<dyn Store>,
+    journal: Journal,
     config: Arc<RoomConfig>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// Set when a room gave up saving at shutdown, so the process can exit
-    /// non-zero instead of pretending all was written.
-    save_failed: AtomicBool,
 }
 
 /// A connection's way into one room.
@@ -49,6 +48,7 @@ pub struct RoomHandle {
 impl Rooms {
     pub fn new(
         store: Arc<dyn Store>,
+        journal: Journal,
         config: RoomConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -58,10 +58,10 @@ impl Rooms {
                 rooms: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(1),
                 store,
+                journal,
                 config: Arc::new(config),
                 shutdown,
                 tasks,
-                save_failed: AtomicBool::new(false),
             }),
         }
     }
@@ -83,6 +83,7 @@ impl Rooms {
             inbox: receiver,
             rooms: self.clone(),
             store: self.inner.store.clone(),
+            journal: self.inner.journal.clone(),
             config: self.inner.config.clone(),
             shutdown: self.inner.shutdown.clone(),
         };
@@ -131,14 +132,6 @@ impl Rooms {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn save_failed(&self) -> bool {
-        self.inner.save_failed.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn note_save_failure(&self) {
-        self.inner.save_failed.store(true, Ordering::Relaxed);
     }
 
     /// Removes the room if it is still generation `generation`.

@@ -1,22 +1,18 @@
-//! Between a room and its [`Store`]: rebuild a document from what is stored,
-//! and write a changed document back.
+//! Between rooms and their [`Store`]: rebuilding a document from what is
+//! stored, the group-commit journal every accepted update goes through, and
+//! compacted snapshots.
+
+pub mod backoff;
+pub mod journal;
 
 use std::sync::Arc;
 
-use crdt_store::{NewSnapshot, RoomName, SnapshotId, Store, StoreError, UpdateId};
+use crdt_store::{NewSnapshot, RoomName, SnapshotId, SnapshotInfo, Store, StoreError};
 use yrs::Doc;
 
 use crate::room::core::doc_from_updates;
 
-/// What a room knows about its stored form, so that a later snapshot
-/// replaces exactly what this room has already folded in.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StoredPosition {
-    /// Latest snapshot contained in the in-memory document.
-    pub base: Option<SnapshotId>,
-    /// Highest log entry contained in the in-memory document.
-    pub through: Option<UpdateId>,
-}
+pub use journal::{Backlogged, Journal, JournalConfig, JournalStatus, JournalTask};
 
 /// Why a room could not be loaded. The room is then not served at all:
 /// an empty document in place of a stored one would be worse than none.
@@ -33,18 +29,16 @@ pub enum LoadError {
 }
 
 /// Loads a room: its latest snapshot plus the log after it, merged.
+/// Returns the document and the id of the snapshot it contains.
 ///
 /// # Errors
 /// [`LoadError`] when storage fails or holds bytes that do not apply.
 pub async fn load(
     store: &Arc<dyn Store>,
     room: &RoomName,
-) -> Result<(Doc, StoredPosition), LoadError> {
+) -> Result<(Doc, Option<SnapshotId>), LoadError> {
     let stored = store.load(room).await?;
-    let position = StoredPosition {
-        base: stored.snapshot.as_ref().map(|s| s.info.id),
-        through: stored.last_update_id(),
-    };
+    let base = stored.snapshot.as_ref().map(|s| s.info.id);
     let blobs = stored
         .snapshot
         .iter()
@@ -55,35 +49,37 @@ pub async fn load(
         index,
         detail,
     })?;
-    Ok((doc, position))
+    Ok((doc, base))
 }
 
-/// Writes the whole document as a new snapshot that folds in the log up to
-/// what this room has seen.
+/// Writes `state` (the room's whole document) as a compacted snapshot that
+/// folds in every log entry of the room.
+///
+/// `base` is the snapshot `state` is known to contain: only one read by
+/// [`load`] qualifies. After this node's own snapshot the store may have
+/// merged in another writer's content that `state` lacks, so that snapshot
+/// must be merged again next time (callers pass `None`).
 ///
 /// # Errors
 /// The store's error; nothing is changed in storage then.
-pub async fn save_snapshot(
+pub async fn write_snapshot(
     store: &Arc<dyn Store>,
     room: &RoomName,
     state: &[u8],
-    position: &mut StoredPosition,
-    unlogged_updates: u64,
+    base: Option<SnapshotId>,
     keep: usize,
-) -> Result<(), StoreError> {
-    let info = store
+) -> Result<SnapshotInfo, StoreError> {
+    store
         .write_snapshot(
             NewSnapshot {
                 room,
                 state,
-                base: position.base,
-                through: position.through,
-                unlogged_updates: i64::try_from(unlogged_updates).unwrap_or(i64::MAX),
+                base,
+                through: Some(crdt_store::UpdateId::MAX),
+                unlogged_updates: 0,
                 restored_from: None,
             },
             keep,
         )
-        .await?;
-    position.base = Some(info.id);
-    Ok(())
+        .await
 }

@@ -1,0 +1,376 @@
+//! The group-commit write path: every update a room accepts is appended to
+//! the store's update log in batches, one round trip per batch.
+//!
+//! Rooms hand updates over without waiting (broadcasting never waits for
+//! the database). The journal task collects everything that arrives within
+//! one flush window and appends it in one `Store::append`. When the
+//! database is down it keeps the batch, retries with exponential backoff and
+//! full jitter, and keeps collecting; rooms stop accepting new updates once
+//! `max_pending_bytes` are waiting, so memory stays bounded and nothing is
+//! dropped. On recovery everything pending is written in order.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt_store::{PendingUpdate, RoomName, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+
+/// Write-path settings.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Updates arriving within this window are written together.
+    pub flush_interval: Duration,
+    /// Bytes of updates that may wait for the database before rooms refuse
+    /// new updates.
+    pub max_pending_bytes: usize,
+    /// Largest batch written in one round trip.
+    pub max_batch_bytes: usize,
+    pub max_batch_updates: usize,
+    /// First and largest retry delay while the database fails.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(50),
+            max_pending_bytes: 256 << 20,
+            max_batch_bytes: 8 << 20,
+            max_batch_updates: 10_000,
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(10),
+        }
+    }
+}
+
+enum Entry {
+    Update(PendingUpdate),
+    /// Answered once every update enqueued before it is written.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The rooms' handle on the write path. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    entries: mpsc::UnboundedSender<Entry>,
+    shared: Arc<Shared>,
+}
+
+/// State the journal task and its handles share, also read by `/readyz`
+/// and metrics.
+struct Shared {
+    /// Bytes enqueued and not yet written: the only bound on the unbounded
+    /// channel, checked by rooms before they accept an update.
+    pending_bytes: AtomicUsize,
+    max_pending_bytes: usize,
+    written_updates: AtomicU64,
+    written_batches: AtomicU64,
+    /// Set while the database is failing, with the first failure's time.
+    failing: Mutex<Option<Failure>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub since: std::time::Instant,
+    pub error: String,
+    pub attempts: u32,
+}
+
+/// What the journal has done so far, for logs, readiness and metrics.
+#[derive(Debug, Clone)]
+pub struct JournalStatus {
+    pub pending_bytes: usize,
+    pub written_updates: u64,
+    pub written_batches: u64,
+    pub failing: Option<Failure>,
+}
+
+/// The update was not accepted: too much is waiting for the database.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("storage write backlog is full ({pending} bytes pending)")]
+pub struct Backlogged {
+    pub pending: usize,
+}
+
+/// Runs the journal task; dropping it does not stop the task, [`JournalTask::drain`] does.
+pub struct JournalTask {
+    handle: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Journal {
+    /// Starts the journal task writing into `store`.
+    pub fn start(store: Arc<dyn Store>, config: JournalConfig) -> (Journal, JournalTask) {
+        let (entries, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pending_bytes: AtomicUsize::new(0),
+            max_pending_bytes: config.max_pending_bytes,
+            written_updates: AtomicU64::new(0),
+            written_batches: AtomicU64::new(0),
+            failing: Mutex::new(None),
+        });
+        let stop = CancellationToken::new();
+        let writer = Writer {
+            store,
+            config,
+            receiver,
+            shared: shared.clone(),
+            stop: stop.clone(),
+        };
+        let handle = tokio::spawn(writer.run());
+        (Journal { entries, shared }, JournalTask { handle, stop })
+    }
+
+    /// Whether an update of `len` bytes may be accepted now.
+    ///
+    /// # Errors
+    /// [`Backlogged`] when the pending bytes would pass the limit.
+    pub fn check_capacity(&self, len: usize) -> Result<(), Backlogged> {
+        let pending = self.shared.pending_bytes.load(Ordering::Relaxed);
+        if pending.saturating_add(len) > self.shared.max_pending_bytes {
+            return Err(Backlogged { pending });
+        }
+        Ok(())
+    }
+
+    /// Queues an accepted update for the log. Never waits.
+    pub fn append(&self, room: &RoomName, data: Bytes) {
+        self.shared
+            .pending_bytes
+            .fetch_add(data.len(), Ordering::Relaxed);
+        let entry = Entry::Update(PendingUpdate {
+            room: room.clone(),
+            data,
+        });
+        if let Err(mpsc::error::SendError(Entry::Update(update))) = self.entries.send(entry) {
+            // Only after drain(): every room has stopped by then.
+            error!(room = %update.room, bytes = update.data.len(), "update arrived after the journal stopped; it is only in memory");
+        }
+    }
+
+    /// Resolves once every update queued before this call is in storage.
+    /// Waits as long as the database is down: callers bound it themselves.
+    pub async fn flushed(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.entries.send(Entry::Barrier(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub fn status(&self) -> JournalStatus {
+        JournalStatus {
+            pending_bytes: self.shared.pending_bytes.load(Ordering::Relaxed),
+            written_updates: self.shared.written_updates.load(Ordering::Relaxed),
+            written_batches: self.shared.written_batches.load(Ordering::Relaxed),
+            failing: self.shared.failing().clone(),
+        }
+    }
+}
+
+impl Shared {
+    fn failing(&self) -> std::sync::MutexGuard<'_, Option<Failure>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl JournalTask {
+    /// Writes everything still queued, retrying until `deadline`, and stops.
+    /// Returns whether everything was written. Call after every room has
+    /// stopped appending.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        self.stop.cancel();
+        match tokio::time::timeout(deadline, self.handle).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                error!(error = %e, "journal task failed");
+                false
+            }
+            Err(_) => {
+                error!("journal could not write everything before the shutdown deadline");
+                false
+            }
+        }
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    config: JournalConfig,
+    receiver: mpsc::UnboundedReceiver<Entry>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Batch {
+    updates: Vec<PendingUpdate>,
+    bytes: usize,
+    barriers: Vec<oneshot::Sender<()>>,
+}
+
+impl Writer {
+    /// Runs until stopped and everything queued is written.
+    async fn run(mut self) {
+        let mut carry: Option<Entry> = None;
+        loop {
+            let first = match carry.take() {
+                Some(entry) => entry,
+                None => match self.next_entry().await {
+                    Some(entry) => entry,
+                    None => return, // stopped and empty
+                },
+            };
+            let mut batch = Batch::default();
+            let full = self.add(&mut batch, first);
+            if !full {
+                carry = self.collect(&mut batch).await;
+            }
+            self.write(batch).await;
+        }
+    }
+
+    /// The next entry; after `stop`, only what is already queued.
+    async fn next_entry(&mut self) -> Option<Entry> {
+        if self.stop.is_cancelled() {
+            return self.receiver.try_recv().ok();
+        }
+        tokio::select! {
+            entry = self.receiver.recv() => entry,
+            () = self.stop.cancelled() => self.receiver.try_recv().ok(),
+        }
+    }
+
+    /// Adds entries arriving within the flush window (or already queued
+    /// once stopping). Returns an entry that did not fit the batch.
+    async fn collect(&mut self, batch: &mut Batch) -> Option<Entry> {
+        let deadline = Instant::now() + self.config.flush_interval;
+        loop {
+            let entry = if self.stop.is_cancelled() {
+                match self.receiver.try_recv() {
+                    Ok(entry) => entry,
+                    Err(_) => return None,
+                }
+            } else {
+                tokio::select! {
+                    entry = self.receiver.recv() => match entry {
+                        Some(entry) => entry,
+                        None => return None,
+                    },
+                    () = sleep_until(deadline) => return None,
+                    () = self.stop.cancelled() => continue,
+                }
+            };
+            if self.fits(batch, &entry) {
+                if self.add(batch, entry) {
+                    return None;
+                }
+            } else {
+                return Some(entry);
+            }
+        }
+    }
+
+    fn fits(&self, batch: &Batch, entry: &Entry) -> bool {
+        match entry {
+            Entry::Barrier(_) => true,
+            Entry::Update(update) => {
+                batch.updates.is_empty()
+                    || (batch.bytes + update.data.len() <= self.config.max_batch_bytes
+                        && batch.updates.len() < self.config.max_batch_updates)
+            }
+        }
+    }
+
+    /// Adds one entry; returns whether the batch is full.
+    fn add(&self, batch: &mut Batch, entry: Entry) -> bool {
+        match entry {
+            Entry::Barrier(done) => batch.barriers.push(done),
+            Entry::Update(update) => {
+                batch.bytes += update.data.len();
+                batch.updates.push(update);
+            }
+        }
+        batch.bytes >= self.config.max_batch_bytes
+            || batch.updates.len() >= self.config.max_batch_updates
+    }
+
+    /// Writes one batch, retrying failures with backoff until it is written
+    /// (at shutdown, until `drain`'s deadline gives up on the task).
+    async fn write(&mut self, batch: Batch) {
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_cap);
+        if !batch.updates.is_empty() {
+            loop {
+                let started = Instant::now();
+                match self.store.append(&batch.updates).await {
+                    Ok(_) => {
+                        debug!(updates = batch.updates.len(), bytes = batch.bytes, elapsed = ?started.elapsed(), "batch written");
+                        self.recovered(backoff.attempts());
+                        break;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        self.failed(
+                            &e,
+                            backoff.attempts(),
+                            batch.updates.len(),
+                            batch.bytes,
+                            delay,
+                        );
+                        if !e.is_transient() && backoff.attempts() == 1 {
+                            warn!(error = %e, "storage error that may not be transient; retrying anyway so nothing is dropped");
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+            self.shared
+                .pending_bytes
+                .fetch_sub(batch.bytes, Ordering::Relaxed);
+            self.shared
+                .written_updates
+                .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
+            self.shared.written_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        for done in batch.barriers {
+            let _ = done.send(());
+        }
+    }
+
+    fn failed(
+        &self,
+        error: &crdt_store::StoreError,
+        attempts: u32,
+        updates: usize,
+        bytes: usize,
+        delay: Duration,
+    ) {
+        let mut failing = self.shared.failing();
+        let failure = failing.get_or_insert_with(|| Failure {
+            since: std::time::Instant::now(),
+            error: String::new(),
+            attempts: 0,
+        });
+        failure.error = error.to_string();
+        failure.attempts = attempts;
+        let pending = self.shared.pending_bytes.load(Ordering::Relaxed);
+        warn!(error = %error, cause = ?std::error::Error::source(error), attempts, updates, bytes, pending_bytes = pending, retry_in = ?delay, "writing updates failed; holding them and retrying");
+    }
+
+    fn recovered(&self, attempts: u32) {
+        let mut failing = self.shared.failing();
+        if let Some(failure) = failing.take() {
+            info!(attempts, down_for = ?failure.since.elapsed(), "storage writes recovered; pending updates written");
+        }
+    }
+}
