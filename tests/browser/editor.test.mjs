@@ -1,0 +1,284 @@
+// The web demo end to end: the real crdt-hub binary serves the page, real
+// headless Chromium runs it, and people in separate browser contexts (own
+// localStorage, like separate browsers) edit together through the server.
+
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { after, before, test } from 'node:test'
+import { gunzipSync } from 'node:zlib'
+
+import {
+  ARTIFACTS, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
+} from './harness.mjs'
+
+let server
+let browser
+const pages = []
+
+before(async () => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true })
+  server = await startServer()
+  browser = await launchBrowser()
+})
+
+after(async () => {
+  // Always both, even if one fails.
+  await Promise.allSettled([
+    browser && withTimeout(browser.close(), 15_000, 'closing Chromium'),
+    server?.stop()
+  ])
+})
+
+async function open (room, options) {
+  const page = await openPage(browser, server, options)
+  pages.push(page)
+  page.sockets = []
+  page.on('websocket', ws => page.sockets.push(ws.url()))
+  await page.goto(`${server.url}/?room=${encodeURIComponent(room)}`)
+  await page.locator('.cm-content').waitFor()
+  return page
+}
+
+const editorText = page => page.evaluate(() => window.crdtHub.view.state.doc.toString())
+const statusText = page => page.locator('#status .status-text').textContent()
+const statusPhase = page => page.locator('#status').getAttribute('data-state')
+const people = page => page.locator('#people .person-name').allTextContents()
+
+async function waitConnected (page) {
+  await waitFor(async () => (await statusPhase(page)) === 'connected',
+    async () => `"Connected", status is "${await statusText(page)}"`)
+}
+
+async function setName (page, name) {
+  await page.fill('#name-input', name)
+}
+
+/** Types at the end of the document. */
+async function typeAtEnd (page, text) {
+  await page.locator('.cm-content').click()
+  await page.keyboard.press('Control+End')
+  await page.keyboard.type(text, { delay: 5 })
+}
+
+/** The remote carets drawn in `page`, as `{ name, opacity }`. */
+function remoteCarets (page) {
+  return page.locator('.cm-ySelectionCaret').evaluateAll(carets => carets.map(caret => {
+    const label = caret.querySelector('.cm-ySelectionInfo')
+    return { name: label?.textContent, opacity: label && getComputedStyle(label).opacity }
+  }))
+}
+
+function assertNoProblems (page) {
+  assert.deepEqual(page.problems, [], 'the page logged errors or reached outside the server')
+}
+
+test('the server serves the page and its assets with types and cache headers', async () => {
+  const page = await fetch(`${server.url}/?room=headers`)
+  assert.equal(page.status, 200)
+  assert.equal(page.headers.get('content-type'), 'text/html; charset=utf-8')
+  assert.equal(page.headers.get('cache-control'), 'no-cache')
+  const html = await page.text()
+  const script = /src="(\/assets\/app\.js\?v=\w+)"/.exec(html)?.[1]
+  const stylesheet = /href="(\/assets\/app\.css\?v=\w+)"/.exec(html)?.[1]
+  assert.ok(script && stylesheet, `index.html links both assets:\n${html}`)
+
+  const again = await fetch(`${server.url}/`, { headers: { 'if-none-match': page.headers.get('etag') } })
+  assert.equal(again.status, 304)
+
+  // node's fetch would decompress for us; ask for the raw bytes instead.
+  const js = await fetch(`${server.url}${script}`, { headers: { 'accept-encoding': 'identity' } })
+  assert.equal(js.status, 200)
+  assert.equal(js.headers.get('content-type'), 'text/javascript; charset=utf-8')
+  assert.match(js.headers.get('cache-control'), /max-age=31536000/)
+  const body = Buffer.from(await js.arrayBuffer())
+
+  const { request } = await import('node:http')
+  const gz = await new Promise((resolve, reject) => {
+    request(`${server.url}${script}`, { headers: { 'accept-encoding': 'gzip' } }, res => {
+      const chunks = []
+      res.on('data', c => chunks.push(c))
+      res.on('end', () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }))
+      res.on('error', reject)
+    }).on('error', reject).end()
+  })
+  assert.equal(gz.headers['content-encoding'], 'gzip')
+  assert.ok(gunzipSync(gz.body).equals(body), 'the gzip copy is the same script')
+  assert.ok(gz.body.length < body.length / 2)
+
+  const css = await fetch(`${server.url}${stylesheet}`)
+  assert.equal(css.headers.get('content-type'), 'text/css; charset=utf-8')
+
+  // A room path without an upgrade is still a room, not a page.
+  const room = await fetch(`${server.url}/assets/other.js`)
+  assert.equal(room.status, 426)
+})
+
+test('two people edit together, one goes offline, both converge; other rooms see nothing', async () => {
+  const room = uniqueRoom('notes')
+  const otherRoom = uniqueRoom('elsewhere')
+
+  const alice = await open(room)
+  const bob = await open(room)
+  const carol = await open(otherRoom)
+  await setName(alice, 'Alice')
+  await setName(bob, 'Bob')
+  await setName(carol, 'Carol')
+  await Promise.all([alice, bob, carol].map(waitConnected))
+
+  // The page talks to the server it came from, in the room from its URL.
+  assert.deepEqual(alice.sockets, [`ws://${server.addr}/${room}`])
+
+  // Who is here: each sees both, themselves first.
+  for (const page of [alice, bob]) {
+    await waitFor(async () => (await people(page)).length === 2,
+      async () => `two people in ${room}, saw ${JSON.stringify(await people(page))}`)
+  }
+  assert.deepEqual(await people(alice), ['Alice', 'Bob'])
+  assert.deepEqual(await people(bob), ['Bob', 'Alice'])
+  assert.deepEqual(await people(carol), ['Carol'])
+  const colors = await alice.locator('#people .avatar').evaluateAll(els => els.map(el => el.style.backgroundColor))
+  assert.notEqual(colors[0], colors[1], 'two people in a room get different colours')
+
+  // Alice types; Bob sees the text and Alice's caret with her name on it.
+  await typeAtEnd(alice, 'Launch checklist\n- Alice: write the announcement')
+  await waitFor(async () => (await editorText(bob)) === 'Launch checklist\n- Alice: write the announcement',
+    async () => `Bob to see Alice's text, he has ${JSON.stringify(await editorText(bob))}`)
+  await waitFor(async () => (await remoteCarets(bob)).some(c => c.name === 'Alice' && c.opacity === '1'),
+    async () => `Alice's named caret in Bob's editor, saw ${JSON.stringify(await remoteCarets(bob))}`)
+  await typeAtEnd(bob, '\n- Bob: try it on a phone')
+  await waitFor(async () => (await remoteCarets(alice)).some(c => c.name === 'Bob'),
+    async () => `Bob's caret in Alice's editor, saw ${JSON.stringify(await remoteCarets(alice))}`)
+  await waitFor(async () => (await editorText(alice)) === (await editorText(bob)),
+    'Alice and Bob to agree before going offline')
+
+  // Alice goes offline: her edits stay local and are counted as unsent.
+  await alice.click('#toggle-online')
+  await waitFor(async () => (await statusPhase(alice)) === 'offline', 'Alice to be offline')
+  assert.equal(await alice.locator('#toggle-online').textContent(), 'Go online')
+  await waitFor(async () => (await people(bob)).length === 1,
+    async () => `Bob to see Alice leave, saw ${JSON.stringify(await people(bob))}`)
+  await typeAtEnd(alice, '\n- Alice (offline): update the screenshots')
+  await typeAtEnd(bob, '\n- Bob: tag the release')
+  assert.ok((await editorText(alice)).endsWith('\n- Alice (offline): update the screenshots'), 'offline edits show at once')
+  await waitFor(async () => /^Offline · \d+ unsent edits?$/.test(await statusText(alice)),
+    async () => `Alice's status to count unsent edits, it says "${await statusText(alice)}"`)
+  await delay(300) // nothing may leak while offline
+  assert.ok(!(await editorText(bob)).includes('Alice (offline)'), 'Bob cannot see offline edits')
+  assert.ok(!(await editorText(alice)).includes('tag the release'), 'Alice cannot see Bob while offline')
+
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'offline-alice.png'), await alice.screenshot())
+
+  // Back online: the edits merge and both see the same text.
+  await alice.click('#toggle-online')
+  await waitConnected(alice)
+  assert.equal(await statusText(alice), 'Connected')
+  await waitFor(async () => {
+    const [a, b] = await Promise.all([editorText(alice), editorText(bob)])
+    return a === b && a.includes('- Alice (offline): update the screenshots') && a.includes('- Bob: tag the release')
+  }, async () => `convergence: Alice has ${JSON.stringify(await editorText(alice))}, Bob has ${JSON.stringify(await editorText(bob))}`)
+  assert.ok((await editorText(alice)).startsWith('Launch checklist\n- Alice: write the announcement\n- Bob: try it on a phone\n'))
+  await waitFor(async () => (await people(bob)).length === 2, 'Bob to see Alice again')
+  // Alice sees Bob again at once, not only when his awareness next renews
+  // (every 15 s) or his cursor moves.
+  await waitFor(async () => (await people(alice)).length === 2,
+    async () => `Alice to see Bob again, saw ${JSON.stringify(await people(alice))}`, 5_000)
+  await waitFor(async () => (await remoteCarets(alice)).some(c => c.name === 'Bob'), 'Bob\'s caret back in Alice\'s editor', 5_000)
+
+  // Another room saw none of it.
+  assert.equal(await editorText(carol), '')
+  assert.deepEqual(await people(carol), ['Carol'])
+  assert.deepEqual(await remoteCarets(carol), [])
+
+  // Screenshots for people: both editors side by side, and a phone.
+  await delay(300) // let the carets settle before the picture
+  const shots = await Promise.all([alice.screenshot(), bob.screenshot()])
+  for (const [name, png] of [['alice', shots[0]], ['bob', shots[1]]]) {
+    await fs.promises.writeFile(path.join(ARTIFACTS, `${name}.png`), png)
+  }
+  await writeSideBySide(shots, path.join(ARTIFACTS, 'side-by-side.png'))
+
+  const phone = await open(room, { viewport: { width: 375, height: 740 }, mobile: true })
+  await setName(phone, 'Dana on a phone')
+  await waitConnected(phone)
+  await waitFor(async () => (await editorText(phone)) === (await editorText(alice)), 'the phone to sync')
+  await assertFitsWidth(phone)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'phone-375.png'), await phone.screenshot({ fullPage: true }))
+  // Offline, the status grows ("Offline · N unsent edits"): still no overflow.
+  await phone.click('#toggle-online')
+  await typeAtEnd(phone, '\n- Dana: read on the train')
+  await waitFor(async () => /unsent/.test(await statusText(phone)), 'the phone to count unsent edits')
+  await assertFitsWidth(phone)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'phone-375-offline.png'), await phone.screenshot())
+  await phone.click('#toggle-online')
+  await waitFor(async () => (await editorText(alice)).endsWith('read on the train'), 'the phone\'s offline edit to reach Alice')
+
+  for (const page of pages) assertNoProblems(page)
+})
+
+/** Nothing on the page sticks out sideways: no horizontal scrolling, every control reachable. */
+async function assertFitsWidth (page) {
+  const { overflow, outside } = await page.evaluate(() => ({
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    outside: Array.from(document.querySelectorAll('button, input, .status'))
+      .filter(el => { const r = el.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth })
+      .map(el => el.id || el.className)
+  }))
+  assert.ok(overflow <= 0, `no horizontal scrolling (overflows by ${overflow} px)`)
+  assert.deepEqual(outside, [], 'controls cut off at the side')
+}
+
+/** Puts two screenshots next to each other by letting Chromium draw them. */
+async function writeSideBySide (pngs, file) {
+  const page = await browser.newPage({ viewport: { width: 2 * 1100 + 24, height: 720 } })
+  try {
+    const imgs = pngs.map(png => `<img src="data:image/png;base64,${png.toString('base64')}">`).join('')
+    await page.setContent(`<body style="margin:0;display:flex;gap:24px;background:#0f172a">${imgs}</body>`)
+    await page.waitForFunction(() => Array.from(document.images).every(img => img.complete))
+    await fs.promises.writeFile(file, await page.screenshot())
+  } finally {
+    await page.close()
+  }
+}
+
+test('the room comes from the URL, the token reaches the server, and the page links elsewhere', async () => {
+  const page = await openPage(browser, server)
+  pages.push(page)
+  const sockets = []
+  page.on('websocket', ws => sockets.push(ws.url()))
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url })
+
+  // No room in the URL: the page picks one and writes it into the URL.
+  await page.goto(`${server.url}/?token=s3cret`)
+  await waitConnected(page)
+  const url = new URL(page.url())
+  const room = url.searchParams.get('room')
+  assert.match(room, /^[a-z]+-[a-z]+-[0-9a-z]{4}$/)
+  assert.equal(url.searchParams.get('token'), 's3cret', 'the token stays in the address bar')
+  assert.equal(await page.locator('#room-name').textContent(), room)
+  assert.deepEqual(sockets, [`ws://${server.addr}/${room}?token=s3cret`])
+
+  // The share link names the room but not this person's token.
+  const link = `${server.url}/?room=${room}`
+  assert.equal(await page.inputValue('#share-url'), link)
+  await page.click('#share')
+  await waitFor(async () => (await page.locator('#share').textContent()) === 'Link copied', 'the share button to confirm the copy')
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), link)
+
+  // Switching rooms keeps the token; any room name works.
+  await page.fill('#room-input', 'team notes/2025?draft')
+  await Promise.all([page.waitForURL(/team/), page.press('#room-input', 'Enter')])
+  await waitConnected(page)
+  const next = new URL(page.url())
+  assert.equal(next.searchParams.get('room'), 'team notes/2025?draft')
+  assert.equal(next.searchParams.get('token'), 's3cret')
+  assert.equal(sockets.at(-1), `ws://${server.addr}/team%20notes%2F2025%3Fdraft?token=s3cret`)
+  assert.equal(await page.title(), 'team notes/2025?draft · crdt-hub')
+
+  // Names persist across pages of the same browser.
+  await page.fill('#name-input', 'Erin')
+  await page.reload()
+  await waitConnected(page)
+  assert.equal(await page.inputValue('#name-input'), 'Erin')
+  assertNoProblems(page)
+})

@@ -1,0 +1,127 @@
+// The link to crdt-hub: one WebsocketProvider per page, and a small status
+// model on top of it that says what is really going on — including how many
+// local edits the server has not got yet.
+
+import { WebsocketProvider } from 'y-websocket'
+
+/**
+ * @typedef {'connecting' | 'syncing' | 'connected' | 'offline' | 'refused'} Phase
+ * @typedef {{ phase: Phase, unsent: number, wantOnline: boolean, refusal: { code: number, reason: string } | null }} Status
+ */
+
+export class Connection {
+  /**
+   * @param {string} url ws(s)://host of the server
+   * @param {string} room
+   * @param {import('yjs').Doc} doc
+   * @param {{ token: string | null }} options
+   */
+  constructor (url, room, doc, { token }) {
+    this.doc = doc
+    this.provider = new WebsocketProvider(url, room, doc, {
+      params: token ? { token } : {},
+      // Tabs of one browser would otherwise also sync with each other over
+      // a BroadcastChannel, behind the server's back: "connected" and
+      // "offline" here are about crdt-hub alone.
+      disableBc: true
+    })
+    /** Local updates made while no socket was open; reset once synced. */
+    this.unsent = 0
+    /** Whether a socket closed or failed, unasked, since the last sync. */
+    this.lostConnection = false
+    /** The close that told the provider to stop retrying (a 44xx code), if any. */
+    this.refusal = null
+    this.listeners = new Set()
+
+    this.provider.on('status', ({ status }) => {
+      if (status === 'disconnected') this.forgetPeers()
+      this.changed()
+    })
+    this.provider.on('sync', synced => {
+      if (synced) {
+        // The server answered our state vector after we sent it ours: the
+        // edits we held are now on their way to (or at) the server.
+        this.unsent = 0
+        this.lostConnection = false
+      }
+      this.changed()
+    })
+    this.provider.on('connection-close', () => {
+      if (this.provider.shouldConnect) this.lostConnection = true
+      this.changed()
+    })
+    this.provider.on('closed', close => {
+      // y-websocket gives up on 4400–4499 closes: the server refused us.
+      this.refusal = { code: close.code, reason: close.reason }
+      this.changed()
+    })
+    this.provider.on('connection-error', () => {
+      this.lostConnection = true
+      this.changed()
+    })
+    doc.on('update', (_update, origin) => {
+      // Updates the provider applied came from the server; everything else
+      // was typed here.
+      if (origin !== this.provider && !this.provider.wsconnected) {
+        this.unsent += 1
+        this.changed()
+      }
+    })
+  }
+
+  get awareness () {
+    return this.provider.awareness
+  }
+
+  /** @returns {Status} */
+  get status () {
+    const p = this.provider
+    let phase
+    if (p.wsconnected) phase = p.synced ? 'connected' : 'syncing'
+    else if (this.refusal && !p.shouldConnect) phase = 'refused'
+    else if (p.shouldConnect && !this.lostConnection) phase = 'connecting'
+    else phase = 'offline'
+    return { phase, unsent: this.unsent, wantOnline: p.shouldConnect, refusal: this.refusal }
+  }
+
+  /** Calls `listener(status)` now and on every change; returns an unsubscribe. */
+  subscribe (listener) {
+    this.listeners.add(listener)
+    listener(this.status)
+    return () => this.listeners.delete(listener)
+  }
+
+  /**
+   * On disconnect y-websocket drops the other peers' awareness states but
+   * keeps their clocks. On reconnect the server sends those same states
+   * with the same clocks, which awareness then ignores as old news: the
+   * peers would stay invisible until they next move their cursor (or their
+   * 15 s renewal). Forgetting the clocks of peers we no longer show lets
+   * the server's copy in at once.
+   */
+  forgetPeers () {
+    const { awareness } = this
+    for (const clientId of [...awareness.meta.keys()]) {
+      if (clientId !== awareness.clientID && !awareness.states.has(clientId)) {
+        awareness.meta.delete(clientId)
+      }
+    }
+  }
+
+  goOffline () {
+    this.provider.disconnect()
+    this.changed()
+  }
+
+  goOnline () {
+    this.lostConnection = false
+    this.refusal = null
+    this.provider.connect()
+    this.changed()
+  }
+
+  changed () {
+    const status = this.status
+    for (const listener of this.listeners) listener(status)
+  }
+}

@@ -1,0 +1,27 @@
+// Entry point: start the session, then mount the top bar and the sidebar
+// panels around the editor. A new panel (version history, say) is one more
+// entry in PANELS: a function from the session to an element.
+
+import './styles.css'
+import { startSession } from './session.js'
+import { mountTopbar } from './topbar.js'
+import { mountFooter } from './footer.js'
+import { peoplePanel } from './panels/people.js'
+import { profilePanel } from './panels/profile.js'
+import { roomPanel } from './panels/room.js'
+
+const PANELS = [peoplePanel, profilePanel, roomPanel]
+
+const session = startSession(document.getElementById('editor'))
+document.title = `${session.room} · crdt-hub`
+mountTopbar(document.getElementById('topbar'), session)
+mountFooter(document.querySelector('.editor-footer'), session)
+document.getElementById('sidebar').append(...PANELS.map(make => make(session)))
+
+// Leaving with edits the server has not got would lose them.
+window.addEventListener('beforeunload', event => {
+  if (session.connection.unsent > 0) event.preventDefault()
+})
+
+// A handle for the browser console (and end-to-end tests).
+window.crdtHub = session
