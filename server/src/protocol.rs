@@ -11,11 +11,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
+
+use crate::decode_guard::{self, GuardError};
 use yrs::StateVector;
 use yrs::Update;
 use yrs::encoding::read::{self, Cursor};
 use yrs::encoding::write::Write;
-use yrs::sync::protocol::{MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC};
+use yrs::sync::protocol::{MSG_AUTH, MSG_AWARENESS, MSG_SYNC};
 use yrs::sync::{AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
@@ -44,6 +46,19 @@ pub struct DocUpdate {
     pub encoded: Bytes,
 }
 
+impl DocUpdate {
+    /// Decodes an update that did not come in a frame (HTTP API, import).
+    ///
+    /// # Errors
+    /// The decoder's error when the bytes are not a Yjs v1 update.
+    pub fn decode(encoded: impl Into<Bytes>) -> Result<Self, read::Error> {
+        let encoded = encoded.into();
+        let update = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(&encoded)))
+            .unwrap_or(Err(read::Error::Custom("decoder panicked".into())))?;
+        Ok(Self { update, encoded })
+    }
+}
+
 /// Why a frame was refused. Every variant ends the sending connection with
 /// close code 1002 (protocol error); the room never sees the frame.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +79,13 @@ pub enum ProtocolError {
     },
     #[error("decoding message #{index} panicked inside yrs")]
     DecoderPanic { index: usize },
+    /// The message could make yrs allocate or work far beyond its size.
+    #[error("message #{index} refused before decoding")]
+    Refused {
+        index: usize,
+        #[source]
+        source: GuardError,
+    },
 }
 
 /// Splits one binary frame into its messages and decodes each.
@@ -82,6 +104,12 @@ pub fn parse_frame(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError> {
 }
 
 fn parse_frame_inner(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError> {
+    // `MessageReader` decodes state vectors and awareness updates itself:
+    // check every payload before it does.
+    decode_guard::check_frame(frame).map_err(|e| ProtocolError::Refused {
+        index: e.index,
+        source: e.source,
+    })?;
     let mut decoder = DecoderV1::new(Cursor::new(frame));
     let mut messages = Vec::with_capacity(1);
     for (index, message) in MessageReader::new(&mut decoder).enumerate() {
@@ -89,6 +117,8 @@ fn parse_frame_inner(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError>
         messages.push(match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => ClientMessage::SyncStep1(sv),
             Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
+                decode_guard::check_update_v1(&bytes)
+                    .map_err(|source| ProtocolError::Refused { index, source })?;
                 let update = Update::decode_v1(&bytes)
                     .map_err(|source| ProtocolError::BadUpdate { index, source })?;
                 ClientMessage::DocUpdate(DocUpdate {
@@ -154,20 +184,6 @@ fn encode_sync_payload(kind: u8, update: &[u8]) -> Bytes {
 fn encode(message: &Message) -> Bytes {
     Bytes::from(message.encode_v1())
 }
-
-/// The message type byte for metrics and logs.
-pub fn message_kind(message: &ClientMessage) -> &'static str {
-    match message {
-        ClientMessage::SyncStep1(_) => "sync_step1",
-        ClientMessage::DocUpdate(_) => "update",
-        ClientMessage::Awareness(_) => "awareness",
-        ClientMessage::AwarenessQuery => "awareness_query",
-        ClientMessage::Ignored { .. } => "other",
-    }
-}
-
-#[doc(hidden)]
-pub const MSG_QUERY_AWARENESS_TAG: u8 = MSG_QUERY_AWARENESS;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,9 @@
+//! One client frame of arbitrary bytes through `protocol::parse_frame` (and
+//! so the decode guard) into a `Room` the client has joined.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    crdt_hub::fuzzing::frame_into_room(data);
+});
