@@ -69,6 +69,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored room, by name.
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
 
+    /// One stored room, or `None` when nothing is stored under that name.
+    async fn room_summary(&self, room: &RoomName) -> Result<Option<RoomSummary>, StoreError>;
+
     /// The room's snapshots (its version history), newest first.
     async fn snapshots(&self, room: &RoomName) -> Result<Vec<SnapshotInfo>, StoreError>;
 

@@ -237,6 +237,22 @@ impl Store for PostgresStore {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn room_summary(&self, room: &RoomName) -> Result<Option<RoomSummary>, StoreError> {
+        let row: Option<RoomSummaryRow> = sqlx::query_as(
+            "SELECT r.name, r.updated_at, \
+                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
+                 (COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
+                            ORDER BY s.id DESC LIMIT 1), 0) \
+                  + COALESCE((SELECT sum(length(u.data)) FROM updates u \
+                              WHERE u.room = r.name), 0))::bigint AS size \
+             FROM rooms r WHERE r.name = $1",
+        )
+        .bind(room.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(RoomSummary::try_from).transpose()?)
+    }
+
     async fn snapshots(&self, room: &RoomName) -> Result<Vec<SnapshotInfo>, StoreError> {
         let rows: Vec<SnapshotInfoRow> = sqlx::query_as(
             "SELECT id, created_at, size, update_count, restored_from \

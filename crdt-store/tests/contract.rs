@@ -763,6 +763,13 @@ mod contract {
             .unwrap();
         let after = store.rooms().await.unwrap();
         assert!(after[1].updated_at > before, "append moves updated_at");
+
+        // One room alone says the same as the listing.
+        for summary in &after {
+            let single = store.room_summary(&summary.room).await.unwrap();
+            assert_eq!(single.as_ref(), Some(summary));
+        }
+        assert_eq!(store.room_summary(&room("nope")).await.unwrap(), None);
     }
 
     pub async fn odd_room_names_round_trip(Ctx { store, .. }: Ctx) {

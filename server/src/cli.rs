@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::HttpLimits;
+use crate::cli_security::{AuthArgs, LimitArgs, TlsArgs, TokenArgs};
 use crate::connection::ConnectionConfig;
 use crate::logging::LogFormat;
 use crate::persist::JournalConfig;
@@ -41,9 +43,13 @@ pub enum Command {
     ///
     /// Clients connect with y-websocket:
     /// new WebsocketProvider('ws://127.0.0.1:1234', 'my-room', doc)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit (serve also does this at start).
     Migrate(DatabaseArgs),
+    /// Mint an HS256 token (printed alone on stdout) for development and scripts.
+    Token(TokenArgs),
+    /// List, export, import and restore the versions of stored rooms.
+    Snapshot(crate::snapshot::SnapshotArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +68,18 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 
     /// Largest WebSocket message a client may send; bigger ones close the
     /// connection with 1009.
@@ -111,6 +129,14 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_KEEP_SNAPSHOTS", default_value = "20")]
     pub keep_snapshots: usize,
 
+    /// Longest an HTTP request may take to produce its response head (408 after).
+    #[arg(long, env = "CRDT_HUB_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+
+    /// HTTP requests handled at once; more wait their turn.
+    #[arg(long, env = "CRDT_HUB_HTTP_CONCURRENCY", default_value = "512")]
+    pub http_concurrency: usize,
+
     /// At shutdown, how long rooms wait for their connections to close.
     #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -125,7 +151,17 @@ impl ServeArgs {
             snapshot_interval: self.snapshot_interval.max(Duration::from_millis(10)),
             snapshot_max_updates: self.snapshot_max_updates.max(1),
             snapshot_max_bytes: self.snapshot_max_bytes as u64,
+            max_connections: self.limits.max_connections_per_room.max(1),
+            max_rooms: self.limits.max_rooms.max(1),
+            max_document_bytes: self.limits.max_doc_size as u64,
             ..RoomConfig::default()
+        }
+    }
+
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            timeout: self.http_timeout,
+            concurrency: self.http_concurrency.max(1),
         }
     }
 

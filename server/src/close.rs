@@ -45,3 +45,17 @@ pub const LOAD_FAILED: CloseReason =
 /// when it reconnects.
 pub const STORAGE_BACKLOG: CloseReason =
     CloseReason::new(1013, "storage unavailable: write backlog full; retry later");
+/// 1000: the room was deleted through the API. A client that reconnects
+/// starts it afresh (with whatever its own replica holds).
+pub const ROOM_DELETED: CloseReason = CloseReason::new(1000, "room deleted");
+/// 1008: the client sent faster than its rate limit for too long.
+pub const RATE_LIMITED: CloseReason =
+    CloseReason::new(1008, "policy violation: message rate limit exceeded");
+/// 1009: the update would grow the document past `--max-doc-size`; it was
+/// not applied.
+pub const DOCUMENT_TOO_LARGE: CloseReason =
+    CloseReason::new(1009, "document size limit reached; update refused");
+/// 1013: the room already has `--max-connections-per-room` connections,
+/// or the server holds `--max-rooms` rooms.
+pub const ROOM_FULL: CloseReason =
+    CloseReason::new(1013, "room or server at capacity; retry later");

@@ -10,15 +10,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use crdt_store::RoomName;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
-use warp::ws::{Message, WebSocket};
 
 use crate::close::{self, CloseReason};
-use crate::protocol;
-use crate::room::{Access, CloseSignal, JoinRefused, PeerId, PeerLink, RoomHandle, Rooms};
+use crate::http::websocket::Socket;
+use crate::limits::{Admission, ConnectionRate};
+use crate::room::{Access, CloseSignal, PeerId, PeerLink, RoomHandle, RoomUnavailable, Rooms};
+use crate::{metrics, protocol};
 
 /// Per-connection limits and timings.
 #[derive(Debug, Clone)]
@@ -52,21 +58,58 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A connection that passed every check before its upgrade.
+pub struct Admitted {
+    pub room: RoomName,
+    pub access: Access,
+    pub peer_addr: Option<SocketAddr>,
+    /// Its place under `--max-connections`, given back when it closes.
+    pub slot: OwnedSemaphorePermit,
+    pub rate: ConnectionRate,
+}
+
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve(
-    ws: WebSocket,
-    room: RoomName,
-    access: Access,
-    peer_addr: Option<SocketAddr>,
+    ws: Socket,
+    admitted: Admitted,
     rooms: Rooms,
     config: Arc<ConnectionConfig>,
     shutdown: CancellationToken,
 ) {
     let peer = NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed);
+    let Admitted {
+        room,
+        access,
+        peer_addr,
+        slot,
+        rate,
+    } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
     async move {
         debug!("connected");
-        let mut ws = ws;
+        metrics::connection_opened();
+        let code = serve_session(ws, room, peer, access, rate, rooms, config, shutdown).await;
+        metrics::connection_closed(code);
+        drop(slot);
+        debug!("disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Returns the close code the server sent, if it sent one.
+#[allow(clippy::too_many_arguments)]
+async fn serve_session(
+    mut ws: Socket,
+    room: RoomName,
+    peer: PeerId,
+    access: Access,
+    rate: ConnectionRate,
+    rooms: Rooms,
+    config: Arc<ConnectionConfig>,
+    shutdown: CancellationToken,
+) -> Option<u16> {
+    {
         let (outbox, outgoing) = mpsc::channel(config.outbox_capacity);
         let closer = Arc::new(CloseSignal::default());
         let link = PeerLink {
@@ -77,11 +120,14 @@ pub async fn serve(
             Ok(handle) => handle,
             Err(refused) => {
                 let reason = match refused {
-                    JoinRefused::ShuttingDown => close::SHUTTING_DOWN,
-                    JoinRefused::LoadFailed | JoinRefused::Unloading => close::LOAD_FAILED,
+                    RoomUnavailable::ShuttingDown => close::SHUTTING_DOWN,
+                    RoomUnavailable::Full => close::ROOM_FULL,
+                    RoomUnavailable::LoadFailed
+                    | RoomUnavailable::Unloading
+                    | RoomUnavailable::Deleting => close::LOAD_FAILED,
                 };
                 close_socket(&mut ws, reason).await;
-                return;
+                return Some(reason.code);
             }
         };
         let mut session = Session {
@@ -91,26 +137,25 @@ pub async fn serve(
             room: handle,
             peer,
             config,
+            rate,
         };
         let reason = session.run(&shutdown).await;
         session.room.leave(peer).await;
-        if let Some(reason) = reason {
-            debug!(code = reason.code, reason = reason.reason, "closing");
-            close_socket(&mut session.ws, reason).await;
-        }
-        debug!("disconnected");
+        let reason = reason?;
+        debug!(code = reason.code, reason = reason.reason, "closing");
+        close_socket(&mut session.ws, reason).await;
+        Some(reason.code)
     }
-    .instrument(span)
-    .await;
 }
 
 struct Session {
-    ws: WebSocket,
+    ws: Socket,
     outgoing: mpsc::Receiver<Bytes>,
     closer: Arc<CloseSignal>,
     room: RoomHandle,
     peer: PeerId,
     config: Arc<ConnectionConfig>,
+    rate: ConnectionRate,
 }
 
 impl Session {
@@ -120,11 +165,17 @@ impl Session {
         let mut ping = interval_at(Instant::now() + keepalive, keepalive);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        // Set while the client is over its rate: its socket is not read
+        // (TCP pushes back on it), while frames to it keep flowing.
+        let mut paused_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 reason = self.closer.closed() => return Some(reason),
                 () = shutdown.cancelled() => return Some(close::SHUTTING_DOWN),
+                () = sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
+                    paused_until = None;
+                }
                 frame = self.outgoing.recv() => {
                     let frame = frame?;
                     if let Err(e) = self.write_frames(frame).await {
@@ -132,7 +183,7 @@ impl Session {
                         return None;
                     }
                 }
-                incoming = self.ws.next() => {
+                incoming = self.ws.next(), if paused_until.is_none() => {
                     let message = match incoming {
                         None => return None,
                         Some(Ok(message)) => message,
@@ -146,6 +197,18 @@ impl Session {
                         }
                     };
                     last_heard = Instant::now();
+                    match self.rate.admit(message.len()) {
+                        Admission::Go => {}
+                        Admission::Pause(wait) => {
+                            metrics::rate_limited("connection_paused");
+                            paused_until = Some(Instant::now() + wait);
+                        }
+                        Admission::Close => {
+                            warn!("over its rate limit for too long; closing");
+                            metrics::rate_limited("connection_closed");
+                            return Some(close::RATE_LIMITED);
+                        }
+                    }
                     if let Some(reason) = self.on_message(message).await {
                         return Some(reason);
                     }
@@ -155,7 +218,7 @@ impl Session {
                         debug!("no sign of life within the keepalive window");
                         return Some(close::KEEPALIVE_TIMEOUT);
                     }
-                    if timeout(self.config.write_timeout, self.ws.send(Message::ping(Vec::new()))).await.map_or(true, |r| r.is_err()) {
+                    if timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
                         return None;
                     }
                 }
@@ -165,11 +228,12 @@ impl Session {
 
     /// Handles one message from the client; returns a reason to close.
     async fn on_message(&mut self, message: Message) -> Option<CloseReason> {
-        if message.is_binary() {
-            let frame = message.into_bytes();
+        if let Message::Binary(frame) = message {
+            let received_at = Instant::now();
             return match protocol::parse_frame(&frame) {
                 Ok(messages) => {
-                    if self.room.send_frame(self.peer, messages).await {
+                    metrics::message_received(metrics::frame_kind(&frame), frame.len());
+                    if self.room.send_frame(self.peer, messages, received_at).await {
                         None
                     } else {
                         Some(close::ROOM_FAILED)
@@ -195,17 +259,24 @@ impl Session {
     async fn write_frames(&mut self, first: Bytes) -> Result<(), String> {
         let ws = &mut self.ws;
         let outgoing = &mut self.outgoing;
+        let mut sent = metrics::SentFrames::default();
         let write = async {
-            ws.feed(Message::binary(first)).await?;
+            sent.add(&first);
+            ws.feed(Message::Binary(first)).await?;
             for _ in 1..MAX_FRAMES_PER_FLUSH {
                 match outgoing.try_recv() {
-                    Ok(frame) => ws.feed(Message::binary(frame)).await?,
+                    Ok(frame) => {
+                        sent.add(&frame);
+                        ws.feed(Message::Binary(frame)).await?
+                    }
                     Err(_) => break,
                 }
             }
             ws.flush().await
         };
-        match timeout(self.config.write_timeout, write).await {
+        let result = timeout(self.config.write_timeout, write).await;
+        sent.record();
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("write timed out".into()),
@@ -213,34 +284,38 @@ impl Session {
     }
 }
 
-/// Sends a close frame and waits briefly for the client's answer, so that
-/// unread client data does not turn our close into a TCP reset that would
-/// hide the close code.
-async fn close_socket(ws: &mut WebSocket, reason: CloseReason) {
+/// Sends a close frame, half-closes, and reads (discarding) until the
+/// client closes too or a short deadline passes. Dropping a socket with
+/// unread client data in it makes the kernel send a reset, which can
+/// destroy our close frame before the client reads it: a client refused
+/// for an oversized frame would see 1006 instead of 1009.
+async fn close_socket(ws: &mut Socket, reason: CloseReason) {
     let handshake = async {
-        if ws
-            .send(Message::close_with(reason.code, reason.reason))
-            .await
-            .is_err()
-        {
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code),
+            reason: reason.reason.into(),
+        };
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            // The close frame may still be buffered in tungstenite;
+            // nothing more can be written through it.
             return;
         }
+        // The client answers with its own close frame; the stream ends.
         while let Some(Ok(_)) = ws.next().await {}
     };
     let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, handshake).await;
+    // Whatever the WebSocket layer could not parse (the rest of an
+    // oversized frame) is still in the socket: drain it below tungstenite.
+    let raw = ws.get_mut();
+    let _ = raw.shutdown().await;
+    let drain = async {
+        let mut scratch = [0u8; 8192];
+        while matches!(raw.read(&mut scratch).await, Ok(n) if n > 0) {}
+    };
+    let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
 
 /// Whether a read error is tungstenite refusing a frame over the size limit.
-fn is_too_big(error: &warp::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(tungstenite) = e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(
-                tungstenite,
-                tokio_tungstenite::tungstenite::Error::Capacity(_)
-            );
-        }
-        source = e.source();
-    }
-    false
+fn is_too_big(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Capacity(_))
 }

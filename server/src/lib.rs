@@ -4,13 +4,24 @@
 //! `crdt-store`.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod cli_security;
 pub mod close;
+pub mod cluster;
 pub mod connection;
+pub mod decode_guard;
+pub mod doc_json;
+pub mod fuzzing;
 pub mod http;
+pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
+pub mod restore;
 pub mod room;
 pub mod server;
+pub mod snapshot;
+pub mod tls;
 pub mod units;

@@ -4,7 +4,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use crdt_hub::app::App;
+use crdt_hub::auth::Verifier;
 use crdt_hub::cli::{Cli, Command, DatabaseArgs, ServeArgs};
+use crdt_hub::cli_security::TokenArgs;
+use crdt_hub::limits::Limits;
 use crdt_hub::logging;
 use crdt_hub::persist::Journal;
 use crdt_hub::room::Rooms;
@@ -12,7 +15,7 @@ use crdt_hub::server::{self, Outcome};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,9 +38,40 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Token(args) => token(args),
+        Command::Snapshot(args) => Ok(crdt_hub::snapshot::run(args).await),
     }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let token = crdt_hub::auth::mint_hs256(&args.auth_secret, args.rooms, args.role, args.ttl)
+        .context("minting the token")?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The token verifier the flags ask for; `None` serves anonymously.
+fn verifier(args: &ServeArgs) -> anyhow::Result<Option<Arc<Verifier>>> {
+    let verifier = match (&args.auth.auth_secret, &args.auth.auth_public_key) {
+        (Some(secret), _) => Some(Verifier::hs256(secret).context("--auth-secret")?),
+        (None, Some(path)) => {
+            Some(Verifier::from_public_key_file(path).context("--auth-public-key")?)
+        }
+        (None, None) => None,
+    };
+    if verifier.is_none() {
+        if args.auth.require_auth {
+            anyhow::bail!(
+                "--require-auth is set but neither --auth-secret nor --auth-public-key is given"
+            );
+        }
+        warn!(
+            "no authentication configured: anyone who can reach this port can read and write every room (set --auth-secret or --auth-public-key)"
+        );
+    }
+    Ok(verifier.map(Arc::new))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -50,6 +84,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let auth = verifier(&args)?;
+    let tls = match (&args.tls.tls_cert, &args.tls.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crdt_hub::tls::acceptor(cert, key).context("loading TLS certificate and key")?)
+        }
+        _ => None,
+    };
+    let limits = Arc::new(Limits::new(
+        args.limits.limits_config(args.max_message_size),
+    ));
+    let forget = limits.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            forget.forget_idle_clients();
+        }
+    });
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -64,13 +115,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         store,
         journal,
+        metrics: crdt_hub::metrics::install(),
         connection: Arc::new(args.connection_config()),
+        http: args.http_limits(),
+        auth,
+        allowed_origins: args.auth.allowed_origins.clone().map(Arc::new),
+        limits,
+        room_max_connections: args.limits.max_connections_per_room.max(1),
+        tls: tls.clone(),
         max_message_size: args.max_message_size,
         shutdown,
         tasks,
     };
-    info!(%addr, "listening; clients connect to ws://{addr}/ROOM");
-    match server::run(listener, app, journal_task, server::shutdown_signal()).await {
+    if let Some(url) = &args.cluster.redis_url {
+        let cluster = crdt_hub::cluster::Cluster::new(url, args.cluster.cluster_config())
+            .context("--redis-url")?;
+        info!(node = cluster.node(), prefix = %cluster.config().prefix, "cluster mode: rooms are shared through Redis");
+        app.rooms.set_cluster(cluster);
+    }
+    let signals = server::shutdown_signal().context("installing signal handlers")?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!(%addr, "listening; clients connect to {scheme}://{addr}/ROOM");
+    match server::run(listener, app, journal_task, signals).await {
         Outcome::Clean => Ok(ExitCode::SUCCESS),
         Outcome::SaveFailed => Ok(ExitCode::FAILURE),
     }

@@ -12,6 +12,7 @@ use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
 use crate::app::App;
+use crate::http::websocket::PendingUpgrade;
 use crate::http::{self, PeerAddr};
 use crate::persist::JournalTask;
 
@@ -37,7 +38,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Outcome {
     let routes = http::routes(app.clone());
-    let service = warp::service(routes);
+    // tower middleware around every HTTP request (WebSocket handshakes
+    // included): a span per request, a deadline for producing the response
+    // head (streams like SSE and upgraded sockets are not cut by it), a cap
+    // on requests in flight, and gzip for JSON and text (not for event
+    // streams or already-compressed assets).
+    let service = tower::ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            warp::http::StatusCode::REQUEST_TIMEOUT,
+            app.http.timeout,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            app.http.concurrency,
+        ))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .service(warp::service(routes));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -54,26 +70,16 @@ pub async fn run(
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let shutdown = app.shutdown.clone();
+                let tls = app.tls.clone();
                 app.tasks.spawn(async move {
-                    let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(addr));
-                        service.clone().oneshot(request)
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let connection = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(service),
-                    );
-                    let mut connection = std::pin::pin!(connection);
-                    tokio::select! {
-                        result = connection.as_mut() => {
-                            if let Err(e) = result {
-                                debug!(error = %e, "http connection ended with an error");
+                    match tls {
+                        None => serve_http(stream, addr, service, shutdown).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => serve_http(stream, addr, service, shutdown).await,
+                                Ok(Err(e)) => debug!(error = %e, %addr, "TLS handshake failed"),
+                                Err(_) => debug!(%addr, "TLS handshake timed out"),
                             }
-                        }
-                        () = shutdown.cancelled() => {
-                            connection.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
                         }
                     }
                 });
@@ -111,30 +117,69 @@ pub async fn run(
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Longest a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection until it
+/// ends or shutdown asks it to finish.
+async fn serve_http<IO, S, B>(
+    io: IO,
+    addr: std::net::SocketAddr,
+    service: S,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(addr));
+        if let Some(upgrade) = PendingUpgrade::extract(&mut request) {
+            request.extensions_mut().insert(upgrade);
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
+        service.clone().oneshot(request)
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let mut connection = std::pin::pin!(connection);
     tokio::select! {
-        () = ctrl_c => info!("SIGINT received"),
-        () = terminate => info!("SIGTERM received"),
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
     }
+}
+
+/// Listens for SIGINT and SIGTERM from the moment it is called (so a
+/// signal that arrives right after "listening" is not the default action's
+/// to take), and returns a future that resolves on the first of them.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
+        }
+    })
 }

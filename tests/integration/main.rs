@@ -3,8 +3,16 @@
 
 mod support;
 
+mod api;
 mod bad_input;
+mod convergence_props;
 mod durability;
+mod fuzz_regressions;
+mod metrics;
+mod restore;
 mod rooms;
+mod security;
 mod shutdown;
+mod snapshot_cli;
 mod sync;
+mod tls;

@@ -105,7 +105,16 @@ impl TestServer {
             ),
             store,
             journal,
+            metrics: crdt_hub::metrics::install(),
             connection: Arc::new(options.connection),
+            http: crdt_hub::app::HttpLimits::default(),
+            auth: None,
+            allowed_origins: None,
+            limits: std::sync::Arc::new(crdt_hub::limits::Limits::new(
+                crdt_hub::limits::LimitsConfig::default(),
+            )),
+            room_max_connections: 10_000,
+            tls: None,
             max_message_size: options.max_message_size,
             shutdown: shutdown.clone(),
             tasks,
@@ -246,11 +255,28 @@ impl YClient {
     }
 
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Self {
+        Self::connect_full(url, doc, &[]).await
+    }
+
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Self {
+        Self::connect_full(url, Doc::new(), headers).await
+    }
+
+    async fn connect_full(url: &str, doc: Doc, headers: &[(&str, &str)]) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+        }
         // Resyncing a big document can exceed tungstenite's 16 MiB default.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(256 << 20));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
             .await
             .expect("connect");
         let mut client = Self {
@@ -540,11 +566,79 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn stored_doc(database_url: &str, room: &str) -> Doc {
     let store = crdt_store::connect(database_url).await.unwrap();
     let room = crdt_store::RoomName::parse(room).unwrap();
-    crdt_hub::persist::load(&store, &room).await.unwrap().0
+    crdt_hub::persist::load(&store, &room).await.unwrap().doc
 }
 
 pub fn text_of(doc: &Doc, name: &str) -> String {
     use yrs::GetString;
     let text = doc.get_or_insert_text(name);
     text.get_string(&doc.transact())
+}
+
+/// One HTTP/1.1 request to the server under test.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> HttpResponse {
+    use http_body_util::BodyExt;
+    let response = http_send(addr, method, path, headers, body).await;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+        .await
+        .expect("HTTP body in time")
+        .unwrap()
+        .to_bytes();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends a request and returns the response with its body unread (for
+/// streams such as Server-Sent Events).
+pub async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> hyper::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, sender.send_request(request))
+        .await
+        .unwrap_or_else(|_| panic!("no HTTP response to {method} {path} in time"))
+        .unwrap()
 }

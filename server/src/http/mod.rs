@@ -1,18 +1,21 @@
 //! HTTP routes: the WebSocket upgrade at `/{room}` and the plain HTTP
 //! endpoints beside it, on one port.
 
+mod admission;
+pub mod api;
+mod demo;
 mod room_path;
+pub mod websocket;
 
 use std::net::SocketAddr;
 
 use serde_json::json;
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::app::App;
 use crate::connection;
-use crate::room::Access;
 
 pub use room_path::{BadRoomPath, room_from_path};
 
@@ -24,17 +27,55 @@ pub struct PeerAddr(pub SocketAddr);
 pub fn routes(
     app: App,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
+    let api_app = app.clone();
     let with_app = warp::any().map(move || app.clone());
     let peer_addr = warp::ext::optional::<PeerAddr>().map(|a: Option<PeerAddr>| a.map(|a| a.0));
 
-    let upgrade = warp::ws()
-        .and(warp::get())
+    let upgrade = websocket::websocket()
         .and(warp::path::full())
+        .and(raw_query())
+        .and(warp::header::headers_cloned())
         .and(peer_addr)
         .and(with_app.clone())
         .map(
-            |ws: warp::ws::Ws, path: warp::path::FullPath, addr: Option<SocketAddr>, app: App| {
-                upgrade(ws, path.as_str(), addr, app)
+            |ws: websocket::WsUpgrade,
+             path: warp::path::FullPath,
+             query: Option<String>,
+             headers: HeaderMap,
+             addr: Option<SocketAddr>,
+             app: App| {
+                let request = UpgradeRequest {
+                    path: path.as_str(),
+                    query: query.as_deref(),
+                    headers: &headers,
+                    addr,
+                };
+                upgrade(ws, request, app)
+            },
+        );
+    // Refuses API requests that fail authentication or their rate, and
+    // lets the others through to the API routes.
+    let api_gate = warp::path("api")
+        .and(warp::path::full())
+        .and(raw_query())
+        .and(warp::header::headers_cloned())
+        .and(peer_addr)
+        .and(with_app.clone())
+        .and_then(
+            |path: warp::path::FullPath,
+             query: Option<String>,
+             headers: HeaderMap,
+             addr: Option<SocketAddr>,
+             app: App| async move {
+                let room = path
+                    .as_str()
+                    .strip_prefix("/api/rooms/")
+                    .map(|rest| rest.split('/').next().unwrap_or(rest))
+                    .and_then(|room| room_from_path(room).ok());
+                match admission::admit_api(&app, room.as_ref(), &headers, query.as_deref(), addr) {
+                    Ok(()) => Err(warp::reject::not_found()),
+                    Err(refusal) => Ok(*refusal),
+                }
             },
         );
 
@@ -45,23 +86,46 @@ pub fn routes(
         .and(warp::get())
         .and(with_app.clone())
         .then(|app: App| async move { readiness(&app).await });
-    let index = warp::path::end().and(warp::get()).map(index_page);
-    let not_upgraded = warp::get().and(warp::path::full()).map(|path: warp::path::FullPath| {
-        json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            &format!(
-                "{} is a room: connect to it with a WebSocket (y-websocket's WebsocketProvider)",
-                path.as_str()
-            ),
-        )
-    });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: App| {
+            warp::reply::with_header(
+                app.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        });
+    let api = api::routes(api_app);
+    let demo = demo::routes();
+    let not_upgraded = warp::get()
+        .and(warp::path::full())
+        .and_then(|path: warp::path::FullPath| async move {
+            if path.as_str().starts_with("/api/") {
+                return Err(warp::reject::not_found());
+            }
+            Ok(json_error(
+                StatusCode::UPGRADE_REQUIRED,
+                &format!(
+                    "{} is a room: connect to it with a WebSocket (y-websocket's WebsocketProvider)",
+                    path.as_str()
+                ),
+            ))
+        });
 
     upgrade
         .or(healthz)
         .unify()
         .or(readyz)
         .unify()
-        .or(index)
+        .or(metrics)
+        .unify()
+        .or(api_gate)
+        .unify()
+        .or(api)
+        .unify()
+        .or(demo)
         .unify()
         .or(not_upgraded)
         .unify()
@@ -69,27 +133,51 @@ pub fn routes(
         .unify()
 }
 
-fn upgrade(ws: warp::ws::Ws, path: &str, addr: Option<SocketAddr>, app: App) -> Response {
-    let room = match room_from_path(path) {
+/// The parts of an upgrade request the admission checks read.
+struct UpgradeRequest<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    addr: Option<SocketAddr>,
+}
+
+fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> Response {
+    let room = match room_from_path(request.path) {
         Ok(room) => room,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid room name: {e}")),
     };
-    let limit = app.max_message_size;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let tasks = app.tasks.clone();
-            tasks.track_future(connection::serve(
-                socket,
-                room,
-                Access::ReadWrite,
-                addr,
-                app.rooms.clone(),
-                app.connection.clone(),
-                app.shutdown.clone(),
-            ))
-        })
-        .into_response()
+    let admission =
+        match admission::admit_upgrade(&app, &room, request.headers, request.query, request.addr) {
+            Ok(admission) => admission,
+            Err(refusal) => return *refusal,
+        };
+    let admitted = connection::Admitted {
+        room,
+        access: admission.access,
+        peer_addr: request.addr,
+        slot: admission.slot,
+        rate: app.limits.for_connection(),
+    };
+    let config = websocket::socket_config(app.max_message_size);
+    ws.on_upgrade(config, move |socket| {
+        let tasks = app.tasks.clone();
+        tasks.track_future(connection::serve(
+            socket,
+            admitted,
+            app.rooms.clone(),
+            app.connection.clone(),
+            app.shutdown.clone(),
+        ))
+    })
+}
+
+/// The raw query string, if the request has one.
+fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone
+{
+    warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 async fn readiness(app: &App) -> Response {
@@ -119,21 +207,6 @@ async fn readiness(app: &App) -> Response {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "storage unreachable")
         }
     }
-}
-
-fn index_page() -> Response {
-    warp::reply::with_header(
-        concat!(
-            "crdt-hub ",
-            env!("CARGO_PKG_VERSION"),
-            " is running.\n\n",
-            "Connect a Yjs document with y-websocket:\n",
-            "  new WebsocketProvider('ws://HOST:PORT', 'my-room', doc)\n",
-        ),
-        "content-type",
-        "text/plain; charset=utf-8",
-    )
-    .into_response()
 }
 
 /// `{ "error": "…" }` with a status.

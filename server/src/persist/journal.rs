@@ -144,9 +144,11 @@ impl Journal {
 
     /// Queues an accepted update for the log. Never waits.
     pub fn append(&self, room: &RoomName, data: Bytes) {
-        self.shared
+        let pending = self
+            .shared
             .pending_bytes
             .fetch_add(data.len(), Ordering::Relaxed);
+        crate::metrics::pending_bytes(pending + data.len());
         let entry = Entry::Update(PendingUpdate {
             room: room.clone(),
             data,
@@ -314,11 +316,13 @@ impl Writer {
                 let started = Instant::now();
                 match self.store.append(&batch.updates).await {
                     Ok(_) => {
+                        crate::metrics::batch_written(batch.updates.len(), started.elapsed());
                         debug!(updates = batch.updates.len(), bytes = batch.bytes, elapsed = ?started.elapsed(), "batch written");
                         self.recovered(backoff.attempts());
                         break;
                     }
                     Err(e) => {
+                        crate::metrics::batch_failed();
                         let delay = backoff.next_delay();
                         self.failed(
                             &e,
@@ -334,9 +338,12 @@ impl Writer {
                     }
                 }
             }
-            self.shared
+            let pending = self
+                .shared
                 .pending_bytes
-                .fetch_sub(batch.bytes, Ordering::Relaxed);
+                .fetch_sub(batch.bytes, Ordering::Relaxed)
+                - batch.bytes;
+            crate::metrics::pending_bytes(pending);
             self.shared
                 .written_updates
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);

@@ -28,17 +28,24 @@ pub enum LoadError {
     },
 }
 
+/// A room as loaded from storage.
+pub struct LoadedRoom {
+    pub doc: Doc,
+    /// The snapshot the document contains.
+    pub base: Option<SnapshotId>,
+    /// Bytes read: the snapshot plus the log entries.
+    pub stored_bytes: usize,
+}
+
 /// Loads a room: its latest snapshot plus the log after it, merged.
-/// Returns the document and the id of the snapshot it contains.
 ///
 /// # Errors
 /// [`LoadError`] when storage fails or holds bytes that do not apply.
-pub async fn load(
-    store: &Arc<dyn Store>,
-    room: &RoomName,
-) -> Result<(Doc, Option<SnapshotId>), LoadError> {
+pub async fn load(store: &Arc<dyn Store>, room: &RoomName) -> Result<LoadedRoom, LoadError> {
     let stored = store.load(room).await?;
     let base = stored.snapshot.as_ref().map(|s| s.info.id);
+    let stored_bytes = stored.snapshot.as_ref().map_or(0, |s| s.state.len())
+        + stored.updates.iter().map(|u| u.data.len()).sum::<usize>();
     let blobs = stored
         .snapshot
         .iter()
@@ -49,7 +56,11 @@ pub async fn load(
         index,
         detail,
     })?;
-    Ok((doc, base))
+    Ok(LoadedRoom {
+        doc,
+        base,
+        stored_bytes,
+    })
 }
 
 /// Writes `state` (the room's whole document) as a compacted snapshot that
@@ -60,6 +71,9 @@ pub async fn load(
 /// merged in another writer's content that `state` lacks, so that snapshot
 /// must be merged again next time (callers pass `None`).
 ///
+/// `restored_from` marks the snapshot as the result of restoring that
+/// version (see [`crate::restore`]).
+///
 /// # Errors
 /// The store's error; nothing is changed in storage then.
 pub async fn write_snapshot(
@@ -68,6 +82,7 @@ pub async fn write_snapshot(
     state: &[u8],
     base: Option<SnapshotId>,
     keep: usize,
+    restored_from: Option<SnapshotId>,
 ) -> Result<SnapshotInfo, StoreError> {
     store
         .write_snapshot(
@@ -77,7 +92,7 @@ pub async fn write_snapshot(
                 base,
                 through: Some(crdt_store::UpdateId::MAX),
                 unlogged_updates: 0,
-                restored_from: None,
+                restored_from,
             },
             keep,
         )

@@ -97,6 +97,20 @@ impl Room {
         self.unsaved_updates = self.unsaved_updates.saturating_sub(count);
     }
 
+    /// The document's state vector, Yjs v1 encoding.
+    pub fn state_vector_v1(&self) -> Vec<u8> {
+        use yrs::updates::encoder::Encode;
+        self.doc().transact().state_vector().encode_v1()
+    }
+
+    /// What a replica at `sv` lacks (everything, without a state vector).
+    pub fn encode_diff(&self, sv: Option<&StateVector>) -> Vec<u8> {
+        match sv {
+            Some(sv) => self.doc().transact().encode_state_as_update_v1(sv),
+            None => self.encode_state(),
+        }
+    }
+
     /// The whole document as one Yjs v1 update.
     pub fn encode_state(&self) -> Vec<u8> {
         self.doc()
@@ -123,6 +137,29 @@ impl Room {
             greeting.push(protocol::encode_awareness(&states));
         }
         greeting
+    }
+
+    /// The room's awareness, for states that clients of other nodes set.
+    pub fn awareness_mut(&mut self) -> &mut Awareness {
+        &mut self.awareness
+    }
+
+    /// Awareness client ids set by this room's own peers.
+    pub fn local_awareness_clients(&self) -> HashSet<ClientID> {
+        self.peers
+            .values()
+            .flat_map(|p| p.awareness_clients.iter().copied())
+            .collect()
+    }
+
+    /// The awareness states of this room's own peers as one frame, if any.
+    pub fn local_awareness_frame(&self) -> Option<Bytes> {
+        let clients = self.local_awareness_clients();
+        if clients.is_empty() {
+            return None;
+        }
+        let update = self.awareness.update_with_clients(clients).ok()?;
+        Some(protocol::encode_awareness(&update))
     }
 
     /// Handles the messages of one frame from `peer`.
@@ -209,11 +246,18 @@ impl Room {
 
     fn apply(&mut self, update: DocUpdate, effects: &mut Effects) -> Result<(), RoomError> {
         let DocUpdate { update, encoded } = update;
+        if update.is_empty() {
+            // A fresh client's SyncStep2 answer: nothing to apply, store or
+            // send (re-broadcasting it would cost n² frames in a join storm).
+            return Ok(());
+        }
         let doc = self.awareness.doc();
+        let started = std::time::Instant::now();
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             txn.apply_update(update)
         }));
+        crate::metrics::update_applied(started.elapsed());
         match applied {
             Err(_) => return Err(RoomError::Poisoned),
             Ok(Err(e)) => return Err(RoomError::Apply(e)),

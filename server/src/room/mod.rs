@@ -6,8 +6,10 @@ pub mod core;
 mod owner;
 pub mod peer;
 mod registry;
+pub mod request;
 
 pub use self::core::{Access, Effects, PeerId, Room, RoomError};
-pub use owner::{JoinRefused, RoomCommand, RoomConfig};
+pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
 pub use peer::{CloseSignal, PeerLink};
 pub use registry::{RoomHandle, Rooms};
+pub use request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use crdt_store::{RoomName, SnapshotId, SnapshotInfo, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +19,10 @@ use tracing::{debug, error, info, warn};
 use super::core::{Access, Effects, PeerId, Room, RoomError};
 use super::peer::PeerLink;
 use super::registry::Rooms;
+use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
 use crate::persist::{self, Journal};
-use crate::protocol::ClientMessage;
+use crate::protocol::{ClientMessage, DocUpdate};
 
 /// Settings every room shares.
 #[derive(Debug, Clone)]
@@ -39,6 +41,13 @@ pub struct RoomConfig {
     pub snapshot_max_updates: u64,
     /// ...or as soon as this many bytes of updates are not in a snapshot.
     pub snapshot_max_bytes: u64,
+    /// Connections one room accepts; more are refused (1013).
+    pub max_connections: usize,
+    /// Rooms held in memory; joins that would load another are refused.
+    pub max_rooms: usize,
+    /// Updates that would grow a document past this many bytes (encoded;
+    /// approximately: stored size plus updates since) are refused.
+    pub max_document_bytes: u64,
 }
 
 impl Default for RoomConfig {
@@ -51,38 +60,53 @@ impl Default for RoomConfig {
             snapshot_interval: Duration::from_secs(30),
             snapshot_max_updates: 10_000,
             snapshot_max_bytes: 16 << 20,
+            max_connections: 10_000,
+            max_rooms: 100_000,
+            max_document_bytes: 256 << 20,
         }
     }
 }
 
-/// What a connection asks of its room.
-#[derive(Debug)]
+/// What connections and the API ask of a room.
 pub enum RoomCommand {
     Join {
         peer: PeerId,
         access: Access,
         link: PeerLink,
-        done: oneshot::Sender<Result<(), JoinRefused>>,
+        done: oneshot::Sender<Result<(), RoomUnavailable>>,
     },
     Frame {
         peer: PeerId,
         messages: Vec<ClientMessage>,
+        /// When the connection read the frame, for the fan-out latency.
+        received_at: Instant,
     },
     Leave {
         peer: PeerId,
     },
+    Request {
+        request: RoomRequest,
+        done: oneshot::Sender<Result<RoomReply, RoomUnavailable>>,
+    },
+    /// From the cluster bus (`--redis-url`): another node's update,
+    /// awareness or state vector, or the anti-entropy tick.
+    Cluster(crate::cluster::Remote),
 }
 
-/// Why a join did not happen.
+/// Why a room could not take a join or a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum JoinRefused {
-    /// The room was unloading as the join arrived; ask the registry again.
+pub enum RoomUnavailable {
+    /// The room was unloading as the command arrived; ask the registry again.
     #[error("room is unloading")]
     Unloading,
     #[error("room could not be loaded from storage")]
     LoadFailed,
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("room is being deleted")]
+    Deleting,
+    #[error("room or server at capacity")]
+    Full,
 }
 
 /// How long an idle room waits for its updates to reach storage before it
@@ -95,11 +119,15 @@ pub(super) struct RoomTask {
     /// itself and never a successor of the same name.
     pub generation: u64,
     pub inbox: mpsc::Receiver<RoomCommand>,
+    /// Shared with the registry's handle (see `RoomHandle`).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub rooms: Rooms,
     pub store: Arc<dyn Store>,
     pub journal: Journal,
     pub config: Arc<RoomConfig>,
     pub shutdown: CancellationToken,
+    /// The room's link to the other nodes, in cluster mode.
+    pub bus: Option<crate::cluster::RoomBus>,
 }
 
 /// A snapshot being written in the background.
@@ -116,28 +144,59 @@ struct Loaded {
     /// Latest snapshot the document is known to contain (see
     /// [`persist::write_snapshot`]).
     base: Option<SnapshotId>,
+    /// Approximate encoded size of the document (for the metric): stored
+    /// size at load or last snapshot, plus updates applied since.
+    document_bytes: i64,
     /// Bytes of updates not yet in a snapshot.
     unsaved_bytes: u64,
     compaction: Option<Compaction>,
+    /// Answered when the compaction in flight finishes.
+    snapshot_waiters: Vec<SnapshotWaiter>,
+    /// Asked for a snapshot while one was in flight: they get the next one,
+    /// which includes everything up to their request.
+    queued_snapshot_waiters: Vec<SnapshotWaiter>,
+    /// The restored version the next snapshot records (a restore asked
+    /// for it through `RoomRequest::Snapshot`).
+    restored_from: Option<SnapshotId>,
+    /// Feed for event subscribers; created on the first subscription.
+    events: Option<broadcast::Sender<RoomEvent>>,
+    /// Updates applied in this lifetime of the room (event ids).
+    applied: u64,
+    last_change: Option<SystemTime>,
 }
+
+type SnapshotWaiter = oneshot::Sender<Result<RoomReply, RoomUnavailable>>;
+
+/// Events a slow subscriber may fall behind before it is told to refetch.
+const EVENT_BUFFER: usize = 1024;
 
 impl RoomTask {
     pub async fn run(mut self) {
-        let (doc, base) = match persist::load(&self.store, &self.name).await {
+        let loaded = match persist::load(&self.store, &self.name).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 error!(error = %e, cause = ?std::error::Error::source(&e), "loading room failed; refusing its connections");
-                self.close_inbox(JoinRefused::LoadFailed);
+                self.close_inbox(RoomUnavailable::LoadFailed);
                 return;
             }
         };
         debug!("room loaded");
+        crate::metrics::room_loaded();
+        let document_bytes = loaded.stored_bytes as i64;
+        crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
-            room: Room::new(doc),
+            room: Room::new(loaded.doc),
             links: HashMap::new(),
-            base,
+            document_bytes,
+            base: loaded.base,
             unsaved_bytes: 0,
             compaction: None,
+            snapshot_waiters: Vec::new(),
+            queued_snapshot_waiters: Vec::new(),
+            restored_from: None,
+            events: None,
+            applied: 0,
+            last_change: None,
         };
         self.serve(&mut state).await;
         if let Some(compaction) = state.compaction.take() {
@@ -145,6 +204,8 @@ impl RoomTask {
             // updates either way).
             let _ = timeout(self.config.shutdown_grace, compaction.task).await;
         }
+        crate::metrics::document_bytes(-state.document_bytes);
+        crate::metrics::room_unloaded();
     }
 
     async fn serve(&mut self, state: &mut Loaded) {
@@ -164,11 +225,18 @@ impl RoomTask {
             tokio::select! {
                 command = self.inbox.recv() => {
                     let Some(command) = command else { return };
+                    // Bus traffic alone does not keep an idle room loaded.
+                    let from_bus = matches!(command, RoomCommand::Cluster(_));
                     self.handle(state, command, shutdown_deadline.is_some());
                     if self.inbox.is_closed() {
-                        return; // poisoned
+                        return; // poisoned or deleted
                     }
-                    idle_since = state.links.is_empty().then(Instant::now);
+                    self.connections
+                        .store(state.links.len(), std::sync::atomic::Ordering::Relaxed);
+                    idle_since = match idle_since {
+                        Some(since) if from_bus && is_idle(state) => Some(since),
+                        _ => is_idle(state).then(Instant::now),
+                    };
                 }
                 () = self.shutdown.cancelled(), if shutdown_deadline.is_none() => {
                     shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
@@ -178,7 +246,7 @@ impl RoomTask {
                 }
                 _ = snapshot_tick.tick() => {
                     if state.room.unsaved_updates() > 0 {
-                        self.start_compaction(state);
+                        self.start_routine_compaction(state);
                     }
                 }
                 () = sleep_until(unload_at) => {
@@ -189,7 +257,7 @@ impl RoomTask {
                     if self.try_unload(state).await {
                         return;
                     }
-                    idle_since = state.links.is_empty().then(Instant::now);
+                    idle_since = is_idle(state).then(Instant::now);
                 }
             }
         }
@@ -204,7 +272,11 @@ impl RoomTask {
                 done,
             } => {
                 if shutting_down {
-                    let _ = done.send(Err(JoinRefused::ShuttingDown));
+                    let _ = done.send(Err(RoomUnavailable::ShuttingDown));
+                    return;
+                }
+                if state.links.len() >= self.config.max_connections {
+                    let _ = done.send(Err(RoomUnavailable::Full));
                     return;
                 }
                 let greeting = state.room.join(peer, access);
@@ -216,17 +288,166 @@ impl RoomTask {
                 };
                 self.deliver(state, Some(peer), effects);
             }
-            RoomCommand::Frame { peer, messages } => self.on_frame(state, peer, messages),
+            RoomCommand::Frame {
+                peer,
+                messages,
+                received_at,
+            } => self.on_frame(state, peer, messages, received_at),
             RoomCommand::Leave { peer } => {
                 if state.links.remove(&peer).is_some() {
                     let effects = state.room.leave(peer);
+                    self.publish_awareness(&effects);
                     self.deliver(state, None, effects);
                 }
+            }
+            RoomCommand::Request { request, done } => self.on_request(state, request, done),
+            RoomCommand::Cluster(remote) => self.on_cluster(state, remote),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        state: &mut Loaded,
+        request: RoomRequest,
+        done: oneshot::Sender<Result<RoomReply, RoomUnavailable>>,
+    ) {
+        let reply = match request {
+            RoomRequest::Info => RoomReply::Info(RoomInfo {
+                connections: state.links.len(),
+                document_bytes: state.room.encode_state().len(),
+                state_vector: state.room.state_vector_v1(),
+                unsaved_updates: state.room.unsaved_updates(),
+                last_change: state.last_change,
+            }),
+            RoomRequest::State(sv) => RoomReply::State(state.room.encode_diff(sv.as_ref())),
+            RoomRequest::Json => RoomReply::Json(crate::doc_json::doc_to_json(state.room.doc())),
+            RoomRequest::Apply(update) => RoomReply::Applied(self.apply_external(state, update)),
+            RoomRequest::Transform(transform) => match transform(state.room.doc()) {
+                Ok(None) => RoomReply::Applied(false),
+                Ok(Some(encoded)) => match DocUpdate::decode(encoded) {
+                    Ok(update) => RoomReply::Applied(self.apply_external(state, update)),
+                    Err(e) => {
+                        error!(error = %e, "transform produced an update that does not decode");
+                        RoomReply::Applied(false)
+                    }
+                },
+                Err(e) => {
+                    warn!(error = %e, "transform failed; nothing changed");
+                    RoomReply::Applied(false)
+                }
+            },
+            RoomRequest::Snapshot { restored_from } => {
+                // Recorded by the next snapshot started (this one's, or the
+                // one queued behind a compaction in flight).
+                state.restored_from = state.restored_from.or(restored_from);
+                if state.compaction.is_none() {
+                    self.start_compaction(state);
+                    state.snapshot_waiters.push(done);
+                } else {
+                    state.queued_snapshot_waiters.push(done);
+                }
+                return;
+            }
+            RoomRequest::Subscribe => {
+                let sender = state
+                    .events
+                    .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0);
+                RoomReply::Events(Subscription {
+                    events: sender.subscribe(),
+                    last_id: self.event_id(state.applied),
+                })
+            }
+            RoomRequest::Delete => {
+                for (_, link) in state.links.drain() {
+                    link.closer.close(close::ROOM_DELETED);
+                }
+                if let Some(compaction) = state.compaction.take() {
+                    compaction.task.abort();
+                }
+                self.rooms.mark_deleting(&self.name, self.generation);
+                self.close_inbox(RoomUnavailable::Deleting);
+                info!("room closed for deletion");
+                RoomReply::Deleted
+            }
+        };
+        let _ = done.send(Ok(reply));
+    }
+
+    /// Applies an update that came from outside (API, import, restore):
+    /// every peer receives it. Returns whether it was applied.
+    fn apply_external(&mut self, state: &mut Loaded, update: DocUpdate) -> bool {
+        match state.room.apply_external(update) {
+            Ok(effects) => {
+                self.accepted(state, &effects.applied);
+                self.deliver(state, None, effects);
+                true
+            }
+            Err(RoomError::Apply(e)) => {
+                warn!(error = %e, "external update failed to apply");
+                false
+            }
+            Err(RoomError::Poisoned) => {
+                self.poisoned(state);
+                false
             }
         }
     }
 
-    fn on_frame(&mut self, state: &mut Loaded, peer: PeerId, messages: Vec<ClientMessage>) {
+    /// Bookkeeping for updates the room applied: journal, events,
+    /// compaction threshold.
+    fn accepted(&self, state: &mut Loaded, applied: &[Bytes]) {
+        if let Some(bus) = &self.bus {
+            bus.publish_updates(applied);
+        }
+        self.accepted_from(state, applied, true);
+    }
+
+    /// [`Self::accepted`]; updates from another node (`local` false) are
+    /// neither journaled (their node does that) nor published again.
+    fn accepted_from(&self, state: &mut Loaded, applied: &[Bytes], local: bool) {
+        if applied.is_empty() {
+            return;
+        }
+        let added: usize = applied.iter().map(Bytes::len).sum();
+        state.document_bytes += added as i64;
+        crate::metrics::document_bytes(added as i64);
+        for update in applied {
+            state.unsaved_bytes += update.len() as u64;
+            state.applied += 1;
+            if local {
+                self.journal.append(&self.name, update.clone());
+            }
+            if let Some(events) = &state.events {
+                let _ = events.send(RoomEvent {
+                    id: self.event_id(state.applied),
+                    update: update.clone(),
+                });
+            }
+        }
+        if state
+            .events
+            .as_ref()
+            .is_some_and(|e| e.receiver_count() == 0)
+        {
+            state.events = None;
+        }
+        state.last_change = Some(SystemTime::now());
+        if self.log_is_long(state) {
+            self.start_routine_compaction(state);
+        }
+    }
+
+    fn event_id(&self, sequence: u64) -> String {
+        format!("{}-{}", self.generation, sequence)
+    }
+
+    fn on_frame(
+        &mut self,
+        state: &mut Loaded,
+        peer: PeerId,
+        messages: Vec<ClientMessage>,
+        received_at: Instant,
+    ) {
         if !state.links.contains_key(&peer) {
             return; // evicted while its frame was queued
         }
@@ -248,6 +469,19 @@ impl RoomTask {
             self.evict(state, peer, close::STORAGE_BACKLOG);
             return;
         }
+        if incoming > 0
+            && state.document_bytes.saturating_add(incoming as i64)
+                > i64::try_from(self.config.max_document_bytes).unwrap_or(i64::MAX)
+        {
+            warn!(
+                peer,
+                document_bytes = state.document_bytes,
+                incoming,
+                "update would grow the document past --max-doc-size; refused"
+            );
+            self.evict(state, peer, close::DOCUMENT_TOO_LARGE);
+            return;
+        }
         match state.room.receive(peer, messages) {
             Ok(effects) => {
                 if effects.refused_read_only > 0 {
@@ -257,14 +491,12 @@ impl RoomTask {
                         "dropped updates from read-only peer"
                     );
                 }
-                for update in &effects.applied {
-                    state.unsaved_bytes += update.len() as u64;
-                    self.journal.append(&self.name, update.clone());
-                }
-                let changed = !effects.applied.is_empty();
+                let fanned_out = !effects.to_others.is_empty();
+                self.accepted(state, &effects.applied);
+                self.publish_awareness(&effects);
                 self.deliver(state, Some(peer), effects);
-                if changed && self.log_is_long(state) {
-                    self.start_compaction(state);
+                if fanned_out {
+                    crate::metrics::fanout_latency(received_at.elapsed());
                 }
             }
             Err(RoomError::Apply(e)) => {
@@ -324,6 +556,7 @@ impl RoomTask {
         if let Some(link) = state.links.remove(&peer) {
             link.closer.close(reason);
             let effects = state.room.leave(peer);
+            self.publish_awareness(&effects);
             self.deliver(state, None, effects);
         }
     }
@@ -341,7 +574,59 @@ impl RoomTask {
             compaction.task.abort();
         }
         state.room = Room::new(yrs::Doc::new());
-        self.close_inbox(JoinRefused::Unloading);
+        for waiter in state
+            .snapshot_waiters
+            .drain(..)
+            .chain(state.queued_snapshot_waiters.drain(..))
+        {
+            let _ = waiter.send(Err(RoomUnavailable::Unloading));
+        }
+        self.close_inbox(RoomUnavailable::Unloading);
+    }
+
+    /// A compaction of the room's own accord (timer, long log): in cluster
+    /// mode only on the node holding the room's lease. Requested snapshots
+    /// and the one at unload always run (concurrent compactions are safe).
+    fn start_routine_compaction(&self, state: &mut Loaded) {
+        if self.bus.as_ref().is_none_or(|bus| bus.may_compact()) {
+            self.start_compaction(state);
+        }
+    }
+
+    /// Publishes the awareness changes of this node's own peers.
+    fn publish_awareness(&self, effects: &Effects) {
+        if let Some(bus) = &self.bus {
+            bus.publish_awareness(effects);
+        }
+    }
+
+    /// Something from the cluster bus: another node's update is applied and
+    /// sent to every local peer, but not journaled nor published again.
+    fn on_cluster(&mut self, state: &mut Loaded, remote: crate::cluster::Remote) {
+        let Some(bus) = self.bus.as_mut() else {
+            return;
+        };
+        let outcome = bus.handle(&mut state.room, remote);
+        if !outcome.to_peers.is_empty() {
+            let effects = Effects {
+                to_others: outcome.to_peers,
+                ..Effects::default()
+            };
+            self.deliver(state, None, effects);
+        }
+        let Some(update) = outcome.update else {
+            return;
+        };
+        match state.room.apply_external(update) {
+            Ok(effects) => {
+                self.accepted_from(state, &effects.applied, false);
+                self.deliver(state, None, effects);
+            }
+            Err(RoomError::Apply(e)) => {
+                warn!(error = %e, "update from another node failed to apply; ignored");
+            }
+            Err(RoomError::Poisoned) => self.poisoned(state),
+        }
     }
 
     /// Encodes the document and writes it as a snapshot in the background.
@@ -354,8 +639,9 @@ impl RoomTask {
         let name = self.name.clone();
         let base = state.base;
         let keep = self.config.keep_snapshots;
+        let restored_from = state.restored_from.take();
         let task = tokio::spawn(async move {
-            persist::write_snapshot(&store, &name, &encoded, base, keep).await
+            persist::write_snapshot(&store, &name, &encoded, base, keep, restored_from).await
         });
         state.compaction = Some(Compaction {
             task,
@@ -372,24 +658,39 @@ impl RoomTask {
         let Some(compaction) = state.compaction.take() else {
             return;
         };
-        match result {
+        let outcome = match result {
             Ok(Ok(info)) => {
                 state.room.mark_saved(compaction.updates);
                 state.unsaved_bytes = state.unsaved_bytes.saturating_sub(compaction.bytes);
                 // Our own snapshot may contain another writer's content
                 // that this document lacks: merge it again next time.
                 state.base = None;
-                info!(
+                crate::metrics::snapshot_written();
+                crate::metrics::document_bytes(info.size - state.document_bytes);
+                state.document_bytes = info.size;
+                debug!(
                     snapshot = info.id,
                     bytes = info.size,
                     updates = compaction.updates,
                     "snapshot written"
                 );
+                Ok(info)
             }
             Ok(Err(e)) => {
                 warn!(error = %e, cause = ?std::error::Error::source(&e), "writing snapshot failed; the update log still holds everything; retrying later");
+                Err(e.to_string())
             }
-            Err(e) => error!(error = %e, "snapshot task failed"),
+            Err(e) => {
+                error!(error = %e, "snapshot task failed");
+                Err(e.to_string())
+            }
+        };
+        for waiter in state.snapshot_waiters.drain(..) {
+            let _ = waiter.send(Ok(RoomReply::Snapshot(outcome.clone())));
+        }
+        if !state.queued_snapshot_waiters.is_empty() {
+            self.start_compaction(state);
+            state.snapshot_waiters = std::mem::take(&mut state.queued_snapshot_waiters);
         }
     }
 
@@ -411,7 +712,7 @@ impl RoomTask {
             let result = compaction_done(&mut state.compaction).await;
             self.compacted(state, result);
         }
-        if !state.links.is_empty() {
+        if !is_idle(state) {
             return false;
         }
         let inbox = &self.inbox;
@@ -421,7 +722,7 @@ impl RoomTask {
         {
             return false;
         }
-        self.close_inbox(JoinRefused::Unloading);
+        self.close_inbox(RoomUnavailable::Unloading);
         debug!("room unloaded");
         true
     }
@@ -432,19 +733,38 @@ impl RoomTask {
         for (_, link) in state.links.drain() {
             link.closer.close(close::SHUTTING_DOWN);
         }
-        self.close_inbox(JoinRefused::ShuttingDown);
+        self.close_inbox(RoomUnavailable::ShuttingDown);
     }
 
-    /// Stops taking commands and answers joins that were already queued.
-    fn close_inbox(&mut self, refusal: JoinRefused) {
+    /// Stops taking commands and answers those already queued.
+    fn close_inbox(&mut self, refusal: RoomUnavailable) {
         self.inbox.close();
-        self.rooms.remove(&self.name, self.generation);
+        if refusal != RoomUnavailable::Deleting {
+            self.rooms.remove(&self.name, self.generation);
+        }
         while let Ok(command) = self.inbox.try_recv() {
-            if let RoomCommand::Join { done, .. } = command {
-                let _ = done.send(Err(refusal));
+            match command {
+                RoomCommand::Join { done, .. } => {
+                    let _ = done.send(Err(refusal));
+                }
+                RoomCommand::Request { done, .. } => {
+                    let _ = done.send(Err(refusal));
+                }
+                RoomCommand::Frame { .. }
+                | RoomCommand::Leave { .. }
+                | RoomCommand::Cluster(_) => {}
             }
         }
     }
+}
+
+/// No connection and no event subscriber: the room may unload.
+fn is_idle(state: &Loaded) -> bool {
+    state.links.is_empty()
+        && state
+            .events
+            .as_ref()
+            .is_none_or(|events| events.receiver_count() == 0)
 }
 
 /// Resolves when the compaction in flight (if any) finishes; never, if none.

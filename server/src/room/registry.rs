@@ -1,7 +1,7 @@
 //! Where rooms are found, and created exactly once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crdt_store::{RoomName, Store};
@@ -11,8 +11,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::core::{Access, PeerId};
-use super::owner::{JoinRefused, RoomCommand, RoomConfig, RoomTask};
+use super::owner::{RoomCommand, RoomConfig, RoomTask, RoomUnavailable};
 use super::peer::PeerLink;
+use super::request::{RoomReply, RoomRequest};
 use crate::persist::Journal;
 use crate::protocol::ClientMessage;
 
@@ -29,13 +30,22 @@ pub struct Rooms {
 
 struct Inner {
     /// std Mutex: held only for map operations, never across an await.
-    rooms: Mutex<HashMap<RoomName, RoomHandle>>,
+    rooms: Mutex<HashMap<RoomName, Slot>>,
     next_generation: AtomicU64,
     store: Arc<dyn Store>,
     journal: Journal,
     config: Arc<RoomConfig>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Set in cluster mode: every room loaded joins the bus.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+}
+
+enum Slot {
+    Loaded(RoomHandle),
+    /// Its stored data is being deleted: no one may load it meanwhile, or
+    /// the deletion would happen under a live copy that saves it again.
+    Deleting,
 }
 
 /// A connection's way into one room.
@@ -43,6 +53,9 @@ struct Inner {
 pub struct RoomHandle {
     inbox: mpsc::Sender<RoomCommand>,
     generation: u64,
+    /// Connections in the room, kept up to date by the room itself so that
+    /// listings need not ask every room.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Rooms {
@@ -62,51 +75,185 @@ impl Rooms {
                 config: Arc::new(config),
                 shutdown,
                 tasks,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }
 
+    /// Makes every room loaded from now on a member of `cluster`.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
     /// The room named `name`, spawning (and loading) it if it is not in
     /// memory.
-    pub fn get_or_load(&self, name: &RoomName) -> RoomHandle {
+    ///
+    /// # Errors
+    /// [`RoomUnavailable::Deleting`] while the room is being deleted.
+    pub fn get_or_load(&self, name: &RoomName) -> Result<RoomHandle, RoomUnavailable> {
         let mut rooms = self.lock();
-        if let Some(handle) = rooms.get(name) {
-            return handle.clone();
+        match rooms.get(name) {
+            Some(Slot::Loaded(handle)) => return Ok(handle.clone()),
+            Some(Slot::Deleting) => return Err(RoomUnavailable::Deleting),
+            None => {}
+        }
+        if rooms.len() >= self.inner.config.max_rooms {
+            return Err(RoomUnavailable::Full);
         }
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let (inbox, receiver) = mpsc::channel(self.inner.config.inbox_capacity);
-        let handle = RoomHandle { inbox, generation };
-        rooms.insert(name.clone(), handle.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let handle = RoomHandle {
+            inbox,
+            generation,
+            connections: connections.clone(),
+        };
+        rooms.insert(name.clone(), Slot::Loaded(handle.clone()));
         let task = RoomTask {
             name: name.clone(),
             generation,
             inbox: receiver,
+            connections,
             rooms: self.clone(),
             store: self.inner.store.clone(),
             journal: self.inner.journal.clone(),
             config: self.inner.config.clone(),
             shutdown: self.inner.shutdown.clone(),
+            bus: self
+                .inner
+                .cluster
+                .get()
+                .map(|cluster| cluster.join_room(name, handle.inbox.clone())),
         };
         // parent: None, or the room would log inside the span of whichever
         // connection happened to load it.
         let span = tracing::info_span!(parent: None, "room", room = %name);
         self.inner.tasks.spawn(task.run().instrument(span));
+        Ok(handle)
+    }
+
+    /// Connections in `name` now (0 when it is not loaded).
+    pub fn connections(&self, name: &RoomName) -> usize {
+        match self.lock().get(name) {
+            Some(Slot::Loaded(handle)) => handle.connections.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Whether the room is in memory (without loading it).
+    pub fn is_loaded(&self, name: &RoomName) -> bool {
+        matches!(self.lock().get(name), Some(Slot::Loaded(_)))
+    }
+
+    /// The rooms in memory with their connection counts.
+    pub fn loaded(&self) -> Vec<(RoomName, usize)> {
+        self.lock()
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Loaded(handle) => {
+                    Some((name.clone(), handle.connections.load(Ordering::Relaxed)))
+                }
+                Slot::Deleting => None,
+            })
+            .collect()
+    }
+
+    /// Sends `request` to the room (loading it if needed) and waits for the
+    /// answer, retrying when the room was unloading at that instant.
+    ///
+    /// # Errors
+    /// [`RoomUnavailable`] when the room cannot be loaded, is being deleted
+    /// or the server is shutting down.
+    pub async fn request(
+        &self,
+        name: &RoomName,
+        mut make: impl FnMut() -> RoomRequest,
+    ) -> Result<RoomReply, RoomUnavailable> {
+        loop {
+            let handle = self.get_or_load(name)?;
+            let (done, answer) = oneshot::channel();
+            let command = RoomCommand::Request {
+                request: make(),
+                done,
+            };
+            if handle.inbox.send(command).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Err(RoomUnavailable::Unloading)) | Err(_) => continue,
+                Ok(result) => return result,
+            }
+        }
+    }
+
+    /// Like [`Rooms::request`], but only for a room already in memory:
+    /// `None` when it is not loaded.
+    pub async fn request_if_loaded(
+        &self,
+        name: &RoomName,
+        request: RoomRequest,
+    ) -> Option<Result<RoomReply, RoomUnavailable>> {
+        let handle = match self.lock().get(name) {
+            Some(Slot::Loaded(handle)) => handle.clone(),
+            _ => return None,
+        };
+        let (done, answer) = oneshot::channel();
         handle
+            .inbox
+            .send(RoomCommand::Request { request, done })
+            .await
+            .ok()?;
+        match answer.await {
+            Ok(Err(RoomUnavailable::Unloading)) | Err(_) => None,
+            Ok(result) => Some(result),
+        }
+    }
+
+    /// Marks `name` as being deleted (called by the room as it stops).
+    pub(super) fn mark_deleting(&self, name: &RoomName, generation: u64) {
+        let mut rooms = self.lock();
+        let ours = matches!(rooms.get(name), Some(Slot::Loaded(h)) if h.generation == generation);
+        if ours {
+            rooms.insert(name.clone(), Slot::Deleting);
+        }
+    }
+
+    /// Blocks loading `name` while its stored data is deleted; fails when
+    /// the room is loaded (delete it through the room instead).
+    pub fn begin_delete(&self, name: &RoomName) -> Result<(), RoomUnavailable> {
+        let mut rooms = self.lock();
+        match rooms.get(name) {
+            Some(Slot::Deleting) => Err(RoomUnavailable::Deleting),
+            Some(Slot::Loaded(_)) => Err(RoomUnavailable::Unloading),
+            None => {
+                rooms.insert(name.clone(), Slot::Deleting);
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets `name` be loaded again after its deletion.
+    pub fn end_delete(&self, name: &RoomName) {
+        let mut rooms = self.lock();
+        if matches!(rooms.get(name), Some(Slot::Deleting)) {
+            rooms.remove(name);
+        }
     }
 
     /// Joins `name`, retrying when the room was unloading at that instant.
     ///
     /// # Errors
-    /// [`JoinRefused::LoadFailed`] or [`JoinRefused::ShuttingDown`].
+    /// [`RoomUnavailable`] when the room cannot be loaded, is being deleted
+    /// or the server is shutting down.
     pub async fn join(
         &self,
         name: &RoomName,
         peer: PeerId,
         access: Access,
         link: PeerLink,
-    ) -> Result<RoomHandle, JoinRefused> {
+    ) -> Result<RoomHandle, RoomUnavailable> {
         loop {
-            let handle = self.get_or_load(name);
+            let handle = self.get_or_load(name)?;
             let (done, answer) = oneshot::channel();
             let command = RoomCommand::Join {
                 peer,
@@ -119,7 +266,7 @@ impl Rooms {
             }
             match answer.await {
                 Ok(Ok(())) => return Ok(handle),
-                Ok(Err(JoinRefused::Unloading)) | Err(_) => continue,
+                Ok(Err(RoomUnavailable::Unloading)) | Err(_) => continue,
                 Ok(Err(refused)) => return Err(refused),
             }
         }
@@ -127,7 +274,10 @@ impl Rooms {
 
     /// Number of rooms in memory.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .values()
+            .filter(|slot| matches!(slot, Slot::Loaded(_)))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,7 +300,7 @@ impl Rooms {
     ) -> bool {
         let mut rooms = self.lock();
         match rooms.get(name) {
-            Some(handle) if handle.generation == generation => {
+            Some(Slot::Loaded(handle)) if handle.generation == generation => {
                 if !still_idle() {
                     return false;
                 }
@@ -162,7 +312,7 @@ impl Rooms {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, RoomHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Slot>> {
         // A panic while holding this lock can only come from HashMap itself;
         // the map is still consistent, so keep serving.
         self.inner
@@ -176,9 +326,18 @@ impl RoomHandle {
     /// Hands the messages of one frame to the room. Waits while the room's
     /// inbox is full: a busy room slows its writers down instead of
     /// dropping their updates.
-    pub async fn send_frame(&self, peer: PeerId, messages: Vec<ClientMessage>) -> bool {
+    pub async fn send_frame(
+        &self,
+        peer: PeerId,
+        messages: Vec<ClientMessage>,
+        received_at: tokio::time::Instant,
+    ) -> bool {
         self.inbox
-            .send(RoomCommand::Frame { peer, messages })
+            .send(RoomCommand::Frame {
+                peer,
+                messages,
+                received_at,
+            })
             .await
             .is_ok()
     }

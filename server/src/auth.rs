@@ -1,0 +1,305 @@
+//! JWT authentication: who may open which room, and with what role.
+//!
+//! Tokens are HS256 (`--auth-secret`) or RS256/EdDSA (`--auth-public-key`,
+//! PEM). Claims: `exp` (required), `rooms` (names or glob patterns such as
+//! `team-a/*`), `role` (`read`, `write` or `admin`; `read` when absent, so a
+//! token never grants more than it says). A token comes as `?token=` (what
+//! `WebsocketProvider`'s `params` option sends) or `Authorization: Bearer`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::room::Access;
+
+/// What a token lets its bearer do in the rooms it names.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sync and awareness; document updates are dropped.
+    Read,
+    /// Edit.
+    Write,
+    /// Edit, and use the HTTP API.
+    Admin,
+}
+
+impl Role {
+    pub fn access(self) -> Access {
+        match self {
+            Role::Read => Access::ReadOnly,
+            Role::Write | Role::Admin => Access::ReadWrite,
+        }
+    }
+}
+
+fn default_role() -> Role {
+    Role::Read
+}
+
+/// The claims crdt-hub reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Room names or glob patterns (`*`, `?`, `[…]`).
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Who the token is for; logged, not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+impl Claims {
+    /// Whether any of the token's patterns matches `room`.
+    pub fn allows_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|pattern| {
+            pattern == room || glob::Pattern::new(pattern).is_ok_and(|p| p.matches(room))
+        })
+    }
+}
+
+/// Why a request was refused; each maps to a status and a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: pass ?token= or Authorization: Bearer")]
+    Missing,
+    #[error("token has expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token does not grant access to this room")]
+    WrongRoom,
+    #[error("this endpoint needs a token with the admin role")]
+    NotAdmin,
+}
+
+impl AuthError {
+    /// 401 for who-are-you failures, 403 for not-allowed-here.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Missing | AuthError::Expired | AuthError::Invalid(_) => 401,
+            AuthError::WrongRoom | AuthError::NotAdmin => 403,
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::WrongRoom => "wrong_room",
+            AuthError::NotAdmin => "not_admin",
+        }
+    }
+}
+
+/// Why the auth configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("reading public key {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is neither an RSA nor an Ed25519 public key in PEM")]
+    UnsupportedKey(String),
+    #[error("the auth secret is empty")]
+    EmptySecret,
+}
+
+/// Verifies tokens. `None` in [`crate::app::App`] means anonymous access.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// HS256 with a shared secret.
+    ///
+    /// # Errors
+    /// [`AuthConfigError::EmptySecret`].
+    pub fn hs256(secret: &str) -> Result<Self, AuthConfigError> {
+        if secret.is_empty() {
+            return Err(AuthConfigError::EmptySecret);
+        }
+        Ok(Self::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        ))
+    }
+
+    /// RS256 or EdDSA with a PEM public key, whichever the file holds.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds another kind of key.
+    pub fn from_public_key_file(path: &Path) -> Result<Self, AuthConfigError> {
+        let pem = std::fs::read(path).map_err(|source| AuthConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(Self::new(key, Algorithm::RS256));
+        }
+        if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+            return Ok(Self::new(key, Algorithm::EdDSA));
+        }
+        Err(AuthConfigError::UnsupportedKey(path.display().to_string()))
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        // Clocks drift a little between the issuer and us.
+        validation.leeway = 30;
+        validation.validate_aud = false;
+        Self { key, validation }
+    }
+
+    /// Checks the signature and expiry of `token`.
+    ///
+    /// # Errors
+    /// [`AuthError::Expired`] or [`AuthError::Invalid`].
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })
+    }
+}
+
+/// Finds the token in a request: `Authorization: Bearer` first, then the
+/// `token` query parameter.
+pub fn token_from(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(bearer) = authorization.and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    }) {
+        return Some(bearer.trim().to_string());
+    }
+    let query = query?;
+    url_query_value(query, "token")
+}
+
+fn url_query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// Mints an HS256 token (for `crdt-hub token`).
+///
+/// # Errors
+/// [`AuthConfigError::EmptySecret`]; encoding itself does not fail for HS256.
+pub fn mint_hs256(
+    secret: &str,
+    rooms: Vec<String>,
+    role: Role,
+    ttl: Duration,
+) -> Result<String, AuthConfigError> {
+    if secret.is_empty() {
+        return Err(AuthConfigError::EmptySecret);
+    }
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(ttl)
+        .as_secs();
+    let claims = Claims {
+        exp,
+        rooms,
+        role,
+        sub: None,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|_| AuthConfigError::EmptySecret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_and_carry_their_claims() {
+        let token = mint_hs256(
+            "s3cret",
+            vec!["team-a/*".into()],
+            Role::Write,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let claims = Verifier::hs256("s3cret").unwrap().verify(&token).unwrap();
+        assert_eq!(claims.role, Role::Write);
+        assert!(claims.allows_room("team-a/notes"));
+        assert!(!claims.allows_room("team-b/notes"));
+        assert!(matches!(
+            Verifier::hs256("other").unwrap().verify(&token),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let claims = Claims {
+            exp: 1_000,
+            rooms: vec!["*".into()],
+            role: Role::Admin,
+            sub: None,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert_eq!(
+            Verifier::hs256("k").unwrap().verify(&token).unwrap_err(),
+            AuthError::Expired
+        );
+    }
+
+    #[test]
+    fn tokens_are_found_in_headers_and_queries() {
+        assert_eq!(token_from(Some("Bearer abc"), None).as_deref(), Some("abc"));
+        assert_eq!(
+            token_from(None, Some("x=1&token=a%2Eb")).as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(token_from(None, Some("x=1")), None);
+    }
+
+    #[test]
+    fn role_defaults_to_read() {
+        let claims: Claims = serde_json::from_str(r#"{"exp": 1, "rooms": ["a"]}"#).unwrap();
+        assert_eq!(claims.role, Role::Read);
+        assert_eq!(claims.role.access(), Access::ReadOnly);
+    }
+}

@@ -1,0 +1,167 @@
+//! Flags for authentication, limits and TLS (part of `crdt-hub serve`), and
+//! `crdt-hub token`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::auth::Role;
+use crate::limits::LimitsConfig;
+use crate::units::{parse_duration, parse_size};
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Require an HS256 JWT signed with this secret on every WebSocket and
+    /// API request (?token= or Authorization: Bearer).
+    #[arg(
+        long,
+        env = "CRDT_HUB_AUTH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "auth_public_key"
+    )]
+    pub auth_secret: Option<String>,
+
+    /// Require a JWT signed with the private half of this PEM public key
+    /// (RS256 for RSA, EdDSA for Ed25519).
+    #[arg(long, env = "CRDT_HUB_AUTH_PUBLIC_KEY", value_name = "FILE")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Refuse to start without --auth-secret or --auth-public-key.
+    #[arg(long, env = "CRDT_HUB_REQUIRE_AUTH")]
+    pub require_auth: bool,
+
+    /// Browser origins allowed to open WebSockets, comma-separated
+    /// (e.g. https://app.example.com); `*` allows any. Default: any.
+    #[arg(long, env = "CRDT_HUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Open WebSocket connections over all rooms; more get 503 before the upgrade.
+    #[arg(long, env = "CRDT_HUB_MAX_CONNECTIONS", default_value = "50000")]
+    pub max_connections: usize,
+
+    /// Connections one room accepts; more get 503 (or close 1013).
+    #[arg(
+        long,
+        env = "CRDT_HUB_MAX_CONNECTIONS_PER_ROOM",
+        default_value = "10000"
+    )]
+    pub max_connections_per_room: usize,
+
+    /// Rooms held in memory; a join that would load one more is refused (1013).
+    #[arg(long, env = "CRDT_HUB_MAX_ROOMS", default_value = "100000")]
+    pub max_rooms: usize,
+
+    /// An update that would grow a document past this size is refused and
+    /// its client closed with 1009.
+    #[arg(long, env = "CRDT_HUB_MAX_DOC_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_doc_size: usize,
+
+    /// Messages per second one connection may send (sustained).
+    #[arg(long, env = "CRDT_HUB_RATE_MESSAGES", default_value = "200")]
+    pub rate_messages: u32,
+
+    /// Messages one connection may send in a burst above the rate.
+    #[arg(long, env = "CRDT_HUB_RATE_MESSAGE_BURST", default_value = "1000")]
+    pub rate_message_burst: u32,
+
+    /// Bytes per second one connection may send (sustained).
+    #[arg(long, env = "CRDT_HUB_RATE_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub rate_bytes: usize,
+
+    /// Bytes one connection may send in a burst (raised to at least
+    /// --max-message-size).
+    #[arg(long, env = "CRDT_HUB_RATE_BYTE_BURST", default_value = "32MiB", value_parser = parse_size)]
+    pub rate_byte_burst: usize,
+
+    /// A connection over its rate is paused (not read); one paused
+    /// continuously for this long is closed with 1008.
+    #[arg(long, env = "CRDT_HUB_RATE_MAX_THROTTLED", default_value = "10s", value_parser = parse_duration)]
+    pub rate_max_throttled: Duration,
+
+    /// New WebSocket connections per second from one IP address (429 over it).
+    #[arg(long, env = "CRDT_HUB_RATE_CONNECTIONS_PER_IP", default_value = "50")]
+    pub rate_connections_per_ip: u32,
+
+    /// Burst of new connections from one IP address.
+    #[arg(
+        long,
+        env = "CRDT_HUB_RATE_CONNECTION_BURST_PER_IP",
+        default_value = "200"
+    )]
+    pub rate_connection_burst_per_ip: u32,
+
+    /// HTTP API requests per second from one IP address (429 over it).
+    #[arg(long, env = "CRDT_HUB_RATE_API_PER_IP", default_value = "100")]
+    pub rate_api_per_ip: u32,
+
+    /// Burst of HTTP API requests from one IP address.
+    #[arg(long, env = "CRDT_HUB_RATE_API_BURST_PER_IP", default_value = "200")]
+    pub rate_api_burst_per_ip: u32,
+}
+
+impl LimitArgs {
+    pub fn limits_config(&self, max_message_size: usize) -> LimitsConfig {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        LimitsConfig {
+            messages_per_second: self.rate_messages,
+            message_burst: self.rate_message_burst,
+            bytes_per_second: clamp(self.rate_bytes),
+            // A single largest-allowed message must always be able to pass.
+            byte_burst: clamp(self.rate_byte_burst.max(max_message_size)),
+            max_throttled: self.rate_max_throttled,
+            connections_per_ip_per_second: self.rate_connections_per_ip,
+            connection_burst_per_ip: self.rate_connection_burst_per_ip,
+            api_requests_per_second: self.rate_api_per_ip,
+            api_burst: self.rate_api_burst_per_ip,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Serve wss:// and https:// with this certificate chain (PEM).
+    #[arg(
+        long,
+        env = "CRDT_HUB_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "CRDT_HUB_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `crdt-hub token`: mint a token for development and scripts.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Example:\n  crdt-hub token --auth-secret \"$SECRET\" --room 'docs/*' --role write --ttl 1h"
+)]
+pub struct TokenArgs {
+    /// The HS256 secret the server checks tokens with.
+    #[arg(long, env = "CRDT_HUB_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: String,
+
+    /// A room name or glob pattern the token grants (repeatable).
+    #[arg(long = "room", required = true)]
+    pub rooms: Vec<String>,
+
+    /// What the bearer may do.
+    #[arg(long, value_enum, default_value = "write")]
+    pub role: Role,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}

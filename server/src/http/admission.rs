@@ -1,0 +1,167 @@
+//! Who gets in, checked before anything is opened: a refused WebSocket
+//! request gets an HTTP status and never an upgraded socket.
+//!
+//! Order for an upgrade: Origin (403), token (401/403), the client's
+//! connection rate (429), the server's connection cap (503), the room's
+//! connection cap (503). For the API: token with the admin role (401/403),
+//! the client's request rate (429).
+
+use std::net::SocketAddr;
+
+use crdt_store::RoomName;
+use tokio::sync::OwnedSemaphorePermit;
+use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+use super::json_error;
+use crate::app::App;
+use crate::auth::{self, AuthError, Claims, Role};
+use crate::limits::RetryAfter;
+use crate::metrics;
+use crate::room::Access;
+
+/// The response a refused request gets (boxed: it is large and the
+/// admitted path is the common one).
+pub type Refusal = Box<Response>;
+
+/// What an admitted upgrade may do, and its connection slot.
+pub struct Admission {
+    pub access: Access,
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Checks a WebSocket upgrade into `room`.
+///
+/// # Errors
+/// The HTTP response to send instead of upgrading.
+pub fn admit_upgrade(
+    app: &App,
+    room: &RoomName,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    addr: Option<SocketAddr>,
+) -> Result<Admission, Refusal> {
+    check_origin(app, headers)?;
+    let access = match &app.auth {
+        None => Access::ReadWrite,
+        Some(_) => {
+            let claims = authenticate(app, headers, query)?;
+            if !claims.allows_room(room.as_str()) {
+                return Err(refuse(AuthError::WrongRoom));
+            }
+            claims.role.access()
+        }
+    };
+    if let Some(addr) = addr {
+        app.limits
+            .admit_connection(addr.ip())
+            .map_err(|retry| too_many("too many new connections from this address", retry))?;
+    }
+    let slot = app.limits.connection_slot().ok_or_else(|| {
+        metrics::rate_limited("max_connections");
+        unavailable("server is at its connection limit (--max-connections)")
+    })?;
+    if app.rooms.connections(room) >= app.room_max_connections {
+        metrics::rate_limited("max_connections_per_room");
+        return Err(unavailable(
+            "room is at its connection limit (--max-connections-per-room)",
+        ));
+    }
+    Ok(Admission { access, slot })
+}
+
+/// Checks an `/api` request: a token with the admin role that covers the
+/// room in the path (if any), within the client's request rate.
+///
+/// # Errors
+/// The HTTP response to send instead.
+pub fn admit_api(
+    app: &App,
+    room: Option<&RoomName>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    addr: Option<SocketAddr>,
+) -> Result<(), Refusal> {
+    if let Some(addr) = addr {
+        app.limits
+            .admit_api_request(addr.ip())
+            .map_err(|retry| too_many("too many API requests from this address", retry))?;
+    }
+    if app.auth.is_none() {
+        return Ok(());
+    }
+    let claims = authenticate(app, headers, query)?;
+    if claims.role != Role::Admin {
+        return Err(refuse(AuthError::NotAdmin));
+    }
+    if let Some(room) = room
+        && !claims.allows_room(room.as_str())
+    {
+        return Err(refuse(AuthError::WrongRoom));
+    }
+    Ok(())
+}
+
+fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Claims, Refusal> {
+    let Some(verifier) = &app.auth else {
+        return Err(refuse(AuthError::Missing));
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = auth::token_from(authorization, query).ok_or_else(|| refuse(AuthError::Missing))?;
+    verifier.verify(&token).map_err(refuse)
+}
+
+fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(allowed) = &app.allowed_origins else {
+        return Ok(());
+    };
+    // Non-browser clients send no Origin; the check is for browsers.
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        metrics::auth_refused("origin");
+        Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            &format!("origin {origin} is not allowed (--allowed-origins)"),
+        )))
+    }
+}
+
+fn refuse(error: AuthError) -> Refusal {
+    metrics::auth_refused(error.metric_label());
+    tracing::debug!(error = %error, "request refused");
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = json_error(status, &error.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    Box::new(response)
+}
+
+fn too_many(message: &str, retry: RetryAfter) -> Refusal {
+    metrics::rate_limited("http");
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, message);
+    let seconds = retry.0.as_secs() + u64::from(retry.0.subsec_nanos() > 0);
+    if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Box::new(response)
+}
+
+fn unavailable(message: &str) -> Refusal {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Box::new(response)
+}

@@ -1,0 +1,269 @@
+//! Rate and resource limits (governor for the rates).
+//!
+//! Defaults are set so that a real editor never meets them — a fast typist
+//! with presence sends tens of small messages a second — while one client
+//! cannot take the server or its room from the others.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Every limit, as configured.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Messages a connection may send per second, and their burst.
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Bytes a connection may send per second, and their burst (at least
+    /// one message of the largest size).
+    pub bytes_per_second: u32,
+    pub byte_burst: u32,
+    /// A connection throttled this long without a break is closed (1008).
+    pub max_throttled: Duration,
+    /// New connections per second from one IP address, and their burst.
+    pub connections_per_ip_per_second: u32,
+    pub connection_burst_per_ip: u32,
+    /// HTTP API requests per second from one IP address, and their burst.
+    pub api_requests_per_second: u32,
+    pub api_burst: u32,
+    /// Open WebSocket connections, over all rooms.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            messages_per_second: 200,
+            message_burst: 1000,
+            bytes_per_second: 4 << 20,
+            byte_burst: 32 << 20,
+            max_throttled: Duration::from_secs(10),
+            connections_per_ip_per_second: 50,
+            connection_burst_per_ip: 200,
+            api_requests_per_second: 100,
+            api_burst: 200,
+            max_connections: 50_000,
+        }
+    }
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("max(1) is not zero")
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst.max(per_second)))
+}
+
+/// Limits shared by the whole server.
+pub struct Limits {
+    pub config: LimitsConfig,
+    connection_slots: Arc<Semaphore>,
+    new_connections: DefaultKeyedRateLimiter<IpAddr>,
+    api_requests: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal with the wait a client should observe before trying again.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter(pub Duration);
+
+impl Limits {
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            new_connections: RateLimiter::keyed(quota(
+                config.connections_per_ip_per_second,
+                config.connection_burst_per_ip,
+            )),
+            api_requests: RateLimiter::keyed(quota(
+                config.api_requests_per_second,
+                config.api_burst,
+            )),
+            config,
+        }
+    }
+
+    /// A slot for one more WebSocket connection, held until it closes.
+    pub fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.connection_slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether `ip` may open another connection now.
+    ///
+    /// # Errors
+    /// [`RetryAfter`] when it is over its rate.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        check_keyed(&self.new_connections, ip)
+    }
+
+    /// Whether `ip` may make another API request now.
+    ///
+    /// # Errors
+    /// [`RetryAfter`] when it is over its rate.
+    pub fn admit_api_request(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        check_keyed(&self.api_requests, ip)
+    }
+
+    /// Forgets per-IP state that no longer limits anyone (call now and then
+    /// so the maps stay small).
+    pub fn forget_idle_clients(&self) {
+        self.new_connections.retain_recent();
+        self.api_requests.retain_recent();
+    }
+
+    /// Fresh per-connection rate state.
+    pub fn for_connection(&self) -> ConnectionRate {
+        ConnectionRate {
+            messages: RateLimiter::direct(quota(
+                self.config.messages_per_second,
+                self.config.message_burst,
+            )),
+            bytes: RateLimiter::direct(quota(self.config.bytes_per_second, self.config.byte_burst)),
+            max_throttled: self.config.max_throttled,
+            throttled_since: None,
+            last_pause: None,
+        }
+    }
+}
+
+fn check_keyed(limiter: &DefaultKeyedRateLimiter<IpAddr>, ip: IpAddr) -> Result<(), RetryAfter> {
+    limiter
+        .check_key(&ip)
+        .map_err(|not_until| RetryAfter(not_until.wait_time_from(DefaultClock::default().now())))
+}
+
+/// One connection's message and byte rates.
+pub struct ConnectionRate {
+    messages: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+    max_throttled: Duration,
+    /// Since when the connection has kept running into its limit: set at
+    /// the first pause, cleared after a full second without one (a paused
+    /// client that resumes reads one message in time and pauses again, so
+    /// "every message waited" would never hold).
+    throttled_since: Option<Instant>,
+    last_pause: Option<Instant>,
+}
+
+/// A connection that went this long without a pause is no longer over its rate.
+const CALM: Duration = Duration::from_secs(1);
+
+/// What to do with a connection after one of its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Read on.
+    Go,
+    /// Stop reading for this long (backpressure).
+    Pause(Duration),
+    /// It has been over its rate for too long: close it (1008).
+    Close,
+}
+
+impl ConnectionRate {
+    /// Accounts for one message of `len` bytes.
+    pub fn admit(&mut self, len: usize) -> Admission {
+        let now = DefaultClock::default().now();
+        let mut wait = Duration::ZERO;
+        if let Err(not_until) = self.messages.check() {
+            wait = wait.max(not_until.wait_time_from(now));
+        }
+        let cells = nonzero(u32::try_from(len).unwrap_or(u32::MAX));
+        match self.bytes.check_n(cells) {
+            Ok(Ok(())) => {}
+            Ok(Err(not_until)) => wait = wait.max(not_until.wait_time_from(now)),
+            // Larger than the whole burst: it can never pass.
+            Err(_) => return Admission::Close,
+        }
+        if wait.is_zero() {
+            if self.last_pause.is_none_or(|at| at.elapsed() > CALM) {
+                self.throttled_since = None;
+            }
+            return Admission::Go;
+        }
+        self.last_pause = Some(Instant::now());
+        let since = *self.throttled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.max_throttled {
+            Admission::Close
+        } else {
+            Admission::Pause(wait)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_applies() {
+        let limits = Limits::new(LimitsConfig {
+            messages_per_second: 10,
+            message_burst: 20,
+            ..LimitsConfig::default()
+        });
+        let mut rate = limits.for_connection();
+        for _ in 0..20 {
+            assert_eq!(rate.admit(10), Admission::Go);
+        }
+        assert!(matches!(rate.admit(10), Admission::Pause(_)));
+    }
+
+    #[test]
+    fn sustained_excess_closes() {
+        let limits = Limits::new(LimitsConfig {
+            messages_per_second: 1,
+            message_burst: 1,
+            max_throttled: Duration::from_millis(20),
+            ..LimitsConfig::default()
+        });
+        let mut rate = limits.for_connection();
+        assert_eq!(rate.admit(1), Admission::Go);
+        assert!(matches!(rate.admit(1), Admission::Pause(_)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(rate.admit(1), Admission::Close);
+    }
+
+    #[test]
+    fn per_ip_connection_rate() {
+        let limits = Limits::new(LimitsConfig {
+            connections_per_ip_per_second: 1,
+            connection_burst_per_ip: 2,
+            ..LimitsConfig::default()
+        });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(limits.admit_connection(ip).is_ok());
+        assert!(limits.admit_connection(ip).is_ok());
+        assert!(limits.admit_connection(ip).is_err());
+        assert!(
+            limits
+                .admit_connection("127.0.0.2".parse().unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn connection_slots_run_out_and_come_back() {
+        let limits = Limits::new(LimitsConfig {
+            max_connections: 1,
+            ..LimitsConfig::default()
+        });
+        let slot = limits.connection_slot().unwrap();
+        assert!(limits.connection_slot().is_none());
+        drop(slot);
+        assert!(limits.connection_slot().is_some());
+    }
+}

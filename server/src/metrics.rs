@@ -1,0 +1,249 @@
+//! Prometheus metrics, through the `metrics` facade and its Prometheus
+//! exporter. Names follow Prometheus conventions (`crdt_hub_…_total`,
+//! `_seconds`, `_bytes`); every metric is described once at start.
+//!
+//! Hot paths record per batch, not per delivery: one frame fanned out to a
+//! thousand peers is one fan-out observation, and a connection counts what
+//! it wrote once per socket flush.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same
+/// handle) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("crdt_hub_flush_batch_updates".into()),
+                        &[
+                            1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .install_recorder()
+                .unwrap_or_else(|_| {
+                    // Another recorder is installed (a test harness): keep a
+                    // private one so /metrics still renders.
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!("crdt_hub_connections", "Open WebSocket connections.");
+    describe_counter!(
+        "crdt_hub_connections_total",
+        "WebSocket connections accepted."
+    );
+    describe_counter!(
+        "crdt_hub_connections_closed_total",
+        "Connections closed by the server, by close code (protocol errors are 1002/1003/1009, slow consumers 1013)."
+    );
+    describe_gauge!("crdt_hub_rooms", "Rooms loaded in memory.");
+    describe_counter!(
+        "crdt_hub_messages_received_total",
+        "Messages received from clients, by type."
+    );
+    describe_counter!(
+        "crdt_hub_received_bytes_total",
+        Unit::Bytes,
+        "Bytes of messages received from clients, by type."
+    );
+    describe_counter!(
+        "crdt_hub_messages_sent_total",
+        "Messages sent to clients, by type."
+    );
+    describe_counter!(
+        "crdt_hub_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes sent to clients, by type."
+    );
+    describe_counter!(
+        "crdt_hub_updates_applied_total",
+        "Document updates applied to rooms."
+    );
+    describe_histogram!(
+        "crdt_hub_update_apply_seconds",
+        Unit::Seconds,
+        "Time to apply one update to a room's document."
+    );
+    describe_histogram!(
+        "crdt_hub_fanout_seconds",
+        Unit::Seconds,
+        "From reading an update off a socket to queuing it for the last peer of its room."
+    );
+    describe_histogram!(
+        "crdt_hub_flush_batch_updates",
+        "Updates written per group-commit batch."
+    );
+    describe_histogram!(
+        "crdt_hub_flush_seconds",
+        Unit::Seconds,
+        "Time to write one group-commit batch."
+    );
+    describe_gauge!(
+        "crdt_hub_pending_bytes",
+        Unit::Bytes,
+        "Bytes of accepted updates not yet written to storage."
+    );
+    describe_counter!(
+        "crdt_hub_flush_failures_total",
+        "Failed attempts to write a batch."
+    );
+    describe_counter!("crdt_hub_snapshots_total", "Compacted snapshots written.");
+    describe_gauge!(
+        "crdt_hub_document_bytes",
+        Unit::Bytes,
+        "Encoded size of the documents in memory (stored size at load plus updates applied since)."
+    );
+    describe_counter!(
+        "crdt_hub_rate_limited_total",
+        "Requests and messages refused or delayed by rate limits, by kind."
+    );
+    describe_counter!(
+        "crdt_hub_auth_refusals_total",
+        "Requests refused by authentication, by reason."
+    );
+}
+
+pub fn connection_opened() {
+    counter!("crdt_hub_connections_total").increment(1);
+    gauge!("crdt_hub_connections").increment(1.0);
+}
+
+pub fn connection_closed(code: Option<u16>) {
+    gauge!("crdt_hub_connections").decrement(1.0);
+    if let Some(code) = code {
+        counter!("crdt_hub_connections_closed_total", "code" => code.to_string()).increment(1);
+    }
+}
+
+pub fn room_loaded() {
+    gauge!("crdt_hub_rooms").increment(1.0);
+}
+
+pub fn room_unloaded() {
+    gauge!("crdt_hub_rooms").decrement(1.0);
+}
+
+pub fn message_received(kind: &'static str, bytes: usize) {
+    counter!("crdt_hub_messages_received_total", "type" => kind).increment(1);
+    counter!("crdt_hub_received_bytes_total", "type" => kind).increment(bytes as u64);
+}
+
+/// The type of a frame's first message (frames the server sends hold one).
+pub fn frame_kind(frame: &[u8]) -> &'static str {
+    match frame {
+        [0, 0, ..] => "sync_step1",
+        [0, 1, ..] => "sync_step2",
+        [0, 2, ..] => "update",
+        [1, ..] => "awareness",
+        [3, ..] => "awareness_query",
+        _ => "other",
+    }
+}
+
+/// Counts frames written in one flush, grouped by type.
+#[derive(Default)]
+pub struct SentFrames {
+    counts: [(u64, u64); 6],
+}
+
+impl SentFrames {
+    const KINDS: [&'static str; 6] = [
+        "sync_step1",
+        "sync_step2",
+        "update",
+        "awareness",
+        "awareness_query",
+        "other",
+    ];
+
+    pub fn add(&mut self, frame: &[u8]) {
+        let kind = frame_kind(frame);
+        let index = Self::KINDS.iter().position(|k| *k == kind).unwrap_or(5);
+        self.counts[index].0 += 1;
+        self.counts[index].1 += frame.len() as u64;
+    }
+
+    pub fn record(self) {
+        for (kind, (messages, bytes)) in Self::KINDS.iter().zip(self.counts) {
+            if messages > 0 {
+                counter!("crdt_hub_messages_sent_total", "type" => *kind).increment(messages);
+                counter!("crdt_hub_sent_bytes_total", "type" => *kind).increment(bytes);
+            }
+        }
+    }
+}
+
+pub fn update_applied(elapsed: Duration) {
+    counter!("crdt_hub_updates_applied_total").increment(1);
+    histogram!("crdt_hub_update_apply_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn fanout_latency(elapsed: Duration) {
+    histogram!("crdt_hub_fanout_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn batch_written(updates: usize, elapsed: Duration) {
+    histogram!("crdt_hub_flush_batch_updates").record(updates as f64);
+    histogram!("crdt_hub_flush_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn batch_failed() {
+    counter!("crdt_hub_flush_failures_total").increment(1);
+}
+
+pub fn pending_bytes(bytes: usize) {
+    gauge!("crdt_hub_pending_bytes").set(bytes as f64);
+}
+
+pub fn snapshot_written() {
+    counter!("crdt_hub_snapshots_total").increment(1);
+}
+
+/// Adjusts the in-memory document size by `delta` bytes.
+pub fn document_bytes(delta: i64) {
+    if delta >= 0 {
+        gauge!("crdt_hub_document_bytes").increment(delta as f64);
+    } else {
+        gauge!("crdt_hub_document_bytes").decrement((-delta) as f64);
+    }
+}
+
+pub fn rate_limited(kind: &'static str) {
+    counter!("crdt_hub_rate_limited_total", "kind" => kind).increment(1);
+}
+
+pub fn auth_refused(reason: &'static str) {
+    counter!("crdt_hub_auth_refusals_total", "reason" => reason).increment(1);
+}

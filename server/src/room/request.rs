@@ -1,0 +1,83 @@
+//! What the HTTP API, the snapshot tools and other nodes ask of a room,
+//! besides connections joining and sending frames.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use crdt_store::SnapshotInfo;
+use tokio::sync::broadcast;
+use yrs::{Doc, StateVector};
+
+use crate::protocol::DocUpdate;
+
+/// Computes an update from the room's current document (a restore, a
+/// migration): `Ok(None)` when there is nothing to change.
+pub type Transform = Box<dyn FnOnce(&Doc) -> Result<Option<Vec<u8>>, String> + Send>;
+
+/// A request to a room, answered through a oneshot.
+pub enum RoomRequest {
+    Info,
+    /// The document as one update; with a state vector, only what it lacks.
+    State(Option<StateVector>),
+    /// The document's content as JSON, one entry per top-level type.
+    Json,
+    /// Applies an update from outside (HTTP API, import) and broadcasts it.
+    Apply(DocUpdate),
+    /// Computes an update from the current document and applies it.
+    Transform(Transform),
+    /// Writes a compacted snapshot now and answers with it; with
+    /// `restored_from`, the snapshot records a restore of that version.
+    Snapshot {
+        restored_from: Option<crdt_store::SnapshotId>,
+    },
+    /// A feed of every update applied from now on.
+    Subscribe,
+    /// Closes every connection and stops the room without saving, so that
+    /// its stored data can be deleted.
+    Delete,
+}
+
+/// Answers, one variant per request.
+#[derive(Debug)]
+pub enum RoomReply {
+    Info(RoomInfo),
+    State(Vec<u8>),
+    Json(serde_json::Value),
+    /// Whether the update changed the document.
+    Applied(bool),
+    Snapshot(Result<SnapshotInfo, String>),
+    Events(Subscription),
+    Deleted,
+}
+
+/// A room as the API shows it.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub connections: usize,
+    /// Size of the whole document encoded as one Yjs v1 update.
+    pub document_bytes: usize,
+    /// Yjs v1 encoding.
+    pub state_vector: Vec<u8>,
+    /// Updates applied since the last snapshot.
+    pub unsaved_updates: u64,
+    /// When an update was last applied in this process.
+    pub last_change: Option<SystemTime>,
+}
+
+/// One applied update, for event feeds (SSE).
+#[derive(Debug, Clone)]
+pub struct RoomEvent {
+    /// `{room generation}-{sequence}`: increases by one per update within
+    /// one loaded lifetime of the room.
+    pub id: String,
+    pub update: Bytes,
+}
+
+/// A live feed of a room's updates.
+#[derive(Debug)]
+pub struct Subscription {
+    pub events: broadcast::Receiver<RoomEvent>,
+    /// The id of the last event before the feed starts: a consumer whose
+    /// Last-Event-ID differs has missed something and must refetch.
+    pub last_id: String,
+}

@@ -1,0 +1,136 @@
+//! `--tls-cert`/`--tls-key`: the same port serves wss:// and https://, to a
+//! client that trusts a test CA made here.
+
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::support::{ServerProcess, sqlite_url, temp_dir};
+
+struct TestPki {
+    ca: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn make_pki() -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    TestPki {
+        ca: ca_cert.der().clone(),
+        cert_pem: cert.pem(),
+        key_pem: server_key.serialize_pem(),
+    }
+}
+
+fn connector(ca: CertificateDer<'static>) -> TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_and_https_to_a_client_trusting_the_ca() {
+    let dir = temp_dir();
+    let pki = make_pki();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
+    let server = ServerProcess::start(
+        &sqlite_url(dir.path()),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let connector = connector(pki.ca.clone());
+    let name = ServerName::try_from("localhost").unwrap();
+
+    // https://
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/healthz")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+
+    // wss://: two clients sync through the TLS port.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tls = connector.connect(name.clone(), tcp).await.unwrap();
+        let url = format!("wss://localhost:{}/secure-room", server.addr.port());
+        let (ws, _) = tokio_tungstenite::client_async(url, tls)
+            .await
+            .expect("wss upgrade");
+        clients.push(ws);
+    }
+    use futures_util::{SinkExt, StreamExt};
+    let update = {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "over TLS");
+        txn.encode_update_v1()
+    };
+    let frame = yrs::updates::encoder::Encode::encode_v1(&yrs::sync::Message::Sync(
+        yrs::sync::SyncMessage::Update(update.clone()),
+    ));
+    clients[0]
+        .send(tokio_tungstenite::tungstenite::Message::binary(
+            frame.clone(),
+        ))
+        .await
+        .unwrap();
+    let receiver = &mut clients[1];
+    let received = tokio::time::timeout(crate::support::TIMEOUT, async {
+        while let Some(Ok(message)) = receiver.next().await {
+            if message.into_data().as_ref() == frame.as_slice() {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(received, "the update crossed the TLS port");
+
+    // A plain-text client is not served.
+    let plain = tokio_tungstenite::connect_async(server.url("secure-room")).await;
+    assert!(plain.is_err());
+    let (status, logs) = server.terminate().await;
+    assert!(status.success(), "{logs}");
+}
