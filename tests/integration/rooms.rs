@@ -105,3 +105,40 @@ async fn a_slow_reader_is_closed_with_1013_and_the_room_carries_on() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn silent_connections_are_pinged_then_closed() {
+    let server = TestServer::start_with(ServerOptions {
+        connection: ConnectionConfig {
+            keepalive_interval: Duration::from_millis(200),
+            ..ConnectionConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let room = crdt_store::RoomName::parse("keepalive").unwrap();
+    // Never read: its WebSocket layer never answers the server's pings.
+    let (_silent, _) = tokio_tungstenite::connect_async(server.url("keepalive"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.app.rooms.connections(&room) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = tokio::time::Instant::now();
+    while server.app.rooms.connections(&room) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(5),
+            "a silent connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two keepalive intervals of silence, give or take a tick.
+    assert!(
+        joined.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        joined.elapsed()
+    );
+    server.stop().await;
+}

@@ -39,3 +39,20 @@ async fn sigterm_saves_every_room_and_a_restart_finds_it() {
     let (status, logs) = server.terminate().await;
     assert!(status.success(), "{logs}");
 }
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_exits() {
+    let dir = temp_dir();
+    let url = sqlite_url(dir.path());
+    for _ in 0..2 {
+        // Twice: applying already-applied migrations is a no-op.
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+            .args(["migrate", "--database-url", &url])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+    let store = crdt_store::connect_without_migrating(&url).await.unwrap();
+    assert!(store.rooms().await.unwrap().is_empty(), "tables exist");
+}
