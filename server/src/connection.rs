@@ -15,7 +15,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -256,33 +258,81 @@ impl Session {
 
     /// Writes `first` and whatever else is already queued, then flushes
     /// once: a backed-up client costs one syscall per batch, not per frame.
+    /// Each write step has its own deadline (`write_timeout`), so a large
+    /// document streams to a slow but live client instead of timing out.
     async fn write_frames(&mut self, first: Bytes) -> Result<(), String> {
-        let ws = &mut self.ws;
-        let outgoing = &mut self.outgoing;
         let mut sent = metrics::SentFrames::default();
-        let write = async {
-            sent.add(&first);
-            ws.feed(Message::Binary(first)).await?;
-            for _ in 1..MAX_FRAMES_PER_FLUSH {
-                match outgoing.try_recv() {
-                    Ok(frame) => {
-                        sent.add(&frame);
-                        ws.feed(Message::Binary(frame)).await?
-                    }
-                    Err(_) => break,
-                }
-            }
-            ws.flush().await
-        };
-        let result = timeout(self.config.write_timeout, write).await;
+        let result = self.write_batch(first, &mut sent).await;
         sent.record();
-        match result {
+        result
+    }
+
+    async fn write_batch(
+        &mut self,
+        first: Bytes,
+        sent: &mut metrics::SentFrames,
+    ) -> Result<(), String> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(frame) = next.take() {
+            sent.add(&frame);
+            if frame.len() > FRAGMENT_SIZE {
+                self.write_fragmented(frame).await?;
+            } else {
+                self.step(Step::Feed(Message::Binary(frame))).await?;
+            }
+            written += 1;
+            if written < MAX_FRAMES_PER_FLUSH {
+                next = self.outgoing.try_recv().ok();
+            }
+        }
+        self.step(Step::Flush).await
+    }
+
+    /// A large frame (a big document's SyncStep2) goes out as one message
+    /// in fragments, each flushed before the next is written: the
+    /// WebSocket layer copies what it sends into its own buffer, and a
+    /// thousand clients joining a 5 MB room must not each hold a 5 MB copy.
+    async fn write_fragmented(&mut self, frame: Bytes) -> Result<(), String> {
+        self.step(Step::Flush).await?;
+        let mut offset = 0;
+        while offset < frame.len() {
+            let end = (offset + FRAGMENT_SIZE).min(frame.len());
+            let opcode = if offset == 0 {
+                OpCode::Data(Data::Binary)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            let fragment = Frame::message(frame.slice(offset..end), opcode, end == frame.len());
+            self.step(Step::Feed(Message::Frame(fragment))).await?;
+            self.step(Step::Flush).await?;
+            offset = end;
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, step: Step) -> Result<(), String> {
+        let operation = async {
+            match step {
+                Step::Feed(message) => self.ws.feed(message).await,
+                Step::Flush => self.ws.flush().await,
+            }
+        };
+        match timeout(self.config.write_timeout, operation).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("write timed out".into()),
         }
     }
 }
+
+enum Step {
+    Feed(Message),
+    Flush,
+}
+
+/// Frames larger than this are sent in fragments of this size.
+const FRAGMENT_SIZE: usize = 64 * 1024;
 
 /// Sends a close frame, half-closes, and reads (discarding) until the
 /// client closes too or a short deadline passes. Dropping a socket with
