@@ -282,3 +282,124 @@ test('the room comes from the URL, the token reaches the server, and the page li
   assert.equal(await page.inputValue('#name-input'), 'Erin')
   assertNoProblems(page)
 })
+
+const versionIds = page => page.locator('#versions .version').evaluateAll(els => els.map(el => Number(el.dataset.versionId)))
+const versionsHint = page => page.locator('#versions-hint').evaluate(el => el.hidden ? '' : el.textContent)
+
+/** Accepts every confirm() and remembers what it asked. */
+function acceptDialogs (page) {
+  page.dialogs = []
+  page.on('dialog', dialog => {
+    page.dialogs.push(dialog.message())
+    dialog.accept().catch(() => {})
+  })
+}
+
+test('versions: save one, write on, restore it live in every editor', async () => {
+  // A name with a space, a slash and a '?': the API path is one encoded segment.
+  const room = uniqueRoom('release notes/v2?')
+  const alice = await open(room, { viewport: { width: 1100, height: 960 } })
+  const bob = await open(room)
+  acceptDialogs(alice)
+  const apiCalls = []
+  alice.on('request', request => {
+    const url = new URL(request.url())
+    if (url.pathname.startsWith('/api/')) apiCalls.push(`${request.method()} ${url.pathname}`)
+  })
+  await setName(alice, 'Alice')
+  await setName(bob, 'Bob')
+  await Promise.all([alice, bob].map(waitConnected))
+
+  // A room with nothing stored yet.
+  for (const page of [alice, bob]) {
+    await waitFor(async () => (await versionsHint(page)) === 'No saved versions yet.',
+      async () => `the empty versions list, hint is ${JSON.stringify(await versionsHint(page))}`)
+  }
+
+  const saved = 'Release notes\n- faster sync'
+  await typeAtEnd(alice, saved)
+  await waitFor(async () => (await editorText(bob)) === saved, 'Bob to get the first draft')
+  await alice.click('#save-version')
+  // (The server also writes versions by itself every 30 s while a room
+  // changes, so the test goes by ids rather than counts.)
+  const savedNote = await waitFor(async () => /^Saved as version #(\d+)\.$/.exec(await alice.locator('#versions-note').textContent()),
+    async () => `the save to be confirmed, the note says ${JSON.stringify(await alice.locator('#versions-note').textContent())}`)
+  const savedId = Number(savedNote[1])
+  await waitFor(async () => (await versionIds(alice)).includes(savedId),
+    async () => `version #${savedId} in the list, saw ${JSON.stringify(await versionIds(alice))}`)
+  assert.equal(await alice.locator('[data-testid="versions-count"]').textContent(), String((await versionIds(alice)).length))
+  assert.ok(apiCalls.includes(`POST /api/rooms/${encodeURIComponent(room)}/snapshot`),
+    `the API path names the room as one segment: ${JSON.stringify(apiCalls)}`)
+
+  // Both keep writing after the save.
+  await typeAtEnd(alice, '\n- a mistake')
+  await typeAtEnd(bob, '\n- Bob: another mistake')
+  await waitFor(async () => {
+    const [a, b] = await Promise.all([editorText(alice), editorText(bob)])
+    return a === b && a.includes('a mistake') && a.includes('another mistake')
+  }, 'Alice and Bob to agree on the later text')
+
+  // Restore the saved version: after a confirmation, both editors go back
+  // to exactly the saved text, with no reload.
+  const navigations = { alice: 0, bob: 0 }
+  alice.on('framenavigated', () => { navigations.alice += 1 })
+  bob.on('framenavigated', () => { navigations.bob += 1 })
+  await alice.click(`#versions .version[data-version-id="${savedId}"] .version-restore`)
+  await waitFor(async () => (await editorText(alice)) === saved && (await editorText(bob)) === saved,
+    async () => `both editors to show the saved text: Alice has ${JSON.stringify(await editorText(alice))}, Bob has ${JSON.stringify(await editorText(bob))}`)
+  assert.equal(alice.dialogs.length, 1, 'the restore asked for confirmation once')
+  assert.match(alice.dialogs[0], new RegExp(`Restore version #${savedId}\\?`))
+  assert.deepEqual(navigations, { alice: 0, bob: 0 }, 'no page reloaded')
+
+  // The list shows the restore (newest first) and the version kept before it.
+  const restoreEntry = `#versions .version[data-restored-from="${savedId}"]`
+  await waitFor(async () => (await alice.locator(restoreEntry).count()) === 1, 'the restore entry in Alice\'s list')
+  const ids = await versionIds(alice)
+  const restoredId = Number(await alice.locator(restoreEntry).getAttribute('data-version-id'))
+  assert.equal(ids[0], restoredId, `the restore is the newest version: ${JSON.stringify(ids)}`)
+  assert.ok(ids.includes(savedId), `the restored version is still listed: ${JSON.stringify(ids)}`)
+  assert.match(await alice.locator(restoreEntry).textContent(), new RegExp(`restored from #${savedId}`))
+  const beforeId = Number(/^Restored #\d+\. The text before is kept as #(\d+)\.$/.exec(await alice.locator('#versions-note').textContent())?.[1])
+  assert.equal(ids[1], beforeId, `the text before the restore is the next version: ${JSON.stringify(ids)}`)
+  // Bob's list catches up by itself (it refreshes every ~10 s).
+  await waitFor(async () => (await bob.locator(restoreEntry).count()) === 1, 'the restore entry in Bob\'s list', 15_000)
+
+  // The restore is an ordinary edit: writing on works for both.
+  await typeAtEnd(bob, '\n- Bob: after the restore')
+  await waitFor(async () => (await editorText(alice)) === `${saved}\n- Bob: after the restore`, 'Alice to see Bob write after the restore')
+
+  await delay(200)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'versions.png'), await alice.screenshot())
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'versions-panel.png'), await alice.locator('#versions-panel').screenshot())
+
+  // On a phone the panel fits the width.
+  const phone = await open(room, { viewport: { width: 375, height: 740 }, mobile: true })
+  await waitConnected(phone)
+  await waitFor(async () => (await phone.locator(restoreEntry).count()) === 1, 'the phone to list the versions')
+  await assertFitsWidth(phone)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'versions-phone-375.png'), await phone.screenshot({ fullPage: true }))
+
+  for (const page of [alice, bob, phone]) assertNoProblems(page)
+})
+
+test('versions: the page token goes along as a bearer token; without admin rights the panel says so', async () => {
+  const room = uniqueRoom('guarded')
+  const page = await openPage(browser, server)
+  pages.push(page)
+  const authorizations = []
+  // Pretend the server has auth on and this token is not an admin's.
+  await page.route('**/api/**', route => {
+    authorizations.push(route.request().headers().authorization)
+    return route.fulfill({ status: 403, contentType: 'application/json', body: '{"error":"an admin token is needed"}' })
+  })
+  await page.goto(`${server.url}/?room=${encodeURIComponent(room)}&token=s3cret`)
+  await waitConnected(page)
+  await waitFor(async () => (await versionsHint(page)) === 'Versions need an admin token.',
+    async () => `the admin-token hint, saw ${JSON.stringify(await versionsHint(page))}`)
+  assert.ok(authorizations.length >= 1 && authorizations.every(a => a === 'Bearer s3cret'), JSON.stringify(authorizations))
+  assert.equal(await page.locator('#save-version').isVisible(), false)
+  assert.equal(await page.locator('#versions .version').count(), 0)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'versions-no-admin.png'), await page.locator('#versions-panel').screenshot())
+  // The browser logs the refused request itself; nothing else may go wrong.
+  assert.deepEqual(page.problems.filter(p => !/status of 403/.test(p)), [])
+})

@@ -1,6 +1,6 @@
 // Entry point: start the session, then mount the top bar and the sidebar
-// panels around the editor. A new panel (version history, say) is one more
-// entry in PANELS: a function from the session to an element.
+// panels around the editor. A new panel is one more entry in PANELS: a
+// function from the session to an element.
 
 import './styles.css'
 import { startSession } from './session.js'
@@ -9,8 +9,9 @@ import { mountFooter } from './footer.js'
 import { peoplePanel } from './panels/people.js'
 import { profilePanel } from './panels/profile.js'
 import { roomPanel } from './panels/room.js'
+import { versionsPanel } from './panels/versions.js'
 
-const PANELS = [peoplePanel, profilePanel, roomPanel]
+const PANELS = [peoplePanel, profilePanel, roomPanel, versionsPanel]
 
 const session = startSession(document.getElementById('editor'))
 document.title = `${session.room} · crdt-hub`
