@@ -53,6 +53,8 @@ impl DocUpdate {
     /// The decoder's error when the bytes are not a Yjs v1 update.
     pub fn decode(encoded: impl Into<Bytes>) -> Result<Self, read::Error> {
         let encoded = encoded.into();
+        decode_guard::check_update_v1(&encoded)
+            .map_err(|e| read::Error::Custom(format!("refused by the decode guard: {e}")))?;
         let update = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(&encoded)))
             .unwrap_or(Err(read::Error::Custom("decoder panicked".into())))?;
         Ok(Self { update, encoded })

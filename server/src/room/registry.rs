@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crdt_store::{RoomName, Store};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -128,7 +130,22 @@ impl Rooms {
         // parent: None, or the room would log inside the span of whichever
         // connection happened to load it.
         let span = tracing::info_span!(parent: None, "room", room = %name);
-        self.inner.tasks.spawn(task.run().instrument(span));
+        let rooms = self.clone();
+        let room = name.clone();
+        self.inner.tasks.spawn(
+            async move {
+                // A panic that escapes the room (yrs encoding a corrupt
+                // state, say) must not leave a dead handle behind: joins
+                // would spin on it. Drop it; the next join reloads.
+                if AssertUnwindSafe(task.run()).catch_unwind().await.is_err() {
+                    tracing::error!(
+                        "room task panicked; it will reload from storage on the next join"
+                    );
+                    rooms.remove(&room, generation);
+                }
+            }
+            .instrument(span),
+        );
         Ok(handle)
     }
 
@@ -177,6 +194,7 @@ impl Rooms {
                 done,
             };
             if handle.inbox.send(command).await.is_err() {
+                self.remove(name, handle.generation);
                 continue;
             }
             match answer.await {
@@ -262,7 +280,9 @@ impl Rooms {
                 done,
             };
             if handle.inbox.send(command).await.is_err() {
-                continue; // unloaded between lookup and send
+                // Unloaded between lookup and send, or the task died.
+                self.remove(name, handle.generation);
+                continue;
             }
             match answer.await {
                 Ok(Ok(())) => return Ok(handle),
