@@ -133,6 +133,9 @@ pub struct UpdateSummary {
     pub clients: usize,
     pub structs: usize,
     pub delete_ranges: usize,
+    /// Subdocument items. yrs 0.28.1 never frees a document that holds one
+    /// (a reference cycle): callers may want a policy for them.
+    pub subdocs: usize,
     /// The estimate compared against the expansion budget.
     pub estimated_bytes: u64,
 }
@@ -301,6 +304,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, GuardError> {
         clients: walk.clients,
         structs: walk.structs,
         delete_ranges: walk.delete_ranges,
+        subdocs: walk.subdocs,
         estimated_bytes: estimated,
     })
 }
@@ -365,6 +369,7 @@ struct Walk<'a> {
     structs: usize,
     delete_ranges: usize,
     types: usize,
+    subdocs: usize,
 }
 
 /// The memory and copy work applying an update costs.
@@ -404,6 +409,7 @@ impl<'a> Walk<'a> {
             structs: 0,
             delete_ranges: 0,
             types: 0,
+            subdocs: 0,
         };
         walk.structs_and_deletes(visitor)?;
         Ok(walk)
@@ -577,6 +583,7 @@ impl<'a> Walk<'a> {
             }
             BLOCK_ITEM_DOC_REF_NUMBER => {
                 let guid = r.string("subdocument guid")?.len() as u64;
+                self.subdocs += 1;
                 skip_any(r, 1)?;
                 (1, SUBDOC_BYTES + guid)
             }
@@ -1235,6 +1242,25 @@ mod tests {
         }
         var(&mut out, 0);
         assert_eq!(refused(&out), GuardError::DuplicateClient { client: 7 });
+    }
+
+    #[test]
+    fn what_yrs_mishandles_is_refused() {
+        // Legacy JSON content: yrs reads one string more than it writes.
+        let mut json = header(1);
+        json.push(BLOCK_ITEM_JSON_REF_NUMBER);
+        var(&mut json, 1);
+        string(&mut json, "a");
+        var(&mut json, 0);
+        string(&mut json, "1");
+        var(&mut json, 0);
+        assert!(matches!(refused(&json), GuardError::Unsupported { .. }));
+        // A client id past 53 bits aliases a narrower one in yrs.
+        let mut wide = Vec::new();
+        for n in [1, 0, 1 << 60, 0, 0] {
+            var(&mut wide, n);
+        }
+        assert!(matches!(refused(&wide), GuardError::ClientIdTooWide { .. }));
     }
 
     #[test]
