@@ -64,6 +64,10 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 /// Limits shared by the whole server.
 pub struct Limits {
     pub config: LimitsConfig,
+    /// One clock for every limiter: creating a governor clock calibrates
+    /// it (CPUID and a timing loop), far too slow to do per message or per
+    /// connection (it was 42 % of the CPU of a fast ingest).
+    clock: DefaultClock,
     connection_slots: Arc<Semaphore>,
     new_connections: DefaultKeyedRateLimiter<IpAddr>,
     api_requests: DefaultKeyedRateLimiter<IpAddr>,
@@ -83,16 +87,21 @@ pub struct RetryAfter(pub Duration);
 
 impl Limits {
     pub fn new(config: LimitsConfig) -> Self {
+        let clock = DefaultClock::default();
         Self {
             connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
-            new_connections: RateLimiter::keyed(quota(
-                config.connections_per_ip_per_second,
-                config.connection_burst_per_ip,
-            )),
-            api_requests: RateLimiter::keyed(quota(
-                config.api_requests_per_second,
-                config.api_burst,
-            )),
+            new_connections: RateLimiter::dashmap_with_clock(
+                quota(
+                    config.connections_per_ip_per_second,
+                    config.connection_burst_per_ip,
+                ),
+                clock.clone(),
+            ),
+            api_requests: RateLimiter::dashmap_with_clock(
+                quota(config.api_requests_per_second, config.api_burst),
+                clock.clone(),
+            ),
+            clock,
             config,
         }
     }
@@ -107,7 +116,7 @@ impl Limits {
     /// # Errors
     /// [`RetryAfter`] when it is over its rate.
     pub fn admit_connection(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        check_keyed(&self.new_connections, ip)
+        check_keyed(&self.new_connections, &self.clock, ip)
     }
 
     /// Whether `ip` may make another API request now.
@@ -115,7 +124,7 @@ impl Limits {
     /// # Errors
     /// [`RetryAfter`] when it is over its rate.
     pub fn admit_api_request(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        check_keyed(&self.api_requests, ip)
+        check_keyed(&self.api_requests, &self.clock, ip)
     }
 
     /// Forgets per-IP state that no longer limits anyone (call now and then
@@ -128,11 +137,15 @@ impl Limits {
     /// Fresh per-connection rate state.
     pub fn for_connection(&self) -> ConnectionRate {
         ConnectionRate {
-            messages: RateLimiter::direct(quota(
-                self.config.messages_per_second,
-                self.config.message_burst,
-            )),
-            bytes: RateLimiter::direct(quota(self.config.bytes_per_second, self.config.byte_burst)),
+            messages: RateLimiter::direct_with_clock(
+                quota(self.config.messages_per_second, self.config.message_burst),
+                self.clock.clone(),
+            ),
+            bytes: RateLimiter::direct_with_clock(
+                quota(self.config.bytes_per_second, self.config.byte_burst),
+                self.clock.clone(),
+            ),
+            clock: self.clock.clone(),
             max_throttled: self.config.max_throttled,
             throttled_since: None,
             last_pause: None,
@@ -140,16 +153,21 @@ impl Limits {
     }
 }
 
-fn check_keyed(limiter: &DefaultKeyedRateLimiter<IpAddr>, ip: IpAddr) -> Result<(), RetryAfter> {
+fn check_keyed(
+    limiter: &DefaultKeyedRateLimiter<IpAddr>,
+    clock: &DefaultClock,
+    ip: IpAddr,
+) -> Result<(), RetryAfter> {
     limiter
         .check_key(&ip)
-        .map_err(|not_until| RetryAfter(not_until.wait_time_from(DefaultClock::default().now())))
+        .map_err(|not_until| RetryAfter(not_until.wait_time_from(clock.now())))
 }
 
 /// One connection's message and byte rates.
 pub struct ConnectionRate {
     messages: DefaultDirectRateLimiter,
     bytes: DefaultDirectRateLimiter,
+    clock: DefaultClock,
     max_throttled: Duration,
     /// Since when the connection has kept running into its limit: set at
     /// the first pause, cleared after a full second without one (a paused
@@ -176,7 +194,7 @@ pub enum Admission {
 impl ConnectionRate {
     /// Accounts for one message of `len` bytes.
     pub fn admit(&mut self, len: usize) -> Admission {
-        let now = DefaultClock::default().now();
+        let now = self.clock.now();
         let mut wait = Duration::ZERO;
         if let Err(not_until) = self.messages.check() {
             wait = wait.max(not_until.wait_time_from(now));
