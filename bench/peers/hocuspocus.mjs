@@ -1,0 +1,24 @@
+// Hocuspocus with no extensions (no persistence), for the benchmark harness.
+// Usage: HOST=127.0.0.1 PORT=1234 node hocuspocus.mjs
+//
+// Server.listen() passes `address` to http.Server.listen, which ignores it
+// (Node reads `host`) and so binds every interface. The benchmark must stay
+// on loopback, so the HTTP server is started here directly; Server's
+// constructor has already attached its request and upgrade handlers.
+import { Server } from '@hocuspocus/server'
+
+const host = process.env.HOST || '127.0.0.1'
+const port = Number.parseInt(process.env.PORT || '1234', 10)
+
+const server = new Server({ quiet: true, stopOnSignals: false })
+
+server.httpServer.listen(port, host, () => {
+  console.log(`hocuspocus ${host}:${port}`)
+})
+
+const stop = async () => {
+  await server.destroy()
+  process.exit(0)
+}
+process.on('SIGINT', stop)
+process.on('SIGTERM', stop)

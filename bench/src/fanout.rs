@@ -1,0 +1,462 @@
+//! The fan-out run: C clients over R rooms, each sending K stamped updates
+//! per second for D seconds on a fixed schedule, everyone measuring the
+//! latency of what the others sent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::conn::{self, ConnectOptions, Ws};
+use crate::converge::{self, Expected};
+use crate::procstat::{self, ProcSample};
+use crate::stamp;
+use crate::stats::{self, Latency, MIB, Metric, metric};
+use crate::wire::{Incoming, Protocol, Wire};
+use crate::workload::{self, Prepared};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// `ws://127.0.0.1:PORT`.
+    pub base: String,
+    pub protocol: Protocol,
+    pub clients: usize,
+    pub rooms: usize,
+    /// Updates per second per client.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Room names are `{room_prefix}-{index}`; make it unique per run when
+    /// the server keeps documents between runs.
+    pub room_prefix: String,
+    pub connect: ConnectOptions,
+    pub connect_concurrency: usize,
+    /// Longest wait after the last send for deliveries still in flight.
+    pub drain_timeout: Duration,
+    /// The server process, for CPU and memory; `None` skips those numbers.
+    pub server_pid: Option<u32>,
+    pub check_convergence: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub clients: usize,
+    pub rooms: usize,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub connected: usize,
+    pub connect_failures: usize,
+    pub connect_errors: Vec<String>,
+    pub connect_s: f64,
+    /// Deliveries per second the schedule asks for: sent × (room size − 1).
+    pub offered_dps: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    /// Own updates the server sent back to their sender (not counted as
+    /// deliveries; the Node servers echo, crdt-hub does not).
+    pub echoes: u64,
+    pub delivery_ratio: f64,
+    /// Deliveries over the time from the first send to the last delivery.
+    pub sustained_dps: f64,
+    pub latency: Latency,
+    /// How late senders were against their schedule (generator health).
+    pub send_lag: Latency,
+    pub server_cpu_s: f64,
+    pub cpu_us_per_delivery: f64,
+    pub server_rss_mib: f64,
+    pub server_peak_rss_mib: f64,
+    /// CPU the generator itself used over the same window.
+    pub loadgen_cpu_s: f64,
+    /// Connections the server closed during the run, with their codes.
+    pub closed_by_server: usize,
+    pub close_reasons: Vec<String>,
+    pub rooms_converged: usize,
+    pub convergence_errors: Vec<String>,
+}
+
+/// Metric name: 1 when the run met the saturation criterion, else 0.
+pub const KEEPS_UP: &str = "keeps up (p99 ≤ 50 ms, ≥ 99 %)";
+
+impl FanoutReport {
+    pub fn metrics(&self) -> Vec<Metric> {
+        vec![
+            metric("offered deliveries/s", self.offered_dps),
+            metric("sustained deliveries/s", self.sustained_dps),
+            metric("delivery ratio", self.delivery_ratio),
+            metric("p50 ms", self.latency.p50_ms),
+            metric("p99 ms", self.latency.p99_ms),
+            metric("p999 ms", self.latency.p999_ms),
+            metric("server CPU µs/delivery", self.cpu_us_per_delivery),
+            metric("server RSS MiB", self.server_rss_mib),
+            metric("loadgen CPU s", self.loadgen_cpu_s),
+            metric("send lag p99 ms", self.send_lag.p99_ms),
+            metric("connect failures", self.connect_failures as f64),
+            metric("closed by server", self.closed_by_server as f64),
+            metric(
+                "rooms converged %",
+                100.0 * self.rooms_converged as f64 / self.rooms.max(1) as f64,
+            ),
+            metric(KEEPS_UP, f64::from(u8::from(self.keeps_up()))),
+        ]
+    }
+
+    /// The saturation criterion: p99 within 50 ms and 99 % delivered.
+    pub fn keeps_up(&self) -> bool {
+        self.connect_failures == 0
+            && self.closed_by_server == 0
+            && self.delivery_ratio >= 0.99
+            && self.latency.p99_ms <= 50.0
+    }
+}
+
+struct Client {
+    index: usize,
+    room: usize,
+    client_id: u64,
+    frames: Vec<Prepared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Deliveries received so far, by every client.
+    received: AtomicU64,
+    /// Microsecond stamp of the latest delivery.
+    last_delivery: AtomicU64,
+}
+
+struct ReceiverOutcome {
+    latency: Option<Histogram<u64>>,
+    deliveries: u64,
+    echoes: u64,
+    closed: Option<String>,
+}
+
+struct SenderOutcome {
+    sent: u64,
+    lag: Histogram<u64>,
+    error: Option<String>,
+}
+
+/// Runs one fan-out measurement.
+///
+/// # Errors
+/// Invalid configuration, or the server process vanished.
+pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
+    if config.clients == 0 || config.rooms == 0 || config.rate <= 0.0 {
+        bail!("clients, rooms and rate must be positive");
+    }
+    if config.clients > stamp::MAX_SENDER as usize {
+        bail!("at most {} clients", stamp::MAX_SENDER);
+    }
+    let per_client = (config.rate * config.duration.as_secs_f64())
+        .round()
+        .max(1.0) as usize;
+    let wires: Vec<Arc<Wire>> = (0..config.rooms)
+        .map(|r| {
+            Arc::new(Wire::new(
+                config.protocol,
+                &format!("{}-{r}", config.room_prefix),
+            ))
+        })
+        .collect();
+    let clients: Vec<Client> = (0..config.clients)
+        .map(|index| {
+            let room = index % config.rooms;
+            let client_id = index as u64 + 1;
+            let updates = workload::stamped_updates(client_id, index as u32, per_client);
+            Client {
+                index,
+                room,
+                client_id,
+                frames: workload::prepare(&wires[room], updates),
+            }
+        })
+        .collect();
+
+    let client_wires: Vec<Arc<Wire>> = clients.iter().map(|c| wires[c.room].clone()).collect();
+    let opened = conn::connect_many(
+        &config.base,
+        &client_wires,
+        config.connect_concurrency,
+        config.connect,
+    )
+    .await;
+    let mut members = vec![0usize; config.rooms];
+    for (client, socket) in clients.iter().zip(&opened.sockets) {
+        if socket.is_some() {
+            members[client.room] += 1;
+        }
+    }
+
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let period = Duration::from_secs_f64(1.0 / config.rate);
+    let start = Instant::now() + Duration::from_millis(200);
+    let server_before = sample_server(config.server_pid)?;
+    let own_before = procstat::sample(None)?;
+
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    let mut plans = Vec::new();
+    for (client, socket) in clients.into_iter().zip(opened.sockets) {
+        let Some(socket) = socket else { continue };
+        let (sink, stream) = socket.split();
+        receivers.push(tokio::spawn(receive(
+            stream,
+            client_wires[client.index].clone(),
+            client.index as u32,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+        // Staggered, jitter-free: client i sends at start + (i/C + n)·period.
+        let offset = period.mul_f64(client.index as f64 / config.clients as f64);
+        plans.push((client.room, client.client_id));
+        senders.push(tokio::spawn(send(
+            sink,
+            client.frames,
+            start + offset,
+            period,
+        )));
+    }
+
+    let mut sent_per_client = Vec::with_capacity(senders.len());
+    let mut lag = stats::new_histogram();
+    let mut send_errors = Vec::new();
+    let mut sinks_done = Vec::new();
+    for sender in senders {
+        let (outcome, sink) = sender.await?;
+        lag.add(&outcome.lag).ok();
+        sent_per_client.push(outcome.sent);
+        send_errors.extend(outcome.error);
+        sinks_done.push(sink);
+    }
+    let expected: u64 = plans
+        .iter()
+        .zip(&sent_per_client)
+        .map(|(&(room, _), &sent)| sent * (members[room].saturating_sub(1)) as u64)
+        .sum();
+    wait_for_drain(&shared, expected, config.drain_timeout).await;
+    let server_after = sample_server(config.server_pid)?;
+    let own_after = procstat::sample(None)?;
+
+    stop_tx.send(true).ok();
+    let mut latency = stats::new_histogram();
+    let (mut received, mut echoes) = (0u64, 0u64);
+    let mut close_reasons: Vec<String> = send_errors;
+    let mut closed_by_server = 0;
+    for receiver in receivers {
+        let outcome = receiver.await?;
+        if let Some(hist) = &outcome.latency {
+            latency.add(hist).ok();
+        }
+        received += outcome.deliveries;
+        echoes += outcome.echoes;
+        if let Some(reason) = outcome.closed {
+            closed_by_server += 1;
+            if close_reasons.len() < 5 {
+                close_reasons.push(reason);
+            }
+        }
+    }
+    // Checked while the senders are still connected: Hocuspocus without a
+    // persistence extension forgets a document when its last client leaves.
+    let (rooms_converged, convergence_errors) = if config.check_convergence {
+        let expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
+        converge::check_rooms(&config.base, &wires, &expected_rooms, config.connect).await
+    } else {
+        (0, vec!["not checked".to_owned()])
+    };
+    drop(sinks_done);
+
+    let first_send = start.into_std();
+    let last = shared.last_delivery.load(Ordering::Relaxed);
+    let window = Duration::from_micros(last)
+        .saturating_sub(first_send.duration_since(stamp::epoch()))
+        .as_secs_f64();
+    let connected: usize = members.iter().sum();
+    let offered_dps: f64 = members
+        .iter()
+        .map(|&m| m as f64 * config.rate * m.saturating_sub(1) as f64)
+        .sum();
+    let server_cpu = server_after
+        .cpu
+        .saturating_sub(server_before.cpu)
+        .as_secs_f64();
+    Ok(FanoutReport {
+        clients: config.clients,
+        rooms: config.rooms,
+        rate: config.rate,
+        duration_s: config.duration.as_secs_f64(),
+        connected,
+        connect_failures: opened.failures,
+        connect_errors: opened.errors,
+        connect_s: opened.elapsed.as_secs_f64(),
+        offered_dps,
+        sent: sent_per_client.iter().sum(),
+        expected,
+        received,
+        echoes,
+        delivery_ratio: if expected == 0 {
+            0.0
+        } else {
+            received as f64 / expected as f64
+        },
+        sustained_dps: if window > 0.0 {
+            received as f64 / window
+        } else {
+            0.0
+        },
+        latency: Latency::of(&latency),
+        send_lag: Latency::of(&lag),
+        server_cpu_s: server_cpu,
+        cpu_us_per_delivery: if received == 0 {
+            f64::NAN
+        } else {
+            server_cpu * 1e6 / received as f64
+        },
+        server_rss_mib: server_after.rss_bytes as f64 / MIB,
+        server_peak_rss_mib: server_after.hwm_bytes as f64 / MIB,
+        loadgen_cpu_s: own_after.cpu.saturating_sub(own_before.cpu).as_secs_f64(),
+        closed_by_server,
+        close_reasons,
+        rooms_converged,
+        convergence_errors,
+    })
+}
+
+fn sample_server(pid: Option<u32>) -> Result<ProcSample> {
+    pid.map_or(Ok(ProcSample::default()), |pid| procstat::sample(Some(pid)))
+}
+
+/// Per room: each sender's Yjs client id and how many clock units it
+/// produced (every update inserts one ASCII stamp field).
+fn expected_documents(rooms: usize, plans: &[(usize, u64)], sent: &[u64]) -> Vec<Expected> {
+    let mut expected: Vec<Expected> = (0..rooms).map(|_| Expected::default()).collect();
+    for (&(room, client_id), &count) in plans.iter().zip(sent) {
+        let clock = count * stamp::FIELD_LEN as u64;
+        expected[room].clocks.push((client_id, clock));
+        expected[room].text_len += clock;
+    }
+    expected
+}
+
+async fn send(
+    mut sink: SplitSink<Ws, WsMessage>,
+    frames: Vec<Prepared>,
+    start: Instant,
+    period: Duration,
+) -> (SenderOutcome, SplitSink<Ws, WsMessage>) {
+    let mut outcome = SenderOutcome {
+        sent: 0,
+        lag: stats::new_histogram(),
+        error: None,
+    };
+    for (n, prepared) in frames.into_iter().enumerate() {
+        let due = start + period.mul_f64(n as f64);
+        sleep_until(due).await;
+        stats::record(&mut outcome.lag, due.elapsed());
+        let Prepared {
+            mut frame,
+            stamp_at,
+        } = prepared;
+        stamp::patch(&mut frame, stamp_at, stamp::now_micros());
+        if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+            outcome.error = Some(format!("send failed: {e}"));
+            break;
+        }
+        outcome.sent += 1;
+    }
+    (outcome, sink)
+}
+
+async fn receive(
+    mut stream: SplitStream<Ws>,
+    wire: Arc<Wire>,
+    me: u32,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverOutcome {
+    let mut outcome = ReceiverOutcome {
+        latency: None,
+        deliveries: 0,
+        echoes: 0,
+        closed: None,
+    };
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = stream.next() => message,
+        };
+        let frame = match message {
+            Some(Ok(WsMessage::Binary(frame))) => frame,
+            Some(Ok(WsMessage::Close(close))) => {
+                outcome.closed = Some(format!("closed by server: {close:?}"));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                outcome.closed = Some(format!("read failed: {e}"));
+                break;
+            }
+            None => {
+                outcome.closed = Some("connection ended".to_owned());
+                break;
+            }
+        };
+        let Incoming::Update(update) = wire.parse(&frame) else {
+            continue;
+        };
+        let now = stamp::now_micros();
+        let mut fresh = 0;
+        for found in stamp::find_all(update) {
+            if found.sender == me {
+                outcome.echoes += 1;
+                continue;
+            }
+            fresh += 1;
+            let hist = outcome.latency.get_or_insert_with(stats::new_histogram);
+            stats::record(
+                hist,
+                Duration::from_micros(now.saturating_sub(found.micros)),
+            );
+        }
+        if fresh > 0 {
+            outcome.deliveries += fresh;
+            shared.received.fetch_add(fresh, Ordering::Relaxed);
+            shared.last_delivery.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+    outcome
+}
+
+/// Waits until every expected delivery arrived, nothing arrived for two
+/// seconds, or `timeout` passed.
+async fn wait_for_drain(shared: &Shared, expected: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last_count = shared.received.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    while Instant::now() < deadline {
+        let count = shared.received.load(Ordering::Relaxed);
+        if count >= expected {
+            return;
+        }
+        if count != last_count {
+            last_count = count;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

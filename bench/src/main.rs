@@ -1,0 +1,192 @@
+//! `crdt-hub-loadgen`: load generator and comparison harness for Yjs sync
+//! servers (issue 9). See BENCHMARKS.md at the repository root.
+
+mod compare;
+mod conn;
+mod converge;
+mod fanout;
+mod idle;
+mod ingest;
+mod join_storm;
+mod procstat;
+mod servers;
+mod stamp;
+mod stats;
+mod wire;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::compare::{CompareOptions, Config};
+use crate::conn::ConnectOptions;
+use crate::fanout::FanoutConfig;
+use crate::servers::ServerKind;
+use crate::wire::Protocol;
+
+#[derive(Parser)]
+#[command(
+    name = "crdt-hub-loadgen",
+    about = "Load generator and comparison harness for Yjs sync servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One fan-out run against a server that is already running (loopback only).
+    Run(RunArgs),
+    /// Start each server fresh per run and compare them on every configuration.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Server to load, e.g. ws://127.0.0.1:1234 (must be a loopback address).
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value = "y-websocket")]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    #[arg(long, default_value_t = 20)]
+    rooms: usize,
+    /// Updates per second per client.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The server's process id, for CPU time and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Room names are PREFIX-0, PREFIX-1, …; default: unique per run.
+    #[arg(long)]
+    room_prefix: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Seconds per connection attempt.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Skip the after-run convergence check.
+    #[arg(long)]
+    no_convergence: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Reduced set for smoke checks: short runs, one round, smaller sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per configuration (default 3, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "crdt-hub,y-websocket,hocuspocus"
+    )]
+    servers: Vec<ServerKind>,
+    /// Configurations to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fanout,saturation,big-room,idle,join-storm,b4"
+    )]
+    only: Vec<Config>,
+    /// The crdt-hub binary to compare (default: target/release/crdt-hub of this workspace).
+    #[arg(long, env = "CRDT_HUB_BIN")]
+    crdt_hub: Option<PathBuf>,
+    /// Extra argument for `crdt-hub serve`, repeatable, e.g.
+    /// `--crdt-hub-arg=--rate-connections-per-ip=100000`.
+    #[arg(long = "crdt-hub-arg", allow_hyphen_values = true)]
+    crdt_hub_args: Vec<String>,
+    /// The B4 editing trace.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/automerge-paper.json.gz"))]
+    trace: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    stamp::epoch();
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Compare(args) => {
+            compare::run(CompareOptions {
+                quick: args.quick,
+                rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
+                servers: args.servers,
+                configs: args.only,
+                trace: args.trace,
+                crdt_hub: args.crdt_hub,
+                crdt_hub_args: args.crdt_hub_args,
+            })
+            .await
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    conn::loopback_addr(&args.url)?;
+    procstat::raise_fd_limit();
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let config = FanoutConfig {
+        base: args.url,
+        protocol: args.protocol,
+        clients: args.clients,
+        rooms: args.rooms,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        room_prefix: args
+            .room_prefix
+            .unwrap_or_else(|| format!("bench-{unique}")),
+        connect: ConnectOptions {
+            timeout: Duration::from_secs_f64(args.connect_timeout),
+            ..ConnectOptions::default()
+        },
+        connect_concurrency: args.connect_concurrency,
+        drain_timeout: Duration::from_secs(10),
+        server_pid: args.server_pid,
+        check_convergence: !args.no_convergence,
+    };
+    let report = fanout::run(&config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for m in report.metrics() {
+        println!("{:<34} {}", m.name, m.value);
+    }
+    println!(
+        "{:<34} {} / {} (failures {}) in {:.2} s {:?}",
+        "connected",
+        report.connected,
+        report.clients,
+        report.connect_failures,
+        report.connect_s,
+        report.connect_errors
+    );
+    println!(
+        "{:<34} sent {} expected {} received {} echoes {}",
+        "counts", report.sent, report.expected, report.received, report.echoes
+    );
+    if !report.close_reasons.is_empty() {
+        println!("{:<34} {:?}", "closes", report.close_reasons);
+    }
+    if !report.convergence_errors.is_empty() {
+        println!("{:<34} {:?}", "convergence", report.convergence_errors);
+    }
+    Ok(())
+}
