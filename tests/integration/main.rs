@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod bad_input;
+mod cluster;
 mod convergence_props;
 mod durability;
 mod fuzz_regressions;

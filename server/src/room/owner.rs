@@ -750,9 +750,8 @@ impl RoomTask {
                 RoomCommand::Request { done, .. } => {
                     let _ = done.send(Err(refusal));
                 }
-                RoomCommand::Frame { .. }
-                | RoomCommand::Leave { .. }
-                | RoomCommand::Cluster(_) => {}
+                RoomCommand::Frame { .. } | RoomCommand::Leave { .. } | RoomCommand::Cluster(_) => {
+                }
             }
         }
     }

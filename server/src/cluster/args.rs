@@ -1,0 +1,49 @@
+//! The `serve` flags of cluster mode.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::ClusterConfig;
+use crate::units::parse_duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Join a cluster through this Redis (redis://HOST:PORT[/DB]): rooms
+    /// share updates and awareness with every other node using the same
+    /// Redis and prefix. Without it the node runs standalone.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis keys (streams, leases): nodes of one cluster use
+    /// the same prefix; different prefixes isolate clusters on one Redis.
+    #[arg(long, env = "CRDT_HUB_REDIS_PREFIX", default_value = "crdt-hub")]
+    pub redis_prefix: String,
+
+    /// How often each room publishes its state vector so that nodes that
+    /// missed bus messages catch up (anti-entropy), and renews its
+    /// compaction lease.
+    #[arg(long, env = "CRDT_HUB_CLUSTER_SYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub cluster_sync_interval: Duration,
+
+    /// Awareness states of clients on other nodes that are not renewed for
+    /// this long are removed (their node died).
+    #[arg(long, env = "CRDT_HUB_CLUSTER_AWARENESS_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub cluster_awareness_timeout: Duration,
+
+    /// Entries kept per room stream (approximately; `XADD … MAXLEN ~`).
+    #[arg(long, env = "CRDT_HUB_REDIS_STREAM_MAXLEN", default_value = "10000")]
+    pub redis_stream_maxlen: usize,
+}
+
+impl ClusterArgs {
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            prefix: self.redis_prefix.clone(),
+            sync_interval: self.cluster_sync_interval.max(Duration::from_millis(50)),
+            awareness_timeout: self.cluster_awareness_timeout.max(Duration::from_secs(1)),
+            stream_maxlen: self.redis_stream_maxlen.max(100),
+            ..ClusterConfig::default()
+        }
+    }
+}

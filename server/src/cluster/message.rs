@@ -1,0 +1,77 @@
+//! What nodes tell each other about a room, and how it looks in a stream
+//! entry: fields `n` (sending node), `k` (kind) and `d` (payload).
+
+use bytes::Bytes;
+
+/// One message a room publishes on its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    /// A Yjs v1 update the room accepted (or an anti-entropy diff).
+    Update(Bytes),
+    /// An awareness frame (`[1][awareness update]`), as sent to peers.
+    Awareness(Bytes),
+    /// The room's state vector and delete-set digest, for anti-entropy
+    /// (see `anti_entropy`).
+    StateVector(Bytes),
+    /// "I just loaded this room: send me your clients' awareness."
+    AwarenessQuery,
+}
+
+impl BusMessage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Update(_) => "u",
+            Self::Awareness(_) => "a",
+            Self::StateVector(_) => "s",
+            Self::AwarenessQuery => "q",
+        }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Self::Update(b) | Self::Awareness(b) | Self::StateVector(b) => b,
+            Self::AwarenessQuery => &[],
+        }
+    }
+
+    /// Rebuilds a message from an entry's kind and payload (`None` for a
+    /// kind this version does not know: newer nodes may send more).
+    pub fn parse(kind: &str, payload: Vec<u8>) -> Option<Self> {
+        let payload = Bytes::from(payload);
+        Some(match kind {
+            "u" => Self::Update(payload),
+            "a" => Self::Awareness(payload),
+            "s" => Self::StateVector(payload),
+            "q" => Self::AwarenessQuery,
+            _ => return None,
+        })
+    }
+}
+
+/// What the bus hands a room's owner task (`RoomCommand::Cluster`).
+#[derive(Debug)]
+pub enum Remote {
+    /// Another node published this.
+    Message(BusMessage),
+    /// Time to publish the state vector and expire stale remote awareness.
+    Tick,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for message in [
+            BusMessage::Update(Bytes::from_static(b"\x01\x02")),
+            BusMessage::Awareness(Bytes::from_static(b"\x01\x00")),
+            BusMessage::StateVector(Bytes::from_static(b"\x00")),
+            BusMessage::AwarenessQuery,
+        ] {
+            let parsed = BusMessage::parse(message.kind(), message.payload().to_vec());
+            assert_eq!(parsed, Some(message));
+        }
+        assert_eq!(BusMessage::parse("zz", vec![]), None);
+    }
+}

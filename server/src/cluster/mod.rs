@@ -1,0 +1,141 @@
+//! Cluster mode (`--redis-url`): several crdt-hub nodes serve the same rooms.
+//!
+//! Each loaded room has a Redis Stream, `{prefix}:room:{room}`. A node
+//! publishes there every update its room accepts from its own clients or
+//! API, the awareness changes of its own clients, and every
+//! `--cluster-sync-interval` the room's state vector. Every node that has
+//! the room loaded reads the stream (`XREAD BLOCK`) and hands what other
+//! nodes published to its room owner as [`Remote`] commands: updates are
+//! applied and broadcast to local peers but never journaled (their origin
+//! node persists them) nor published again. A node that sees a state vector
+//! lacking some of its content publishes the difference (anti-entropy), so
+//! nodes converge even after missing bus messages. A lease
+//! (`{prefix}:lease:{room}`) lets one node at a time compact a room.
+//!
+//! Redis trouble never stops a room: publishing and reading log, back off
+//! and retry while the room keeps serving its local clients.
+
+mod anti_entropy;
+mod args;
+mod awareness;
+mod bus;
+mod lease;
+mod message;
+mod metrics;
+mod publisher;
+mod reader;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt_store::RoomName;
+use tokio::sync::mpsc;
+
+use crate::room::RoomCommand;
+
+pub use args::ClusterArgs;
+pub use awareness::RemoteAwareness;
+pub use bus::{RemoteOutcome, RoomBus};
+pub use message::{BusMessage, Remote};
+
+/// Settings of cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Prefix of every Redis key this node uses.
+    pub prefix: String,
+    /// How often a room publishes its state vector (anti-entropy), renews
+    /// its compaction lease and expires stale remote awareness.
+    pub sync_interval: Duration,
+    /// Remote awareness entries not renewed for this long are removed.
+    pub awareness_timeout: Duration,
+    /// Approximate length streams are trimmed to (`XADD … MAXLEN ~`).
+    pub stream_maxlen: usize,
+    /// Bus messages a room may queue for Redis before it drops new ones
+    /// (anti-entropy repairs what was dropped).
+    pub publish_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "crdt-hub".into(),
+            sync_interval: Duration::from_secs(5),
+            awareness_timeout: Duration::from_secs(30),
+            stream_maxlen: 10_000,
+            publish_queue: 4096,
+        }
+    }
+}
+
+/// This node's membership in a cluster: shared by every room.
+pub struct Cluster {
+    node: String,
+    client: redis::Client,
+    /// Publishing and leases (multiplexed; reconnects by itself).
+    manager: redis::aio::ConnectionManager,
+    config: ClusterConfig,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("prefix", &self.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Prepares the connection to Redis (lazily: a node starts, and serves
+    /// locally, while Redis is unreachable).
+    ///
+    /// # Errors
+    /// When the URL is not a valid Redis URL.
+    pub fn new(url: &str, config: ClusterConfig) -> redis::RedisResult<Arc<Self>> {
+        let client = redis::Client::open(url)?;
+        let manager = client.get_connection_manager_lazy(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_max_delay(Duration::from_secs(2))
+                // Fail fast while Redis is away: the publisher drops and
+                // backs off, anti-entropy repairs; nothing waits on it.
+                .set_number_of_retries(1),
+        )?;
+        metrics::describe();
+        let node = format!("{:016x}", rand::random::<u64>());
+        Ok(Arc::new(Self {
+            node,
+            client,
+            manager,
+            config,
+        }))
+    }
+
+    /// This node's id on the bus.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn stream_key(&self, room: &RoomName) -> String {
+        format!("{}:room:{}", self.config.prefix, room.as_str())
+    }
+
+    pub fn lease_key(&self, room: &RoomName) -> String {
+        format!("{}:lease:{}", self.config.prefix, room.as_str())
+    }
+
+    /// Connects a room that is being loaded to the bus: starts its reader,
+    /// publisher and heartbeat, which stop when the returned bus drops.
+    pub fn join_room(
+        self: &Arc<Self>,
+        room: &RoomName,
+        inbox: mpsc::Sender<RoomCommand>,
+    ) -> RoomBus {
+        RoomBus::start(self.clone(), room, inbox)
+    }
+}

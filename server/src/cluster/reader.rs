@@ -1,0 +1,155 @@
+//! Reads a room's stream (`XREAD BLOCK`) on a connection of its own and
+//! hands what other nodes published to the room's owner. Starts at `$`
+//! (what is published from now on); after a Redis error it reconnects with
+//! backoff and continues after the last entry it saw, so a blip loses
+//! nothing the stream still holds (anti-entropy covers the rest).
+
+use std::time::Duration;
+
+use redis::streams::StreamReadReply;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::publisher::Backoff;
+use super::{BusMessage, Remote};
+use crate::room::RoomCommand;
+
+/// How long one `XREAD` blocks on the server.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Entries read per `XREAD`.
+const COUNT: usize = 512;
+
+pub struct Reader {
+    pub client: redis::Client,
+    pub key: String,
+    pub node: String,
+    pub inbox: mpsc::Sender<RoomCommand>,
+    /// The room's publish queue: on every (re)connect the reader asks the
+    /// other nodes for their awareness and the room for its state vector.
+    pub outbox: mpsc::Sender<BusMessage>,
+    pub stop: CancellationToken,
+}
+
+impl Reader {
+    pub async fn run(self) {
+        let stop = self.stop.clone();
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = self.read() => {}
+        }
+        debug!("reader stopped");
+    }
+
+    async fn read(&self) {
+        // Until the first connection tells where the stream ends.
+        let mut last: Option<String> = None;
+        let mut backoff = Backoff::default();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        loop {
+            let mut connection = match self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(connection) => connection,
+                Err(e) => {
+                    super::metrics::redis_error();
+                    let delay = backoff.next();
+                    warn!(error = %e, retry_in = ?delay, "cannot reach Redis; serving this room locally meanwhile");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            let position = match &last {
+                Some(last) => Ok(last.clone()),
+                None => stream_end(&mut connection, &self.key).await,
+            };
+            match position {
+                Ok(position) => last = Some(position),
+                Err(e) => {
+                    let delay = backoff.next();
+                    warn!(error = %e, retry_in = ?delay, "reading the room's stream failed; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            let last = last.as_mut().expect("positioned");
+            // Positioned before asking: every answer is read. Anything
+            // missed while disconnected is repaired by the state vector
+            // exchange this tick starts.
+            let _ = self.outbox.try_send(BusMessage::AwarenessQuery);
+            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                self.inbox.try_send(RoomCommand::Cluster(Remote::Tick))
+            {
+                return;
+            }
+            loop {
+                let mut command = redis::cmd("XREAD");
+                command
+                    .arg("COUNT")
+                    .arg(COUNT)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&self.key)
+                    .arg(&*last);
+                let read = command.query_async::<Option<StreamReadReply>>(&mut connection);
+                let reply = match tokio::time::timeout(BLOCK * 2, read).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(e)) => {
+                        super::metrics::redis_error();
+                        let delay = backoff.next();
+                        warn!(error = %e, retry_in = ?delay, "reading the room's stream failed; reconnecting");
+                        tokio::time::sleep(delay).await;
+                        break;
+                    }
+                    Err(_) => {
+                        warn!("Redis did not answer a blocking read in time; reconnecting");
+                        break;
+                    }
+                };
+                backoff.reset();
+                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    last.clone_from(&entry.id);
+                    let node: Option<String> = entry.get("n");
+                    if node.as_deref() == Some(self.node.as_str()) {
+                        continue; // our own
+                    }
+                    let kind: String = entry.get("k").unwrap_or_default();
+                    let payload: Vec<u8> = entry.get("d").unwrap_or_default();
+                    let Some(message) = BusMessage::parse(&kind, payload) else {
+                        continue;
+                    };
+                    super::metrics::received(&kind);
+                    let command = RoomCommand::Cluster(Remote::Message(message));
+                    if self.inbox.send(command).await.is_err() {
+                        return; // the room stopped
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The id of the stream's last entry (`0-0` when it is empty or missing).
+async fn stream_end(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> redis::RedisResult<String> {
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    Ok(newest
+        .ids
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_string(), |entry| entry.id))
+}

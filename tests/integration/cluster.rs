@@ -1,0 +1,440 @@
+//! Cluster mode: several real `crdt-hub` processes on one Postgres database
+//! share rooms through a real Redis (127.0.0.1:6379). Each test uses its
+//! own key prefix and deletes its keys at the end.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, StateVector, Text, Transact};
+
+use super::support::{PostgresDb, ServerProcess, TcpProxy, YClient, http_get, stored_doc, text_of};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const REDIS_ADDR: &str = "127.0.0.1:6379";
+/// Longest the nodes may take to agree again.
+const CONVERGE: Duration = Duration::from_secs(25);
+
+fn unique_prefix(test: &str) -> String {
+    format!(
+        "crdt-hub-test-{test}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+async fn start_node(
+    database_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> ServerProcess {
+    let mut args = vec![
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--cluster-sync-interval",
+        "300ms",
+        "--flush-interval",
+        "20ms",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(database_url, &args).await
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must run on 127.0.0.1:6379")
+}
+
+/// Deletes every key of `prefix` (streams and leases): what a Redis
+/// restart or FLUSHALL does to this cluster, without touching other tests.
+async fn delete_keys(prefix: &str) {
+    let mut redis = redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+    }
+}
+
+/// Stops the nodes (they would publish again) and deletes the test's keys.
+async fn finish(nodes: Vec<ServerProcess>, prefix: &str) {
+    for mut node in nodes {
+        let _ = node.child.kill().await;
+    }
+    delete_keys(prefix).await;
+}
+
+fn state_vector(client: &YClient) -> StateVector {
+    client.doc().transact().state_vector()
+}
+
+/// Inserts `token` at a random place of the client's Y.Text "t", sent to
+/// its server (or only into its document while it is offline).
+async fn insert_randomly(client: &mut YClient, rng: &mut StdRng, token: &str, online: bool) {
+    let text = client.doc().get_or_insert_text("t");
+    let len = text.len(&client.doc().transact());
+    let at = rng.random_range(0..=len);
+    if online {
+        client.edit(|txn| text.insert(txn, at, token)).await;
+    } else {
+        text.insert(&mut client.doc().transact_mut(), at, token);
+    }
+}
+
+/// Pumps every client until all hold the same text and state vector.
+async fn converge(clients: &mut [YClient], what: &str) -> String {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        for client in clients.iter_mut() {
+            client.pump_for(Duration::from_millis(30)).await;
+        }
+        let text = clients[0].text("t");
+        let sv = state_vector(&clients[0]);
+        if clients
+            .iter()
+            .all(|c| c.text("t") == text && state_vector(c) == sv)
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: clients did not converge: {:#?}",
+            clients
+                .iter()
+                .map(|c| (c.text("t"), c.closed.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// The same characters, whatever the order: nothing lost, nothing doubled.
+fn assert_same_content(text: &str, inserted: &str) {
+    let mut got: Vec<char> = text.chars().collect();
+    let mut want: Vec<char> = inserted.chars().collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert!(
+        got == want,
+        "content differs:\n got {text:?}\nwant (any order) {inserted:?}"
+    );
+}
+
+/// Polls each node's API until its state vector is `sv`.
+async fn assert_nodes_hold(nodes: &[&ServerProcess], room: &str, sv: &StateVector) {
+    let decode = |json: &serde_json::Value| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(json["state_vector"].as_str()?)
+            .ok()?;
+        StateVector::decode_v1(&bytes).ok()
+    };
+    let deadline = Instant::now() + CONVERGE;
+    for node in nodes {
+        loop {
+            let (status, body) = http_get(node.addr, &format!("/api/rooms/{room}")).await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if status == 200 && decode(&json).as_ref() == Some(sv) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} still differs: {status} {body}",
+                node.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Rounds of random concurrent inserts from every client.
+async fn edit_rounds(
+    clients: &mut [YClient],
+    rng: &mut StdRng,
+    inserted: &mut String,
+    rounds: std::ops::Range<usize>,
+) {
+    for round in rounds {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let token = format!("[{i}.{round}]");
+            insert_randomly(client, rng, &token, true).await;
+            inserted.push_str(&token);
+        }
+        for client in clients.iter_mut() {
+            client.pump_for(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_converge_under_concurrent_edits() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("converge");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_node(&db.url, REDIS, &prefix, &[]).await);
+    }
+    let room = "shared";
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(YClient::connect(&nodes[i % 3].url(room)).await);
+    }
+    let mut inserted = String::from("hello");
+    clients[0].insert("t", 0, "hello").await;
+    clients[1]
+        .until("hello on node 1", |c| c.text("t").contains("hello"))
+        .await;
+
+    // Cross-node latency: a client of node 0 types, one of node 1 sees it.
+    let mut samples = Vec::new();
+    for k in 0..10 {
+        let token = format!("<{k}>");
+        let started = Instant::now();
+        clients[0].insert("t", 0, &token).await;
+        clients[1]
+            .until("the token on node 1", |c| c.text("t").contains(&token))
+            .await;
+        samples.push(started.elapsed());
+        inserted.push_str(&token);
+    }
+    samples.sort();
+    eprintln!(
+        "cross-node latency (client on node 0 to client on node 1): median {:?}, max {:?}",
+        samples[samples.len() / 2],
+        samples[samples.len() - 1]
+    );
+
+    let mut rng = StdRng::seed_from_u64(8);
+    edit_rounds(&mut clients, &mut rng, &mut inserted, 0..15).await;
+    let text = converge(&mut clients, "after concurrent edits").await;
+    assert_same_content(&text, &inserted);
+    let sv = state_vector(&clients[0]);
+    assert_nodes_hold(&nodes.iter().collect::<Vec<_>>(), room, &sv).await;
+    finish(nodes, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_clients_move_to_the_others_and_nothing_is_lost() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("kill");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_node(&db.url, REDIS, &prefix, &["--snapshot-interval", "1s"]).await);
+    }
+    let room = "survivor";
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(YClient::connect(&nodes[i % 3].url(room)).await);
+    }
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut inserted = String::new();
+    edit_rounds(&mut clients, &mut rng, &mut inserted, 0..6).await;
+
+    // Node 2 dies mid-edit (SIGKILL: no goodbye, no final flush).
+    nodes[2].child.kill().await.unwrap();
+    // Its clients (2 and 5) keep typing offline, then reconnect elsewhere
+    // (what a load balancer does) with the same documents.
+    for (i, target) in [(2, 0), (5, 1)] {
+        let token = format!("(offline {i})");
+        insert_randomly(&mut clients[i], &mut rng, &token, false).await;
+        inserted.push_str(&token);
+        let doc = clients[i].doc().clone();
+        clients[i] = YClient::connect_with_doc(&nodes[target].url(room), doc).await;
+    }
+    edit_rounds(&mut clients, &mut rng, &mut inserted, 6..12).await;
+    let text = converge(&mut clients, "after the node died").await;
+    assert_same_content(&text, &inserted);
+    let sv = state_vector(&clients[0]);
+    assert_nodes_hold(&[&nodes[0], &nodes[1]], room, &sv).await;
+
+    // Storage converges too: each node journals its own clients' updates,
+    // and a snapshot (by the lease holder) covers what only reached the
+    // dead node's journal window.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let stored = text_of(&stored_doc(&db.url, room).await, "t");
+        if stored == text {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage lacks content: {stored:?}\nlive: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    finish(nodes, &prefix).await;
+}
+
+#[tokio::test]
+async fn nodes_that_missed_bus_messages_converge_through_anti_entropy() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("entropy");
+    // Node B reaches Redis through a proxy the test can cut.
+    let mut proxy = TcpProxy::start(REDIS_ADDR.parse().unwrap()).await;
+    let a = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let b = start_node(&db.url, &format!("redis://{}", proxy.addr), &prefix, &[]).await;
+    let room = "entropy";
+    let mut clients = vec![
+        YClient::connect(&a.url(room)).await,
+        YClient::connect(&b.url(room)).await,
+    ];
+    let mut inserted = String::from("start ");
+    clients[0].insert("t", 0, "start ").await;
+    clients[1]
+        .until("the first edit on node B", |c| c.text("t") == "start ")
+        .await;
+
+    // B loses Redis: its publishes fail (dropped) and it reads nothing.
+    proxy.cut();
+    let deadline = Instant::now() + CONVERGE;
+    while !b
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("reconnecting"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node B did not notice the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B's client deletes "start ": a pure deletion, which moves no Yjs
+    // clock (a state vector alone would never show A that it missed it).
+    let text = clients[1].doc().get_or_insert_text("t");
+    clients[1]
+        .edit(|txn| text.remove_range(txn, 0, "start ".len() as u32))
+        .await;
+    inserted = inserted.replacen("start ", "", 1);
+    // Wait until B has tried (and failed) to publish it: it is lost to
+    // the bus, only anti-entropy can tell A.
+    let failures = || {
+        b.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("publishing to Redis failed"))
+            .count()
+    };
+    let before = failures();
+    while failures() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "node B kept publishing without Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut rng = StdRng::seed_from_u64(10);
+    edit_rounds(&mut clients[..1], &mut rng, &mut inserted, 0..8).await;
+    // The streams vanish (Redis restart, FLUSHALL): nothing to replay.
+    delete_keys(&prefix).await;
+    edit_rounds(&mut clients[..1], &mut rng, &mut inserted, 8..12).await;
+    proxy.restore().await;
+
+    let text = converge(&mut clients, "after the Redis outage").await;
+    assert_same_content(&text, &inserted);
+    // Edits from both sides flow again over the bus.
+    edit_rounds(&mut clients, &mut rng, &mut inserted, 12..16).await;
+    let text = converge(&mut clients, "after the Redis outage, live again").await;
+    assert_same_content(&text, &inserted);
+    let sv = state_vector(&clients[0]);
+    assert_nodes_hold(&[&a, &b], room, &sv).await;
+    finish(vec![a, b], &prefix).await;
+}
+
+#[tokio::test]
+async fn awareness_crosses_nodes_and_is_removed_when_its_client_leaves() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("awareness");
+    let node_a = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_b = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let room = "presence";
+    let mut a = YClient::connect(&node_a.url(room)).await;
+    let mut b = YClient::connect(&node_b.url(room)).await;
+    a.insert("t", 0, "x").await;
+    b.until("the bus to work", |c| c.text("t") == "x").await;
+
+    a.awareness
+        .set_local_state(serde_json::json!({"user": "alice"}))
+        .unwrap();
+    let update = a.awareness.update().unwrap();
+    a.send(yrs::sync::Message::Awareness(update)).await;
+    let alice = a.awareness.client_id();
+    b.until("alice's awareness on node B", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_some()
+    })
+    .await;
+
+    // A node that loads the room later asks the others who is there.
+    let node_c = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let mut c = YClient::connect(&node_c.url(room)).await;
+    c.until("alice's awareness on node C", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_some()
+    })
+    .await;
+
+    drop(a); // abrupt: the socket just goes away
+    b.until("alice's removal on node B", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_none()
+    })
+    .await;
+    c.until("alice's removal on node C", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_none()
+    })
+    .await;
+    finish(vec![node_a, node_b, node_c], &prefix).await;
+}
+
+#[tokio::test]
+async fn awareness_of_a_dead_nodes_clients_times_out() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("awareness-timeout");
+    let timeout = ["--cluster-awareness-timeout", "2s"];
+    let mut node_a = start_node(&db.url, REDIS, &prefix, &timeout).await;
+    let node_b = start_node(&db.url, REDIS, &prefix, &timeout).await;
+    let room = "presence-timeout";
+    let mut a = YClient::connect(&node_a.url(room)).await;
+    let mut b = YClient::connect(&node_b.url(room)).await;
+    a.insert("t", 0, "x").await;
+    b.until("the bus to work", |c| c.text("t") == "x").await;
+    a.awareness
+        .set_local_state(serde_json::json!({"user": "alice"}))
+        .unwrap();
+    let update = a.awareness.update().unwrap();
+    a.send(yrs::sync::Message::Awareness(update)).await;
+    let alice = a.awareness.client_id();
+    b.until("alice's awareness on node B", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_some()
+    })
+    .await;
+
+    // Node A dies: no removal is ever published; B times alice out.
+    node_a.child.kill().await.unwrap();
+    let died = Instant::now();
+    b.until("alice's removal after the timeout", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_none()
+    })
+    .await;
+    assert!(
+        died.elapsed() >= Duration::from_millis(500),
+        "removed before any timeout could pass: {:?}",
+        died.elapsed()
+    );
+    drop(a);
+    finish(vec![node_a, node_b], &prefix).await;
+}
