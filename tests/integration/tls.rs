@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::{SinkExt, StreamExt};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -92,12 +93,19 @@ async fn tls_serves_wss_and_https_to_a_client_trusting_the_ca() {
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let tls = connector.connect(name.clone(), tcp).await.unwrap();
         let url = format!("wss://localhost:{}/secure-room", server.addr.port());
-        let (ws, _) = tokio_tungstenite::client_async(url, tls)
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
             .await
             .expect("wss upgrade");
+        // The server greets a connection once it has joined its room: wait
+        // for that, or an update sent now could beat the other's join.
+        let greeting = tokio::time::timeout(crate::support::TIMEOUT, ws.next())
+            .await
+            .expect("greeting in time")
+            .expect("stream open")
+            .expect("greeting");
+        assert_eq!(&greeting.into_data()[..2], &[0, 0], "SyncStep1 first");
         clients.push(ws);
     }
-    use futures_util::{SinkExt, StreamExt};
     let update = {
         use yrs::{Text, Transact};
         let doc = yrs::Doc::new();

@@ -944,3 +944,35 @@ fn nested_arrays_and_fragments_in_maps() {
     let current = server_view(&doc);
     assert_restores(&current, &version);
 }
+
+#[test]
+fn reinserted_text_merges_with_a_reformatted_neighbour() {
+    // "bc" in bold; "b" deleted, then "c" made italic too. The italic
+    // marker goes in before the bold one, so re-inserting "b" in bold at
+    // the start lands before it, and un-italicising "c" then leaves two
+    // bold runs split by a redundant bold=null/bold=true pair unless the
+    // restore merges them.
+    let doc = new_doc(1);
+    edit(&doc, |txn| {
+        let x = txn.get_or_insert_xml_fragment("x");
+        let text = x.push_back(txn, XmlTextPrelim::new(""));
+        text.insert_with_attributes(txn, 0, "bc", bold());
+    });
+    let version = server_view(&doc);
+    edit(&doc, |txn| {
+        let x = txn.get_or_insert_xml_fragment("x");
+        let Some(XmlOut::Text(text)) = x.get(txn, 0) else {
+            panic!()
+        };
+        text.remove_range(txn, 0, 1);
+        text.format(txn, 0, 1, attrs(&[("italic", Any::Bool(true))]));
+    });
+    let current = server_view(&doc);
+    assert_restores(&current, &version);
+    let x = current.get_or_insert_xml_fragment("x");
+    let txn = current.transact();
+    let Some(XmlOut::Text(text)) = x.get(&txn, 0) else {
+        panic!()
+    };
+    assert_eq!(text.diff(&txn, YChange::identity).len(), 1, "one bold run");
+}

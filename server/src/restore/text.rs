@@ -98,7 +98,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
             }
             pos = self.insert(txn, &text, pos, &wanted, new)?;
         }
-        Ok(())
+        merge_split_runs(txn, &text, &current, &wanted)
     }
 
     /// A run both sides share: re-format where the formatting differs and
@@ -181,6 +181,65 @@ impl<T: ReadTxn> Restorer<'_, T> {
         }
         Ok(pos)
     }
+}
+
+/// Merges string runs that the edits left split although the version has
+/// them as one run.
+///
+/// Every format marker splits a run, even one that changes nothing: an
+/// insert placed in front of a marker it could not skip, followed by a
+/// re-format that deletes that marker, leaves a redundant pair such as
+/// `bold=null, bold=true` between two bold runs (yrs only cleans these up
+/// for remote transactions, and only with `cleanup_formatting` on). Yjs
+/// renders (and `doc_json` writes) such runs as two, so the content would
+/// differ from the version's. Re-formatting the whole run with its
+/// attributes, and null for every other attribute the text has used,
+/// deletes the markers inside it; the formatting itself is unchanged.
+fn merge_split_runs(
+    txn: &mut TransactionMut,
+    text: &TextRef,
+    before: &Units,
+    wanted: &Units,
+) -> Result<(), RestoreError> {
+    let mut keys: Vec<std::sync::Arc<str>> = Vec::new();
+    for chunk in before.chunks.iter().chain(&wanted.chunks) {
+        for key in chunk.attributes.iter().flat_map(|a| a.keys()) {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+    // Each pass only deletes markers; a few passes settle any nesting.
+    for _ in 0..4 {
+        let result = Units::of(txn, Some(super::branch_ptr(text)))?;
+        if result.keys != wanted.keys {
+            return Ok(()); // not reachable: the diff made them equal
+        }
+        let mut merged = false;
+        let (mut i, mut pos) = (0, 0u32);
+        while i < wanted.keys.len() {
+            let chunk = wanted.chunk_of[i];
+            let mut end = i + 1;
+            while end < wanted.keys.len() && wanted.chunk_of[end] == chunk {
+                end += 1;
+            }
+            let width = wanted.width(i..end);
+            if result.chunk_of[i] != result.chunk_of[end - 1] {
+                let mut attrs: Attrs = keys.iter().map(|k| (k.clone(), Any::Null)).collect();
+                if let Some(own) = wanted.attrs(i) {
+                    attrs.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                text.format(txn, pos, width, attrs);
+                merged = true;
+            }
+            pos += width;
+            i = end;
+        }
+        if !merged {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The formatting to apply so that `current` becomes `wanted`: changed and
