@@ -72,6 +72,20 @@ inserted AS (
 )
 SELECT id FROM numbered ORDER BY ord";
 
+/// The room listing's columns; `rooms` and `room_summary` add their own
+/// WHERE / ORDER BY.
+macro_rules! room_summary_select {
+    () => {
+        "SELECT r.name, r.updated_at, \
+                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
+                 (COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
+                            ORDER BY s.id DESC LIMIT 1), 0) \
+                  + COALESCE((SELECT sum(length(u.data)) FROM updates u \
+                              WHERE u.room = r.name), 0))::bigint AS size \
+             FROM rooms r"
+    };
+}
+
 /// A [`Store`] in a Postgres database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -220,15 +234,10 @@ impl Store for PostgresStore {
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         // COLLATE "C": byte order, the same as SQLite's and as `RoomName`'s.
-        let rows: Vec<RoomSummaryRow> = sqlx::query_as(
-            "SELECT r.name, r.updated_at, \
-                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
-                 (COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
-                            ORDER BY s.id DESC LIMIT 1), 0) \
-                  + COALESCE((SELECT sum(length(u.data)) FROM updates u \
-                              WHERE u.room = r.name), 0))::bigint AS size \
-             FROM rooms r ORDER BY r.name COLLATE \"C\"",
-        )
+        let rows: Vec<RoomSummaryRow> = sqlx::query_as(concat!(
+            room_summary_select!(),
+            " ORDER BY r.name COLLATE \"C\""
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -238,18 +247,11 @@ impl Store for PostgresStore {
     }
 
     async fn room_summary(&self, room: &RoomName) -> Result<Option<RoomSummary>, StoreError> {
-        let row: Option<RoomSummaryRow> = sqlx::query_as(
-            "SELECT r.name, r.updated_at, \
-                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
-                 (COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
-                            ORDER BY s.id DESC LIMIT 1), 0) \
-                  + COALESCE((SELECT sum(length(u.data)) FROM updates u \
-                              WHERE u.room = r.name), 0))::bigint AS size \
-             FROM rooms r WHERE r.name = $1",
-        )
-        .bind(room.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<RoomSummaryRow> =
+            sqlx::query_as(concat!(room_summary_select!(), " WHERE r.name = $1"))
+                .bind(room.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(RoomSummary::try_from).transpose()?)
     }
 

@@ -35,6 +35,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// write lock.
 const FILE_POOL_SIZE: u32 = 4;
 
+/// The room listing's columns; `rooms` and `room_summary` add their own
+/// WHERE / ORDER BY.
+macro_rules! room_summary_select {
+    () => {
+        "SELECT r.name, r.updated_at, \
+                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
+                 COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
+                           ORDER BY s.id DESC LIMIT 1), 0) \
+                 + COALESCE((SELECT sum(length(u.data)) FROM updates u WHERE u.room = r.name), 0) \
+                     AS size \
+             FROM rooms r"
+    };
+}
+
 /// A [`Store`] in an SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -238,17 +252,10 @@ impl Store for SqliteStore {
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        let rows: Vec<RoomSummaryRow> = sqlx::query_as(
-            "SELECT r.name, r.updated_at, \
-                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
-                 COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
-                           ORDER BY s.id DESC LIMIT 1), 0) \
-                 + COALESCE((SELECT sum(length(u.data)) FROM updates u WHERE u.room = r.name), 0) \
-                     AS size \
-             FROM rooms r ORDER BY r.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<RoomSummaryRow> =
+            sqlx::query_as(concat!(room_summary_select!(), " ORDER BY r.name"))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .into_iter()
             .map(RoomSummary::try_from)
@@ -256,18 +263,11 @@ impl Store for SqliteStore {
     }
 
     async fn room_summary(&self, room: &RoomName) -> Result<Option<RoomSummary>, StoreError> {
-        let row: Option<RoomSummaryRow> = sqlx::query_as(
-            "SELECT r.name, r.updated_at, \
-                 (SELECT count(*) FROM snapshots s WHERE s.room = r.name) AS snapshots, \
-                 COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
-                           ORDER BY s.id DESC LIMIT 1), 0) \
-                 + COALESCE((SELECT sum(length(u.data)) FROM updates u WHERE u.room = r.name), 0) \
-                     AS size \
-             FROM rooms r WHERE r.name = ?1",
-        )
-        .bind(room.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<RoomSummaryRow> =
+            sqlx::query_as(concat!(room_summary_select!(), " WHERE r.name = ?1"))
+                .bind(room.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(RoomSummary::try_from).transpose()?)
     }
 
