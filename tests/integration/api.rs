@@ -214,6 +214,26 @@ async fn read_events(
     events
 }
 
+/// Reconnects to the feed of room `feed` with `Last-Event-ID: last_id` and
+/// returns its first `count` events.
+async fn events_after(
+    addr: std::net::SocketAddr,
+    last_id: &str,
+    count: usize,
+) -> Vec<(String, String, String)> {
+    let response = http_send(
+        addr,
+        "GET",
+        "/api/rooms/feed/events",
+        &[("last-event-id", last_id)],
+        vec![],
+    )
+    .await;
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    read_events(&mut body, &mut buffer, count).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_delivers_updates_made_over_websocket() {
     let server = TestServer::start().await;
@@ -251,41 +271,19 @@ async fn the_event_stream_delivers_updates_made_over_websocket() {
     drop(body);
 
     // Reconnecting with the last id seen: nothing missed, no refetch.
-    let response = http_send(
-        server.addr,
-        "GET",
-        "/api/rooms/feed/events",
-        &[("last-event-id", &last_id)],
-        vec![],
-    )
-    .await;
-    let mut body = response.into_body();
-    let mut buffer = String::new();
-    let again = read_events(&mut body, &mut buffer, 1).await;
+    let again = events_after(server.addr, &last_id, 1).await;
     assert_eq!(
         (again[0].0.as_str(), again[0].1.as_str()),
         ("ready", last_id.as_str())
     );
-    drop(body);
 
     // With an older id: told to refetch.
     writer.insert("t", 0, "missed ").await;
     check
         .until("missed", |c| c.text("t").starts_with("missed"))
         .await;
-    let response = http_send(
-        server.addr,
-        "GET",
-        "/api/rooms/feed/events",
-        &[("last-event-id", &last_id)],
-        vec![],
-    )
-    .await;
-    let mut body = response.into_body();
-    let mut buffer = String::new();
-    let events = read_events(&mut body, &mut buffer, 2).await;
+    let events = events_after(server.addr, &last_id, 2).await;
     assert_eq!(events[1].0, "refetch");
-    drop(body);
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.stop().await;
 }
