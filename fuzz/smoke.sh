@@ -28,7 +28,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:quarantine_size_mb=32}"
 # Targets with an open finding (fuzz/open-findings/README.md) would fail
 # every run until it is fixed; they are named here and skipped loudly. The
 # convergence property is still checked by tests/integration/convergence_props.rs.
-skip_until_fixed="convergence"
+skip_until_fixed=""
 
 for target in $(cargo fuzz list); do
     if [[ " $skip_until_fixed " == *" $target "* ]]; then

@@ -22,6 +22,7 @@ use yrs::{
 
 use crate::decode_guard;
 use crate::protocol::{self, DocUpdate};
+use crate::room::held::HeldUpdates;
 use crate::room::{Access, Effects, PeerId, Room, RoomError};
 
 /// What one input did, for the regression test's assertions.
@@ -350,6 +351,9 @@ struct SimClient {
     outbox: Vec<Vec<u8>>,
     /// Frames the room sent, not yet applied.
     inbox: Vec<Bytes>,
+    /// Updates waiting for what they build on. A Yjs client keeps these
+    /// sound; yrs's own pending state does not (see `room::held`).
+    held: HeldUpdates,
 }
 
 /// A room and its clients, without sockets: frames travel through the same
@@ -369,6 +373,7 @@ impl Sim {
                 online: false,
                 outbox: Vec::new(),
                 inbox: Vec::new(),
+                held: HeldUpdates::default(),
             })
             .collect();
         Self {
@@ -512,10 +517,9 @@ impl Sim {
                 }
                 Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
                     let update = Update::decode_v1(&u).expect("a room update decodes");
-                    self.clients[client]
-                        .doc
-                        .transact_mut()
-                        .apply_update(update)
+                    let c = &mut self.clients[client];
+                    c.held
+                        .apply(&c.doc, update, &u)
                         .expect("a room update applies");
                 }
                 _ => {}

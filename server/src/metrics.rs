@@ -120,6 +120,10 @@ fn describe() {
         "Failed attempts to write a batch."
     );
     describe_counter!("crdt_hub_snapshots_total", "Compacted snapshots written.");
+    describe_counter!(
+        "crdt_hub_held_updates_released_total",
+        "Updates waiting for missing dependencies let go from memory past the cap (storage keeps them)."
+    );
     describe_gauge!(
         "crdt_hub_document_bytes",
         Unit::Bytes,
@@ -225,6 +229,10 @@ pub fn batch_failed() {
 
 pub fn pending_bytes(bytes: usize) {
     gauge!("crdt_hub_pending_bytes").set(bytes as f64);
+}
+
+pub fn held_update_released() {
+    counter!("crdt_hub_held_updates_released_total").increment(1);
 }
 
 pub fn snapshot_written() {

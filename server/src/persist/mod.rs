@@ -8,9 +8,8 @@ pub mod journal;
 use std::sync::Arc;
 
 use crdt_store::{NewSnapshot, RoomName, SnapshotId, SnapshotInfo, Store, StoreError};
-use yrs::Doc;
 
-use crate::room::core::doc_from_updates;
+use crate::room::core::{StoredDoc, doc_from_updates};
 
 pub use journal::{Backlogged, Journal, JournalConfig, JournalStatus, JournalTask};
 
@@ -30,8 +29,9 @@ pub enum LoadError {
 
 /// A room as loaded from storage.
 pub struct LoadedRoom {
-    pub doc: Doc,
-    /// The snapshot the document contains.
+    pub doc: StoredDoc,
+    /// The snapshot the document contains (`None` when part of it is held,
+    /// so that the next compaction folds that snapshot in again).
     pub base: Option<SnapshotId>,
     /// Bytes read: the snapshot plus the log entries.
     pub stored_bytes: usize,
@@ -57,8 +57,8 @@ pub async fn load(store: &Arc<dyn Store>, room: &RoomName) -> Result<LoadedRoom,
         detail,
     })?;
     Ok(LoadedRoom {
+        base: base.filter(|_| doc.held.is_empty()),
         doc,
-        base,
         stored_bytes,
     })
 }

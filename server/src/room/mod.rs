@@ -3,6 +3,7 @@
 //! ([`registry`]).
 
 pub mod core;
+pub mod held;
 mod owner;
 pub mod peer;
 mod registry;

@@ -185,7 +185,7 @@ impl RoomTask {
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
-            room: Room::new(loaded.doc),
+            room: Room::with_held(loaded.doc),
             links: HashMap::new(),
             document_bytes,
             base: loaded.base,

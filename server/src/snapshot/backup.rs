@@ -87,7 +87,9 @@ pub fn validate_update(state: &[u8]) -> anyhow::Result<Doc> {
     }
     crate::decode_guard::check_update_v1(state)
         .map_err(|e| anyhow::anyhow!("it is not a Yjs v1 update ({e})"))?;
-    doc_from_updates([state]).map_err(|(_, detail)| anyhow::anyhow!("it does not apply ({detail})"))
+    doc_from_updates([state])
+        .map(|stored| stored.doc)
+        .map_err(|(_, detail)| anyhow::anyhow!("it does not apply ({detail})"))
 }
 
 #[cfg(test)]

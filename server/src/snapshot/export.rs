@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crdt_store::{RoomName, SnapshotId};
 use http::Method;
 use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, StateVector, Transact};
+use yrs::{ReadTxn, Transact};
 
 use super::backup::{BACKUP_FORMAT, Backup, validate_update};
 use super::client::ServerClient;
@@ -122,12 +122,13 @@ async fn read_current(target: &Target, room: &RoomName) -> anyhow::Result<Export
     let loaded = crate::persist::load(&store, room)
         .await
         .with_context(|| format!("loading room {room:?}"))?;
-    let txn = loaded.doc.transact();
+    let state = loaded.doc.encode_state().map_err(anyhow::Error::msg)?;
     Ok(Exported {
         version: None,
         created_at: Utc::now(),
-        state: txn.encode_state_as_update_v1(&StateVector::default()),
-        state_vector: txn.state_vector().encode_v1(),
+        state_vector: yrs::encode_state_vector_from_update_v1(&state)
+            .context("encoding the state vector")?,
+        state,
     })
 }
 

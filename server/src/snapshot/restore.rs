@@ -11,8 +11,8 @@ use bytes::Bytes;
 use crdt_store::{PendingUpdate, RoomName, SnapshotId};
 use http::Method;
 use serde_json::json;
+use yrs::Update;
 use yrs::updates::decoder::Decode;
-use yrs::{ReadTxn, StateVector, Transact, Update};
 
 use super::Target;
 use super::client::ServerClient;
@@ -114,10 +114,7 @@ async fn in_database(
     let current = persist::load(&store, &room)
         .await
         .with_context(|| format!("loading room {room:?}"))?;
-    let current_state = current
-        .doc
-        .transact()
-        .encode_state_as_update_v1(&StateVector::default());
+    let current_state = current.doc.encode_state().map_err(anyhow::Error::msg)?;
     let before = persist::write_snapshot(&store, &room, &current_state, current.base, keep, None)
         .await
         .context("saving the state before the restore")?;
@@ -163,17 +160,16 @@ fn compute(before: &[u8], version: &[u8]) -> anyhow::Result<(Option<Vec<u8>>, Ve
         doc_from_updates([state])
             .map_err(|(_, detail)| anyhow::anyhow!("the stored {what} does not load: {detail}"))
     };
-    let doc = load("current state", before)?;
+    let mut current = load("current state", before)?;
     let target = load("version", version)?;
-    let update = crate::restore::restore_update(&doc, &target)?;
+    let update = crate::restore::restore_update(&current.doc, &target.doc)?;
     if let Some(update) = &update {
         let decoded = Update::decode_v1(update).context("the restore update does not decode")?;
-        doc.transact_mut()
-            .apply_update(decoded)
+        current
+            .held
+            .apply(&current.doc, decoded, update)
             .context("the restore update does not apply")?;
     }
-    let after = doc
-        .transact()
-        .encode_state_as_update_v1(&StateVector::default());
+    let after = current.encode_state().map_err(anyhow::Error::msg)?;
     Ok((update, after))
 }

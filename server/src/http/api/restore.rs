@@ -228,8 +228,10 @@ impl Plan {
                 "stored snapshot does not load (item {index}: {detail})"
             ))
         };
-        let before = doc_from_updates([before_state.as_slice()]).map_err(corrupt)?;
-        let target = doc_from_updates([target_state]).map_err(corrupt)?;
+        let before = doc_from_updates([before_state.as_slice()])
+            .map_err(corrupt)?
+            .doc;
+        let target = doc_from_updates([target_state]).map_err(corrupt)?.doc;
         let update = crate::restore::restore_update(&before, &target)
             .map_err(|e| ApiError::Internal(format!("computing the restore failed: {e}")))?;
         let snapshot = before.transact().snapshot();

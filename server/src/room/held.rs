@@ -1,0 +1,224 @@
+//! Updates that arrived before what they build on.
+//!
+//! yrs keeps the part of an update it cannot integrate yet (its left item
+//! or parent has not arrived) in a "pending" update of its own, merging
+//! each new remainder into it, and `encode_state_as_update` sends that
+//! pending update along to whoever syncs. In yrs 0.28.1 the merge can
+//! corrupt the pending blocks: the `convergence` fuzz target found two
+//! overlapping skips that shift every later block's clock, so a client
+//! syncing from the room received the same edits under wrong ids and
+//! diverged for good (`fuzz/regressions/convergence/`).
+//!
+//! So a document here never keeps yrs's pending state. After each apply
+//! the pending part is pruned and the whole raw update is held instead, to
+//! be applied again once something new has integrated; yrs skips the parts
+//! it already has. Nothing is lost meanwhile: the raw update was journaled
+//! and broadcast when it arrived, and its sender re-offers it on the next
+//! sync, since the document's state vector does not yet cover it.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use tracing::warn;
+use yrs::error::UpdateError;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
+
+/// At most this many updates are held per document; past it the oldest is
+/// let go (it stays in storage and with its sender). Every held update is
+/// applied again whenever the document grows, so this also bounds that work.
+const MAX_HELD_UPDATES: usize = 256;
+
+/// At most this many bytes of held updates per document.
+const MAX_HELD_BYTES: usize = 4 << 20;
+
+/// Raw updates waiting for their dependencies, oldest first.
+#[derive(Debug, Default)]
+pub struct HeldUpdates {
+    updates: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl HeldUpdates {
+    pub fn len(&self) -> usize {
+        self.updates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+    }
+
+    /// The held updates, oldest first, as they arrived (Yjs v1).
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.updates.iter()
+    }
+
+    /// Applies `update` (whose encoding is `raw`) to `doc`; whatever of it
+    /// cannot integrate yet is held, and held updates that now can are
+    /// integrated.
+    ///
+    /// # Errors
+    /// yrs's error when the update does not apply; nothing is held then.
+    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<(), UpdateError> {
+        let before = (!self.is_empty()).then(|| doc.transact().state_vector());
+        if !integrate(doc, update)? {
+            // Copied only here: holding is rare, applying is not.
+            self.hold(Bytes::copy_from_slice(raw));
+        }
+        if let Some(before) = before
+            && doc.transact().state_vector() != before
+        {
+            self.retry(doc);
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, raw: Bytes) {
+        self.bytes += raw.len();
+        self.updates.push_back(raw);
+        while self.updates.len() > MAX_HELD_UPDATES || self.bytes > MAX_HELD_BYTES {
+            let Some(oldest) = self.updates.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.len();
+            crate::metrics::held_update_released();
+            warn!(
+                bytes = oldest.len(),
+                "too many updates wait for missing dependencies; the oldest stays in storage only until the room reloads or its sender resyncs"
+            );
+        }
+    }
+
+    /// Applies every held update again until a pass integrates nothing new.
+    fn retry(&mut self, doc: &Doc) {
+        loop {
+            let before = doc.transact().state_vector();
+            let waiting = std::mem::take(&mut self.updates);
+            self.bytes = 0;
+            for raw in waiting {
+                // It decoded and applied when it arrived, so neither fails
+                // now; if one did, holding it longer would not help.
+                let Ok(update) = Update::decode_v1(&raw) else {
+                    continue;
+                };
+                if let Ok(false) = integrate(doc, update) {
+                    self.bytes += raw.len();
+                    self.updates.push_back(raw);
+                }
+            }
+            if self.updates.is_empty() || doc.transact().state_vector() == before {
+                return;
+            }
+        }
+    }
+}
+
+/// Applies `update` in one transaction and prunes whatever yrs left
+/// pending. Returns whether all of it integrated.
+fn integrate(doc: &Doc, update: Update) -> Result<bool, UpdateError> {
+    let mut txn = doc.transact_mut();
+    let applied = txn.apply_update(update);
+    let complete = !txn.has_missing_updates();
+    if !complete {
+        txn.prune_pending();
+    }
+    applied.map(|()| complete)
+}
+
+/// A document's state without anything held, as one Yjs v1 update: the
+/// parts of held updates that already integrated are in it, the rest is not
+/// (nor, unlike `encode_state_as_update_v1`, yrs's pending data).
+pub fn encode_integrated(doc: &Doc, since: &StateVector) -> Vec<u8> {
+    doc.transact().encode_diff_v1(since)
+}
+
+#[cfg(test)]
+mod tests {
+    use yrs::{GetString, Text};
+
+    use super::*;
+    use crate::room::core::doc_from_updates;
+
+    /// Two updates of one client, the second typed after the first.
+    fn two_edits() -> (Vec<u8>, Vec<u8>) {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        let first = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "ab");
+            txn.encode_update_v1()
+        };
+        let second = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 2, "cd");
+            txn.encode_update_v1()
+        };
+        (first, second)
+    }
+
+    fn text_of(doc: &Doc) -> String {
+        let text = doc.get_or_insert_text("t");
+        text.get_string(&doc.transact())
+    }
+
+    fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) {
+        held.apply(doc, Update::decode_v1(raw).unwrap(), raw)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_update_before_its_dependency_is_held_then_integrated() {
+        let (first, second) = two_edits();
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+
+        apply(&mut held, &doc, &second);
+        assert_eq!(held.len(), 1);
+        assert!(!doc.transact().has_missing_updates(), "yrs keeps nothing");
+        assert_eq!(text_of(&doc), "");
+        // What a syncing peer is sent holds nothing that is not integrated.
+        let sent = Update::decode_v1(&encode_integrated(&doc, &StateVector::default())).unwrap();
+        assert_eq!(sent.state_vector(), StateVector::default());
+
+        apply(&mut held, &doc, &first);
+        assert!(held.is_empty());
+        assert_eq!(text_of(&doc), "abcd");
+    }
+
+    #[test]
+    fn a_stored_document_keeps_what_it_holds_in_its_state() {
+        let (first, second) = two_edits();
+        let stored = doc_from_updates([second.as_slice()]).unwrap();
+        assert_eq!(stored.held.len(), 1);
+
+        // An export or a saved version still carries the held update.
+        let state = stored.encode_state().unwrap();
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        apply(&mut held, &doc, &state);
+        apply(&mut held, &doc, &first);
+        assert_eq!(text_of(&doc), "abcd");
+
+        let in_order = doc_from_updates([first.as_slice(), second.as_slice()]).unwrap();
+        assert!(in_order.held.is_empty());
+        assert_eq!(text_of(&in_order.doc), "abcd");
+    }
+
+    #[test]
+    fn held_updates_are_capped() {
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        // Each update of a client whose first item never arrives waits.
+        let source = Doc::with_client_id(9);
+        let text = source.get_or_insert_text("t");
+        text.insert(&mut source.transact_mut(), 0, "x");
+        for i in 0..MAX_HELD_UPDATES + 10 {
+            let mut txn = source.transact_mut();
+            text.insert(&mut txn, 0, &i.to_string());
+            let raw = txn.encode_update_v1();
+            drop(txn);
+            apply(&mut held, &doc, &raw);
+        }
+        assert_eq!(held.len(), MAX_HELD_UPDATES);
+    }
+}
