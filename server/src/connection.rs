@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crdt_store::RoomName;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
@@ -39,6 +39,8 @@ pub struct ConnectionConfig {
     /// Longest a single socket write may block (a client that stopped
     /// reading fills its TCP window and would otherwise hold the task).
     pub write_timeout: Duration,
+    /// Least time between two writes to one socket (see `--write-coalesce`).
+    pub write_coalesce: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -47,6 +49,7 @@ impl Default for ConnectionConfig {
             outbox_capacity: 2048,
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
+            write_coalesce: Duration::from_millis(1),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Session {
         // Set while the client is over its rate: its socket is not read
         // (TCP pushes back on it), while frames to it keep flowing.
         let mut paused_until: Option<Instant> = None;
+        let mut last_write: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -180,39 +184,23 @@ impl Session {
                 }
                 frame = self.outgoing.recv() => {
                     let frame = frame?;
+                    // Right after a write, let more frames queue up: under
+                    // load they then cost one syscall together.
+                    if let Some(last) = last_write
+                        && last.elapsed() < self.config.write_coalesce
+                    {
+                        sleep_until(last + self.config.write_coalesce).await;
+                    }
                     if let Err(e) = self.write_frames(frame).await {
                         debug!(error = %e, "write failed");
                         return None;
                     }
+                    last_write = (!self.config.write_coalesce.is_zero()).then(Instant::now);
                 }
                 incoming = self.ws.next(), if paused_until.is_none() => {
-                    let message = match incoming {
-                        None => return None,
-                        Some(Ok(message)) => message,
-                        Some(Err(e)) if is_too_big(&e) => {
-                            warn!(error = %e, "frame too large");
-                            return Some(close::MESSAGE_TOO_BIG);
-                        }
-                        Some(Err(e)) => {
-                            debug!(error = %e, "read failed");
-                            return None;
-                        }
-                    };
                     last_heard = Instant::now();
-                    match self.rate.admit(message.len()) {
-                        Admission::Go => {}
-                        Admission::Pause(wait) => {
-                            metrics::rate_limited("connection_paused");
-                            paused_until = Some(Instant::now() + wait);
-                        }
-                        Admission::Close => {
-                            warn!("over its rate limit for too long; closing");
-                            metrics::rate_limited("connection_closed");
-                            return Some(close::RATE_LIMITED);
-                        }
-                    }
-                    if let Some(reason) = self.on_message(message).await {
-                        return Some(reason);
+                    if let Flow::End(reason) = self.on_incoming(incoming, &mut paused_until).await {
+                        return reason;
                     }
                 }
                 _ = ping.tick() => {
@@ -228,32 +216,67 @@ impl Session {
         }
     }
 
-    /// Handles one message from the client; returns a reason to close.
-    async fn on_message(&mut self, message: Message) -> Option<CloseReason> {
-        if let Message::Binary(frame) = message {
-            let received_at = Instant::now();
-            return match protocol::parse_frame(&frame) {
-                Ok(messages) => {
-                    metrics::message_received(metrics::frame_kind(&frame), frame.len());
-                    if self.room.send_frame(self.peer, messages, received_at).await {
-                        None
-                    } else {
-                        Some(close::ROOM_FAILED)
-                    }
+    /// Handles what the client sent: `first`, and every further message
+    /// already read off the socket, passed to the room in one command. A
+    /// client that types fast (or replays offline edits) costs the room one
+    /// wakeup and its peers one merged update per burst, not one per
+    /// keystroke.
+    async fn on_incoming(
+        &mut self,
+        first: Option<Result<Message, tungstenite::Error>>,
+        paused_until: &mut Option<Instant>,
+    ) -> Flow {
+        let received_at = Instant::now();
+        let mut batch = Vec::new();
+        let mut frames = 0;
+        let mut bytes = 0;
+        let mut item = first;
+        let flow = loop {
+            let message = match item {
+                None => break Flow::End(None),
+                Some(Ok(message)) => message,
+                Some(Err(e)) if is_too_big(&e) => {
+                    warn!(error = %e, "frame too large");
+                    break Flow::End(Some(close::MESSAGE_TOO_BIG));
                 }
-                Err(e) => {
-                    warn!(error = %e, cause = ?std::error::Error::source(&e), len = frame.len(), "protocol error");
-                    Some(close::PROTOCOL_ERROR)
+                Some(Err(e)) => {
+                    debug!(error = %e, "read failed");
+                    break Flow::End(None);
                 }
             };
+            match self.rate.admit(message.len()) {
+                Admission::Go => {}
+                Admission::Pause(wait) => {
+                    metrics::rate_limited("connection_paused");
+                    *paused_until = Some(Instant::now() + wait);
+                }
+                Admission::Close => {
+                    warn!("over its rate limit for too long; closing");
+                    metrics::rate_limited("connection_closed");
+                    break Flow::End(Some(close::RATE_LIMITED));
+                }
+            }
+            bytes += message.len();
+            frames += 1;
+            match parse_message(message) {
+                Ok(messages) => batch.extend(messages),
+                Err(reason) => break Flow::End(Some(reason)),
+            }
+            if paused_until.is_some() || frames >= MAX_FRAMES_PER_BURST || bytes >= MAX_BURST_BYTES
+            {
+                break Flow::Continue;
+            }
+            item = match self.ws.next().now_or_never() {
+                Some(next) => next,
+                None => break Flow::Continue,
+            };
+        };
+        // What came before a bad frame or the end of the stream still
+        // counts, as it would have frame by frame.
+        if !batch.is_empty() && !self.room.send_frame(self.peer, batch, received_at).await {
+            return Flow::End(Some(close::ROOM_FAILED));
         }
-        if message.is_text() {
-            warn!("text frame received; y-websocket speaks binary");
-            return Some(close::TEXT_FRAME);
-        }
-        // Ping is answered by the WebSocket layer, pong only proves life,
-        // close is answered by the WebSocket layer and ends the stream.
-        None
+        flow
     }
 
     /// Writes `first` and whatever else is already queued, then flushes
@@ -329,6 +352,43 @@ impl Session {
 enum Step {
     Feed(Message),
     Flush,
+}
+
+/// Whether a session goes on after handling input.
+enum Flow {
+    Continue,
+    /// The session ends, with this close frame if any.
+    End(Option<CloseReason>),
+}
+
+/// Most frames already read off a socket that go to the room in one
+/// command, and most bytes: enough to batch a burst of keystrokes, few
+/// enough that merging them for the other peers stays cheap.
+const MAX_FRAMES_PER_BURST: usize = 64;
+const MAX_BURST_BYTES: usize = 64 * 1024;
+
+/// One message from the client as what the room must handle; the reason
+/// to close when it is not acceptable.
+fn parse_message(message: Message) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
+    match message {
+        Message::Binary(frame) => match protocol::parse_frame(&frame) {
+            Ok(messages) => {
+                metrics::message_received(metrics::frame_kind(&frame), frame.len());
+                Ok(messages)
+            }
+            Err(e) => {
+                warn!(error = %e, cause = ?std::error::Error::source(&e), len = frame.len(), "protocol error");
+                Err(close::PROTOCOL_ERROR)
+            }
+        },
+        Message::Text(_) => {
+            warn!("text frame received; y-websocket speaks binary");
+            Err(close::TEXT_FRAME)
+        }
+        // Ping is answered by the WebSocket layer, pong only proves life,
+        // close is answered by the WebSocket layer and ends the stream.
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Frames larger than this are sent in fragments of this size.

@@ -23,7 +23,7 @@ use yrs::{
 use crate::decode_guard;
 use crate::protocol::{self, DocUpdate};
 use crate::room::held::HeldUpdates;
-use crate::room::{Access, Effects, PeerId, Room, RoomError};
+use crate::room::{Access, Effects, PeerId, Rejected, Room, RoomError};
 
 /// What one input did, for the regression test's assertions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,14 @@ pub fn frame_into_room(data: &[u8]) -> Outcome {
     };
     let outcome = match room.receive(1, messages) {
         Ok(_) => Outcome::Applied,
-        Err(RoomError::Apply(_)) => Outcome::NotApplied,
-        Err(RoomError::Poisoned) => panic!("yrs panicked while applying a guarded update"),
+        Err(Rejected {
+            error: RoomError::Apply(_),
+            ..
+        }) => Outcome::NotApplied,
+        Err(Rejected {
+            error: RoomError::Poisoned,
+            ..
+        }) => panic!("yrs panicked while applying a guarded update"),
     };
     room.join(3, Access::ReadWrite);
     let step1 = protocol::encode_sync_step1(&StateVector::default());

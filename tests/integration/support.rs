@@ -566,7 +566,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn stored_doc(database_url: &str, room: &str) -> Doc {
     let store = crdt_store::connect(database_url).await.unwrap();
     let room = crdt_store::RoomName::parse(room).unwrap();
-    crdt_hub::persist::load(&store, &room).await.unwrap().doc.doc
+    crdt_hub::persist::load(&store, &room)
+        .await
+        .unwrap()
+        .doc
+        .doc
 }
 
 pub fn text_of(doc: &Doc, name: &str) -> String {

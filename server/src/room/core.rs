@@ -50,6 +50,14 @@ pub enum RoomError {
     Poisoned,
 }
 
+/// An update that failed to apply, with the effects of the messages that
+/// came before it.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: RoomError,
+    pub effects: Effects,
+}
+
 #[derive(Debug)]
 struct PeerState {
     access: Access,
@@ -115,11 +123,6 @@ impl Room {
         self.doc().transact().state_vector().encode_v1()
     }
 
-    /// Updates held until what they build on arrives.
-    pub fn held_updates(&self) -> usize {
-        self.held.len()
-    }
-
     /// What a replica at `sv` lacks (everything, without a state vector).
     pub fn encode_diff(&self, sv: Option<&StateVector>) -> Vec<u8> {
         match sv {
@@ -178,26 +181,32 @@ impl Room {
         Some(protocol::encode_awareness(&update))
     }
 
-    /// Handles the messages of one frame from `peer`.
+    /// Handles the messages of one or more frames from `peer`.
     ///
     /// # Errors
-    /// [`RoomError`] when an update fails to apply. Messages before the
-    /// failing one have taken effect; their effects are lost with the
-    /// connection, which is harmless: the peer resyncs on reconnect.
+    /// [`Rejected`] when an update fails to apply. Messages before the
+    /// failing one have taken effect, and their effects come with the
+    /// error: they must still be stored and sent.
     pub fn receive(
         &mut self,
         peer: PeerId,
         messages: Vec<ClientMessage>,
-    ) -> Result<Effects, RoomError> {
+    ) -> Result<Effects, Rejected> {
         let Some(access) = self.peers.get(&peer).map(|p| p.access) else {
             return Ok(Effects::default());
         };
         let mut effects = Effects::default();
+        let mut result = Ok(());
         for message in messages {
             match message {
                 ClientMessage::SyncStep1(sv) => effects.to_sender.push(self.sync_step2_for(&sv)),
                 ClientMessage::DocUpdate(update) => match access {
-                    Access::ReadWrite => self.apply(update, &mut effects)?,
+                    Access::ReadWrite => {
+                        result = self.apply(update, &mut effects);
+                        if result.is_err() {
+                            break;
+                        }
+                    }
                     Access::ReadOnly => effects.refused_read_only += 1,
                 },
                 ClientMessage::Awareness(update) => {
@@ -213,7 +222,11 @@ impl Room {
                 ClientMessage::Ignored { .. } => {}
             }
         }
-        Ok(effects)
+        broadcast_applied(&mut effects);
+        match result {
+            Ok(()) => Ok(effects),
+            Err(error) => Err(Rejected { error, effects }),
+        }
     }
 
     /// Applies an update that did not come from a peer (HTTP API, another
@@ -224,6 +237,7 @@ impl Room {
     pub fn apply_external(&mut self, update: DocUpdate) -> Result<Effects, RoomError> {
         let mut effects = Effects::default();
         self.apply(update, &mut effects)?;
+        broadcast_applied(&mut effects);
         Ok(effects)
     }
 
@@ -278,7 +292,6 @@ impl Room {
         }
         self.full_state_frame = None;
         self.unsaved_updates += 1;
-        effects.to_others.push(protocol::encode_update(&encoded));
         effects.applied.push(encoded);
         Ok(())
     }
@@ -298,6 +311,29 @@ impl Room {
         let changed = summary.all_changes();
         let update = self.awareness.update_with_clients(changed).ok()?;
         Some(protocol::encode_awareness(&update))
+    }
+}
+
+/// Queues the updates `effects` applied for every other peer: one frame
+/// when there is one, and several updates (a connection passes on every
+/// frame it has already read in one go) merged into one, so that a fast
+/// typist's burst costs each peer one frame, not one per keystroke.
+fn broadcast_applied(effects: &mut Effects) {
+    match effects.applied.as_slice() {
+        [] => {}
+        [update] => effects.to_others.push(protocol::encode_update(update)),
+        updates => {
+            let merged = catch_unwind(AssertUnwindSafe(|| {
+                yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref()))
+            }));
+            match merged {
+                Ok(Ok(merged)) => effects.to_others.push(protocol::encode_update(&merged)),
+                // Each of them applied, so each is sound on its own.
+                _ => effects
+                    .to_others
+                    .extend(updates.iter().map(|u| protocol::encode_update(u))),
+            }
+        }
     }
 }
 
@@ -349,4 +385,79 @@ pub fn doc_from_updates<'a>(
             .map_err(|e| (index, e.to_string()))?;
     }
     Ok(StoredDoc { doc, held })
+}
+
+#[cfg(test)]
+mod tests {
+    use yrs::{GetString, Text};
+
+    use super::*;
+
+    /// A client's keystrokes, one update each.
+    fn keystrokes(text: &str) -> Vec<Vec<u8>> {
+        let doc = Doc::with_client_id(5);
+        let t = doc.get_or_insert_text("t");
+        text.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut txn = doc.transact_mut();
+                t.insert(&mut txn, i as u32, &c.to_string());
+                txn.encode_update_v1()
+            })
+            .collect()
+    }
+
+    fn updates(raw: &[Vec<u8>]) -> Vec<ClientMessage> {
+        raw.iter()
+            .map(|u| {
+                ClientMessage::DocUpdate(DocUpdate {
+                    update: Update::decode_v1(u).unwrap(),
+                    encoded: Bytes::from(u.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// The text a fresh client holds after applying `frames`.
+    fn text_after(frames: &[Bytes]) -> String {
+        let doc = Doc::new();
+        for frame in frames {
+            let messages = protocol::parse_frame(frame).unwrap();
+            for message in messages {
+                if let ClientMessage::DocUpdate(u) = message {
+                    doc.transact_mut().apply_update(u.update).unwrap();
+                }
+            }
+        }
+        let t = doc.get_or_insert_text("t");
+        t.get_string(&doc.transact())
+    }
+
+    #[test]
+    fn a_burst_of_updates_reaches_the_others_as_one_merged_frame() {
+        let mut room = Room::new(Doc::new());
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let effects = room.receive(1, updates(&keystrokes("hello"))).unwrap();
+        assert_eq!(effects.applied.len(), 5, "each is stored as it came");
+        assert_eq!(effects.to_others.len(), 1);
+        assert_eq!(text_after(&effects.to_others), "hello");
+    }
+
+    #[test]
+    fn updates_before_a_failing_one_still_come_out() {
+        let mut room = Room::new(Doc::new());
+        room.join(1, Access::ReadWrite);
+        let mut messages = updates(&keystrokes("ab"));
+        // Client 6 inserts "y" into item 5#0 as its parent: that item is
+        // the text "a", not a type, so yrs refuses to apply it.
+        let bad = [1, 1, 6, 0, 4, 0, 5, 0, 1, b'y', 0];
+        messages.extend(updates(&[bad.to_vec()]));
+        let Err(Rejected { error, effects }) = room.receive(1, messages) else {
+            panic!("an update into a text item applied");
+        };
+        assert!(matches!(error, RoomError::Apply(_)), "{error:?}");
+        assert_eq!(effects.applied.len(), 2);
+        assert_eq!(text_after(&effects.to_others), "ab");
+    }
 }

@@ -9,7 +9,7 @@ pub mod peer;
 mod registry;
 pub mod request;
 
-pub use self::core::{Access, Effects, PeerId, Room, RoomError};
+pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
 pub use peer::{CloseSignal, PeerLink};
 pub use registry::{RoomHandle, Rooms};

@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::core::{Access, Effects, PeerId, Room, RoomError};
+use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::peer::PeerLink;
 use super::registry::Rooms;
 use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
@@ -445,65 +445,106 @@ impl RoomTask {
         &mut self,
         state: &mut Loaded,
         peer: PeerId,
-        messages: Vec<ClientMessage>,
+        mut messages: Vec<ClientMessage>,
         received_at: Instant,
     ) {
         if !state.links.contains_key(&peer) {
             return; // evicted while its frame was queued
         }
-        let incoming: usize = messages
-            .iter()
-            .map(|m| match m {
-                ClientMessage::DocUpdate(u) => u.encoded.len(),
-                _ => 0,
-            })
-            .sum();
-        if incoming > 0
-            && let Err(backlog) = self.journal.check_capacity(incoming)
-        {
-            warn!(
-                peer,
-                pending = backlog.pending,
-                "storage backlog full; refusing the update and closing the connection"
-            );
-            self.evict(state, peer, close::STORAGE_BACKLOG);
-            return;
+        // The messages up to the first update storage or the size cap
+        // cannot take are handled, as they would have been one by one.
+        let refusal = self.admit_updates(state, peer, &mut messages);
+        if !messages.is_empty() {
+            self.receive(state, peer, messages, received_at);
         }
-        if incoming > 0
-            && state.document_bytes.saturating_add(incoming as i64)
-                > i64::try_from(self.config.max_document_bytes).unwrap_or(i64::MAX)
-        {
-            warn!(
-                peer,
-                document_bytes = state.document_bytes,
-                incoming,
-                "update would grow the document past --max-doc-size; refused"
-            );
-            self.evict(state, peer, close::DOCUMENT_TOO_LARGE);
-            return;
+        if let Some(reason) = refusal {
+            self.evict(state, peer, reason);
         }
-        match state.room.receive(peer, messages) {
-            Ok(effects) => {
-                if effects.refused_read_only > 0 {
-                    debug!(
-                        peer,
-                        refused = effects.refused_read_only,
-                        "dropped updates from read-only peer"
-                    );
-                }
-                let fanned_out = !effects.to_others.is_empty();
-                self.accepted(state, &effects.applied);
-                self.publish_awareness(&effects);
-                self.deliver(state, Some(peer), effects);
-                if fanned_out {
-                    crate::metrics::fanout_latency(received_at.elapsed());
-                }
+    }
+
+    /// Cuts `messages` before the first update the journal's backlog or
+    /// `--max-doc-size` refuses, and returns the reason to close the peer.
+    fn admit_updates(
+        &self,
+        state: &Loaded,
+        peer: PeerId,
+        messages: &mut Vec<ClientMessage>,
+    ) -> Option<CloseReason> {
+        let max_document = i64::try_from(self.config.max_document_bytes).unwrap_or(i64::MAX);
+        let mut incoming = 0usize;
+        for (index, message) in messages.iter().enumerate() {
+            let ClientMessage::DocUpdate(update) = message else {
+                continue;
+            };
+            let size = update.encoded.len();
+            if let Err(backlog) = self.journal.check_capacity(incoming + size) {
+                warn!(
+                    peer,
+                    pending = backlog.pending,
+                    "storage backlog full; refusing the update and closing the connection"
+                );
+                messages.truncate(index);
+                return Some(close::STORAGE_BACKLOG);
             }
-            Err(RoomError::Apply(e)) => {
-                warn!(peer, error = %e, "update failed to apply; closing connection");
-                self.evict(state, peer, close::BAD_UPDATE);
+            if state
+                .document_bytes
+                .saturating_add((incoming + size) as i64)
+                > max_document
+            {
+                warn!(
+                    peer,
+                    document_bytes = state.document_bytes,
+                    incoming = size,
+                    "update would grow the document past --max-doc-size; refused"
+                );
+                messages.truncate(index);
+                return Some(close::DOCUMENT_TOO_LARGE);
             }
-            Err(RoomError::Poisoned) => self.poisoned(state),
+            incoming += size;
+        }
+        None
+    }
+
+    fn receive(
+        &mut self,
+        state: &mut Loaded,
+        peer: PeerId,
+        messages: Vec<ClientMessage>,
+        received_at: Instant,
+    ) {
+        let (effects, error) = match state.room.receive(peer, messages) {
+            Ok(effects) => (effects, None),
+            Err(Rejected {
+                error: RoomError::Poisoned,
+                ..
+            }) => {
+                // Storage has everything up to here; the peer resyncs
+                // whatever of its own did not get there.
+                self.poisoned(state);
+                return;
+            }
+            Err(Rejected {
+                error: RoomError::Apply(e),
+                effects,
+            }) => (effects, Some(e)),
+        };
+        if effects.refused_read_only > 0 {
+            debug!(
+                peer,
+                refused = effects.refused_read_only,
+                "dropped updates from read-only peer"
+            );
+        }
+        let fanned_out = !effects.to_others.is_empty();
+        self.accepted(state, &effects.applied);
+        self.publish_awareness(&effects);
+        self.deliver(state, Some(peer), effects);
+        if fanned_out {
+            crate::metrics::fanout_latency(received_at.elapsed());
+        }
+        if let Some(e) = error {
+            warn!(peer, error = %e, "update failed to apply; closing connection");
+            self.evict(state, peer, close::BAD_UPDATE);
         }
     }
 
