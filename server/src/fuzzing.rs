@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use yrs::block::ClientID;
 use yrs::types::ToJson;
 use yrs::types::text::YChange;
 use yrs::types::xml::{XmlElementPrelim, XmlTextPrelim};
@@ -374,7 +375,13 @@ impl Sim {
     pub fn new(clients: usize) -> Self {
         let clients = (0..clients)
             .map(|i| SimClient {
-                doc: Doc::with_client_id(100 + i as u64),
+                // These clients never send what a remote change makes them
+                // clean up (a Yjs client sends it as an edit of its own),
+                // so they must not clean up either.
+                doc: Doc::with_options(yrs::Options {
+                    cleanup_formatting: false,
+                    ..yrs::Options::with_client_id(ClientID::new(100 + i as u64))
+                }),
                 peer: i as PeerId + 1,
                 online: false,
                 outbox: Vec::new(),
@@ -383,7 +390,7 @@ impl Sim {
             })
             .collect();
         Self {
-            room: Room::new(Doc::with_client_id(1)),
+            room: Room::new(crate::room::core::server_doc()),
             clients,
         }
     }

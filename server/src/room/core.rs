@@ -337,6 +337,20 @@ fn broadcast_applied(effects: &mut Effects) {
     }
 }
 
+/// A document for the server to hold. yrs by default "cleans up" text
+/// formatting that a remote change left redundant by deleting it, in the
+/// applying transaction; a server doing that would author deletions no
+/// client ever sees (they are neither broadcast nor stored as updates),
+/// and its replica would drift from theirs. Yjs clients clean up
+/// themselves and send it as an edit of their own, so the server only
+/// relays.
+pub fn server_doc() -> Doc {
+    Doc::with_options(yrs::Options {
+        cleanup_formatting: false,
+        ..yrs::Options::default()
+    })
+}
+
 /// A document read from storage, with the updates in it that wait for
 /// what they build on.
 pub struct StoredDoc {
@@ -370,7 +384,7 @@ impl StoredDoc {
 pub fn doc_from_updates<'a>(
     updates: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<StoredDoc, (usize, String)> {
-    let doc = Doc::new();
+    let doc = server_doc();
     let mut held = HeldUpdates::default();
     // One transaction per stored update: a single transaction over a long
     // log keeps every intermediate block alive until commit (measured:

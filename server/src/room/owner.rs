@@ -614,7 +614,7 @@ impl RoomTask {
         if let Some(compaction) = state.compaction.take() {
             compaction.task.abort();
         }
-        state.room = Room::new(yrs::Doc::new());
+        state.room = Room::new(super::core::server_doc());
         for waiter in state
             .snapshot_waiters
             .drain(..)
