@@ -419,7 +419,9 @@ async fn close_socket(ws: &mut Socket, reason: CloseReason) {
     let raw = ws.get_mut();
     let _ = raw.shutdown().await;
     let drain = async {
-        let mut scratch = [0u8; 8192];
+        // On the heap: an array here would be part of every connection's
+        // future, for its whole life.
+        let mut scratch = vec![0u8; 8192];
         while matches!(raw.read(&mut scratch).await, Ok(n) if n > 0) {}
     };
     let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
