@@ -288,7 +288,11 @@ impl Room {
         match applied {
             Err(_) => return Err(RoomError::Poisoned),
             Ok(Err(e)) => return Err(RoomError::Apply(e)),
-            Ok(Ok(())) => {}
+            // Everything in it was here already (a reconnecting client's
+            // answer, another node's anti-entropy catching up with what
+            // the bus delivered meanwhile): nothing to store or send.
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Ok(true)) => {}
         }
         self.full_state_frame = None;
         self.unsaved_updates += 1;
@@ -456,6 +460,19 @@ mod tests {
         assert_eq!(effects.applied.len(), 5, "each is stored as it came");
         assert_eq!(effects.to_others.len(), 1);
         assert_eq!(text_after(&effects.to_others), "hello");
+    }
+
+    #[test]
+    fn an_update_the_room_already_has_is_neither_stored_nor_sent() {
+        let mut room = Room::new(server_doc());
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let typed = keystrokes("hi");
+        room.receive(1, updates(&typed)).unwrap();
+        // Peer 2 answers the room's SyncStep1 with everything it has.
+        let effects = room.receive(2, updates(&typed)).unwrap();
+        assert!(effects.applied.is_empty());
+        assert!(effects.to_others.is_empty());
     }
 
     #[test]

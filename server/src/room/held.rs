@@ -55,13 +55,16 @@ impl HeldUpdates {
 
     /// Applies `update` (whose encoding is `raw`) to `doc`; whatever of it
     /// cannot integrate yet is held, and held updates that now can are
-    /// integrated.
+    /// integrated. Returns whether the update brought anything new (it
+    /// changed the document or is held): one that did not, a duplicate,
+    /// need not be stored or sent on.
     ///
     /// # Errors
     /// yrs's error when the update does not apply; nothing is held then.
-    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<(), UpdateError> {
+    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<bool, UpdateError> {
         let before = (!self.is_empty()).then(|| doc.transact().state_vector());
-        if !integrate(doc, update)? {
+        let Integrated { complete, changed } = integrate(doc, update)?;
+        if !complete {
             // Copied only here: holding is rare, applying is not.
             self.hold(Bytes::copy_from_slice(raw));
         }
@@ -70,7 +73,7 @@ impl HeldUpdates {
         {
             self.retry(doc);
         }
-        Ok(())
+        Ok(changed || !complete)
     }
 
     fn hold(&mut self, raw: Bytes) {
@@ -101,7 +104,10 @@ impl HeldUpdates {
                 let Ok(update) = Update::decode_v1(&raw) else {
                     continue;
                 };
-                if let Ok(false) = integrate(doc, update) {
+                if let Ok(Integrated {
+                    complete: false, ..
+                }) = integrate(doc, update)
+                {
                     self.bytes += raw.len();
                     self.updates.push_back(raw);
                 }
@@ -113,16 +119,25 @@ impl HeldUpdates {
     }
 }
 
+/// What applying one update did.
+struct Integrated {
+    /// All of it integrated: nothing is left waiting.
+    complete: bool,
+    /// It inserted or deleted something.
+    changed: bool,
+}
+
 /// Applies `update` in one transaction and prunes whatever yrs left
-/// pending. Returns whether all of it integrated.
-fn integrate(doc: &Doc, update: Update) -> Result<bool, UpdateError> {
+/// pending.
+fn integrate(doc: &Doc, update: Update) -> Result<Integrated, UpdateError> {
     let mut txn = doc.transact_mut();
     let applied = txn.apply_update(update);
     let complete = !txn.has_missing_updates();
     if !complete {
         txn.prune_pending();
     }
-    applied.map(|()| complete)
+    let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+    applied.map(|()| Integrated { complete, changed })
 }
 
 /// A document's state without anything held, as one Yjs v1 update: the
@@ -161,9 +176,30 @@ mod tests {
         text.get_string(&doc.transact())
     }
 
-    fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) {
+    fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) -> bool {
         held.apply(doc, Update::decode_v1(raw).unwrap(), raw)
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_duplicate_brings_nothing_new() {
+        let (first, second) = two_edits();
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        assert!(apply(&mut held, &doc, &second), "held counts as new");
+        assert!(apply(&mut held, &doc, &first));
+        assert!(!apply(&mut held, &doc, &first));
+        assert!(!apply(&mut held, &doc, &second));
+        let deletion = {
+            let t = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            t.remove_range(&mut txn, 0, 1);
+            txn.encode_update_v1()
+        };
+        let other = Doc::new();
+        apply(&mut held, &other, &first);
+        assert!(apply(&mut held, &other, &deletion), "a deletion is new");
+        assert!(!apply(&mut held, &other, &deletion));
     }
 
     #[test]
