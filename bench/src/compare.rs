@@ -284,7 +284,7 @@ fn fanout_config(
     duration: Duration,
 ) -> FanoutConfig {
     FanoutConfig {
-        base: target.base.clone(),
+        bases: vec![target.base.clone()],
         protocol: target.kind.protocol(),
         clients,
         rooms,
@@ -294,7 +294,7 @@ fn fanout_config(
         connect: ConnectOptions::default(),
         connect_concurrency: 64,
         drain_timeout: Duration::from_secs(10),
-        server_pid: Some(target.pid),
+        server_pids: vec![target.pid],
         check_convergence: true,
     }
 }
@@ -661,7 +661,7 @@ fn render(results: &Results) -> String {
 }
 
 /// Three significant digits, thousands unseparated; `—` for missing.
-fn fmt(value: f64) -> String {
+pub(crate) fn fmt(value: f64) -> String {
     if !value.is_finite() {
         return "—".into();
     }

@@ -128,9 +128,22 @@ pub async fn connect_many(
     concurrency: usize,
     options: ConnectOptions,
 ) -> Opened {
+    connect_each(&vec![base; wires.len()], wires, concurrency, options).await
+}
+
+/// Like [`connect_many`], but client `i` connects to the server at
+/// `bases[i]` (one entry per client): a room's clients spread over the
+/// nodes of a cluster.
+pub async fn connect_each(
+    bases: &[&str],
+    wires: &[Arc<Wire>],
+    concurrency: usize,
+    options: ConnectOptions,
+) -> Opened {
+    assert_eq!(bases.len(), wires.len(), "one server per client");
     let started = Instant::now();
-    let results: Vec<(usize, Result<Ws>)> = stream::iter(wires.iter().enumerate())
-        .map(|(index, wire)| async move { (index, connect(base, wire, options).await) })
+    let results: Vec<(usize, Result<Ws>)> = stream::iter(bases.iter().zip(wires).enumerate())
+        .map(|(index, (base, wire))| async move { (index, connect(base, wire, options).await) })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;

@@ -26,8 +26,10 @@ use crate::workload::{self, Prepared};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
-    /// `ws://127.0.0.1:PORT`.
-    pub base: String,
+    /// `ws://127.0.0.1:PORT`, one per server node. With several, each
+    /// room's clients are spread over them round-robin (see [`node_of`]),
+    /// so most deliveries cross from one node to another.
+    pub bases: Vec<String>,
     pub protocol: Protocol,
     pub clients: usize,
     pub rooms: usize,
@@ -41,14 +43,17 @@ pub struct FanoutConfig {
     pub connect_concurrency: usize,
     /// Longest wait after the last send for deliveries still in flight.
     pub drain_timeout: Duration,
-    /// The server process, for CPU and memory; `None` skips those numbers.
-    pub server_pid: Option<u32>,
+    /// The server processes (one per node), for CPU and memory, summed;
+    /// empty skips those numbers.
+    pub server_pids: Vec<u32>,
     pub check_convergence: bool,
 }
 
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
+    /// Server nodes the clients were spread over.
+    pub nodes: usize,
     pub clients: usize,
     pub rooms: usize,
     pub rate: f64,
@@ -65,6 +70,12 @@ pub struct FanoutReport {
     /// Own updates the server sent back to their sender (not counted as
     /// deliveries; the Node servers echo, crdt-hub does not).
     pub echoes: u64,
+    /// Other clients' updates a receiver got again: a sender's stamps only
+    /// grow, so one not newer than the last a receiver saw from that sender
+    /// is a repeat. Not deliveries and not in the latency histogram (their
+    /// age would read as latency). A cluster's anti-entropy re-sends
+    /// updates still in flight on the bus; a single server sends none.
+    pub duplicates: u64,
     pub delivery_ratio: f64,
     /// Deliveries over the time from the first send to the last delivery.
     pub sustained_dps: f64,
@@ -83,6 +94,10 @@ pub struct FanoutReport {
     pub rooms_converged: usize,
     pub convergence_errors: Vec<String>,
 }
+
+/// Pause before the convergence check when the clients were spread over
+/// several nodes.
+const CLUSTER_SETTLE: Duration = Duration::from_secs(1);
 
 /// Metric name: 1 when the run met the saturation criterion, else 0.
 pub const KEEPS_UP: &str = "keeps up (p99 ≤ 50 ms, ≥ 99 %)";
@@ -138,6 +153,7 @@ struct ReceiverOutcome {
     latency: Option<Histogram<u64>>,
     deliveries: u64,
     echoes: u64,
+    duplicates: u64,
     closed: Option<String>,
 }
 
@@ -154,6 +170,9 @@ struct SenderOutcome {
 pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     if config.clients == 0 || config.rooms == 0 || config.rate <= 0.0 {
         bail!("clients, rooms and rate must be positive");
+    }
+    if config.bases.is_empty() {
+        bail!("no server URL");
     }
     if config.clients > stamp::MAX_SENDER as usize {
         bail!("at most {} clients", stamp::MAX_SENDER);
@@ -184,8 +203,12 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         .collect();
 
     let client_wires: Vec<Arc<Wire>> = clients.iter().map(|c| wires[c.room].clone()).collect();
-    let opened = conn::connect_many(
-        &config.base,
+    let client_bases: Vec<&str> = clients
+        .iter()
+        .map(|c| config.bases[node_of(c.index, config.rooms, config.bases.len())].as_str())
+        .collect();
+    let opened = conn::connect_each(
+        &client_bases,
         &client_wires,
         config.connect_concurrency,
         config.connect,
@@ -202,7 +225,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let start = Instant::now() + Duration::from_millis(200);
-    let server_before = sample_server(config.server_pid)?;
+    let server_before = sample_servers(&config.server_pids)?;
     let own_before = procstat::sample(None)?;
 
     let mut receivers = Vec::new();
@@ -215,6 +238,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
             stream,
             client_wires[client.index].clone(),
             client.index as u32,
+            config.clients,
             shared.clone(),
             stop_rx.clone(),
         )));
@@ -246,12 +270,12 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         .map(|(&(room, _), &sent)| sent * (members[room].saturating_sub(1)) as u64)
         .sum();
     wait_for_drain(&shared, expected, config.drain_timeout).await;
-    let server_after = sample_server(config.server_pid)?;
+    let server_after = sample_servers(&config.server_pids)?;
     let own_after = procstat::sample(None)?;
 
     stop_tx.send(true).ok();
     let mut latency = stats::new_histogram();
-    let (mut received, mut echoes) = (0u64, 0u64);
+    let (mut received, mut echoes, mut duplicates) = (0u64, 0u64, 0u64);
     let mut close_reasons: Vec<String> = send_errors;
     let mut closed_by_server = 0;
     for receiver in receivers {
@@ -261,6 +285,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         }
         received += outcome.deliveries;
         echoes += outcome.echoes;
+        duplicates += outcome.duplicates;
         if let Some(reason) = outcome.closed {
             closed_by_server += 1;
             if close_reasons.len() < 5 {
@@ -272,7 +297,13 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     // persistence extension forgets a document when its last client leaves.
     let (rooms_converged, convergence_errors) = if config.check_convergence {
         let expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
-        converge::check_rooms(&config.base, &wires, &expected_rooms, config.connect).await
+        if config.bases.len() > 1 {
+            // Every delivery arrived, so every node has applied every
+            // update; the pause only lets stray bus traffic (state vectors,
+            // anti-entropy) settle before a fresh client asks.
+            tokio::time::sleep(CLUSTER_SETTLE).await;
+        }
+        converge::check_rooms(&config.bases, &wires, &expected_rooms, config.connect).await
     } else {
         (0, vec!["not checked".to_owned()])
     };
@@ -293,6 +324,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         .saturating_sub(server_before.cpu)
         .as_secs_f64();
     Ok(FanoutReport {
+        nodes: config.bases.len(),
         clients: config.clients,
         rooms: config.rooms,
         rate: config.rate,
@@ -306,6 +338,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         expected,
         received,
         echoes,
+        duplicates,
         delivery_ratio: if expected == 0 {
             0.0
         } else {
@@ -334,8 +367,26 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     })
 }
 
-fn sample_server(pid: Option<u32>) -> Result<ProcSample> {
-    pid.map_or(Ok(ProcSample::default()), |pid| procstat::sample(Some(pid)))
+/// The counters of every server process, summed (a cluster's cost is that
+/// of all its nodes).
+fn sample_servers(pids: &[u32]) -> Result<ProcSample> {
+    let mut total = ProcSample::default();
+    for &pid in pids {
+        let one = procstat::sample(Some(pid))?;
+        total.cpu += one.cpu;
+        total.rss_bytes += one.rss_bytes;
+        total.hwm_bytes += one.hwm_bytes;
+    }
+    Ok(total)
+}
+
+/// Which of `nodes` servers client `index` connects to. Client `i` is in
+/// room `i % rooms`; its rank within the room, `i / rooms`, goes round-robin
+/// over the nodes, so every room has clients on every node (when it has at
+/// least as many clients as there are nodes) and room sizes per node differ
+/// by at most one.
+pub fn node_of(index: usize, rooms: usize, nodes: usize) -> usize {
+    (index / rooms.max(1)) % nodes.max(1)
 }
 
 /// Per room: each sender's Yjs client id and how many clock units it
@@ -383,6 +434,7 @@ async fn receive(
     mut stream: SplitStream<Ws>,
     wire: Arc<Wire>,
     me: u32,
+    senders: usize,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverOutcome {
@@ -390,8 +442,11 @@ async fn receive(
         latency: None,
         deliveries: 0,
         echoes: 0,
+        duplicates: 0,
         closed: None,
     };
+    // The newest stamp seen from each sender.
+    let mut newest = vec![0u64; senders];
     loop {
         let message = tokio::select! {
             biased;
@@ -424,6 +479,10 @@ async fn receive(
                 outcome.echoes += 1;
                 continue;
             }
+            if is_repeat(&mut newest, found.sender, found.micros) {
+                outcome.duplicates += 1;
+                continue;
+            }
             fresh += 1;
             let hist = outcome.latency.get_or_insert_with(stats::new_histogram);
             stats::record(
@@ -438,6 +497,21 @@ async fn receive(
         }
     }
     outcome
+}
+
+/// Whether a stamp from `sender` is one this receiver has already seen
+/// (not newer than the newest it saw from that sender); records it when
+/// it is new. A sender's stamps strictly increase: each is the send time
+/// in µs, and one sender sends one update at a time.
+fn is_repeat(newest: &mut [u64], sender: u32, micros: u64) -> bool {
+    let Some(seen) = newest.get_mut(sender as usize) else {
+        return false;
+    };
+    if micros <= *seen {
+        return true;
+    }
+    *seen = micros;
+    false
 }
 
 /// Waits until every expected delivery arrived, nothing arrived for two
@@ -458,5 +532,41 @@ async fn wait_for_drain(shared: &Shared, expected: u64, timeout: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_room_is_spread_evenly_over_the_nodes() {
+        let (clients, rooms, nodes) = (200, 20, 3);
+        let mut per_room_node = vec![vec![0usize; nodes]; rooms];
+        for index in 0..clients {
+            per_room_node[index % rooms][node_of(index, rooms, nodes)] += 1;
+        }
+        for counts in &per_room_node {
+            // 10 clients of a room over 3 nodes: 4, 3, 3.
+            assert_eq!(counts, &[4, 3, 3]);
+        }
+    }
+
+    #[test]
+    fn repeats_are_told_apart_per_sender() {
+        let mut newest = vec![0; 3];
+        assert!(!is_repeat(&mut newest, 0, 100));
+        assert!(!is_repeat(&mut newest, 1, 50)); // another sender's clock
+        assert!(is_repeat(&mut newest, 0, 100)); // the same update again
+        assert!(is_repeat(&mut newest, 0, 90)); // an older one, re-sent
+        assert!(!is_repeat(&mut newest, 0, 101));
+        assert!(!is_repeat(&mut newest, 7, 1)); // unknown sender: counted
+    }
+
+    #[test]
+    fn one_node_takes_everyone() {
+        assert!((0..50).all(|i| node_of(i, 7, 1) == 0));
+        // Degenerate inputs do not divide by zero.
+        assert_eq!(node_of(5, 0, 0), 0);
     }
 }

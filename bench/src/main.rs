@@ -1,6 +1,7 @@
 //! `crdt-hub-loadgen`: load generator and comparison harness for Yjs sync
 //! servers (issue 9). See BENCHMARKS.md at the repository root.
 
+mod cluster;
 mod compare;
 mod conn;
 mod converge;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::cluster::ClusterOptions;
 use crate::compare::{CompareOptions, Config};
 use crate::conn::ConnectOptions;
 use crate::fanout::FanoutConfig;
@@ -43,13 +45,18 @@ enum Command {
     Run(RunArgs),
     /// Start each server fresh per run and compare them on every configuration.
     Compare(CompareArgs),
+    /// Fan-out with each room's clients split over 1, 2 and 3 crdt-hub
+    /// nodes joined through Redis, against one node without Redis.
+    Cluster(ClusterArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Server to load, e.g. ws://127.0.0.1:1234 (must be a loopback address).
-    #[arg(long)]
-    url: String,
+    /// Server to load, e.g. ws://127.0.0.1:1234 (must be a loopback
+    /// address). Repeat it (or give a comma list) for the nodes of a
+    /// cluster: each room's clients are spread over them round-robin.
+    #[arg(long, required = true, value_delimiter = ',')]
+    url: Vec<String>,
     #[arg(long, value_enum, default_value = "y-websocket")]
     protocol: Protocol,
     #[arg(long, default_value_t = 200)]
@@ -62,9 +69,10 @@ struct RunArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// The server's process id, for CPU time and RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id, for CPU time and RSS; repeat it (or give a
+    /// comma list) for every node of a cluster: their numbers are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Room names are PREFIX-0, PREFIX-1, …; default: unique per run.
     #[arg(long)]
     room_prefix: Option<String>,
@@ -116,6 +124,30 @@ struct CompareArgs {
     trace: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Smoke check: 3 s runs, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds, every setup once per round (default 3, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// The crdt-hub binary (default: target/release/crdt-hub of this workspace).
+    #[arg(long, env = "CRDT_HUB_BIN")]
+    crdt_hub: Option<PathBuf>,
+    /// Extra argument for every node's `crdt-hub serve`, repeatable.
+    #[arg(long = "crdt-hub-arg", allow_hyphen_values = true)]
+    crdt_hub_args: Vec<String>,
+    /// Any database of the Postgres server; each run creates (and drops)
+    /// a fresh database next to it, shared by that run's nodes.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// The Redis the nodes join through; each run uses its own key prefix
+    /// and deletes its keys afterwards.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     stamp::epoch();
@@ -133,17 +165,30 @@ async fn main() -> Result<()> {
             })
             .await
         }
+        Command::Cluster(args) => {
+            cluster::run(ClusterOptions {
+                quick: args.quick,
+                rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
+                crdt_hub: args.crdt_hub,
+                crdt_hub_args: args.crdt_hub_args,
+                postgres: args.postgres_url,
+                redis: args.redis_url,
+            })
+            .await
+        }
     }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    conn::loopback_addr(&args.url)?;
+    for url in &args.url {
+        conn::loopback_addr(url)?;
+    }
     procstat::raise_fd_limit();
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let config = FanoutConfig {
-        base: args.url,
+        bases: args.url,
         protocol: args.protocol,
         clients: args.clients,
         rooms: args.rooms,
@@ -158,7 +203,7 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         connect_concurrency: args.connect_concurrency,
         drain_timeout: Duration::from_secs(10),
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
         check_convergence: !args.no_convergence,
     };
     let report = fanout::run(&config).await?;
@@ -179,8 +224,8 @@ async fn run(args: RunArgs) -> Result<()> {
         report.connect_errors
     );
     println!(
-        "{:<34} sent {} expected {} received {} echoes {}",
-        "counts", report.sent, report.expected, report.received, report.echoes
+        "{:<34} sent {} expected {} received {} echoes {} duplicates {}",
+        "counts", report.sent, report.expected, report.received, report.echoes, report.duplicates
     );
     if !report.close_reasons.is_empty() {
         println!("{:<34} {:?}", "closes", report.close_reasons);

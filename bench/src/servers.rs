@@ -113,6 +113,25 @@ impl Server {
     /// # Errors
     /// The process does not start or does not listen within 20 s.
     pub fn start(kind: ServerKind, paths: &Paths) -> Result<Self> {
+        Self::launch(kind, paths, None, &[])
+    }
+
+    /// Starts one crdt-hub node on `database_url` (nodes of one cluster
+    /// must share their storage) with extra `serve` arguments such as
+    /// `--redis-url`.
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_crdt_hub(paths: &Paths, database_url: &str, extra: &[String]) -> Result<Self> {
+        Self::launch(ServerKind::CrdtHub, paths, Some(database_url), extra)
+    }
+
+    fn launch(
+        kind: ServerKind,
+        paths: &Paths,
+        database_url: Option<&str>,
+        extra: &[String],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("crdt-hub-bench-")
             .tempdir()?;
@@ -125,9 +144,9 @@ impl Server {
                     .arg("--bind")
                     .arg(format!("127.0.0.1:{port}"))
                     .arg("--database-url")
-                    .arg(format!(
-                        "sqlite://{}",
-                        dir.path().join("bench.db").display()
+                    .arg(database_url.map_or_else(
+                        || format!("sqlite://{}", dir.path().join("bench.db").display()),
+                        str::to_owned,
                     ))
                     // Every generated client comes from 127.0.0.1 and the
                     // B4 sender pushes 260k updates as fast as it can: lift
@@ -140,6 +159,7 @@ impl Server {
                     .env("CRDT_HUB_RATE_BYTES", "4GiB")
                     .env("CRDT_HUB_RATE_BYTE_BURST", "4GiB")
                     .env("CRDT_HUB_MAX_CONNECTIONS", "1000000")
+                    .args(extra)
                     .args(&paths.crdt_hub_args);
                 c
             }
@@ -189,6 +209,20 @@ impl Server {
         let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// How many log lines are warnings or errors, and the first of them:
+    /// a cluster run that "passes" while its nodes complain is suspect.
+    /// crdt-hub's start-up warning about running without authentication is
+    /// not counted: the benchmark runs anonymously on purpose.
+    pub fn log_problems(&self) -> (usize, Option<String>) {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let mut problems = log.lines().filter(|l| {
+            (l.contains(" WARN ") || l.contains(" ERROR "))
+                && !l.contains("no authentication configured")
+        });
+        let first = problems.next().map(str::to_owned);
+        (usize::from(first.is_some()) + problems.count(), first)
     }
 
     fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
