@@ -33,8 +33,12 @@ pub struct Effects {
     pub to_sender: Vec<Bytes>,
     /// Frames for every other peer of the room, in order.
     pub to_others: Vec<Bytes>,
-    /// Document updates applied (Yjs v1), for persistence.
+    /// Document updates accepted (Yjs v1), for persistence, including
+    /// those held until what they build on arrives.
     pub applied: Vec<Bytes>,
+    /// Updates now complete in the document, in the order they became so:
+    /// what the other peers are sent (see [`broadcast_applied`]).
+    pub completed: Vec<Bytes>,
     /// Updates refused because the peer may only read.
     pub refused_read_only: usize,
 }
@@ -55,7 +59,7 @@ pub enum RoomError {
 #[derive(Debug)]
 pub struct Rejected {
     pub error: RoomError,
-    pub effects: Effects,
+    pub effects: Box<Effects>,
 }
 
 #[derive(Debug)]
@@ -225,7 +229,10 @@ impl Room {
         broadcast_applied(&mut effects);
         match result {
             Ok(()) => Ok(effects),
-            Err(error) => Err(Rejected { error, effects }),
+            Err(error) => Err(Rejected {
+                error,
+                effects: Box::new(effects),
+            }),
         }
     }
 
@@ -285,18 +292,25 @@ impl Room {
         let started = std::time::Instant::now();
         let applied = catch_unwind(AssertUnwindSafe(|| held.apply(doc, update, &encoded)));
         crate::metrics::update_applied(started.elapsed());
-        match applied {
+        let applied = match applied {
             Err(_) => return Err(RoomError::Poisoned),
             Ok(Err(e)) => return Err(RoomError::Apply(e)),
-            // Everything in it was here already (a reconnecting client's
-            // answer, another node's anti-entropy catching up with what
-            // the bus delivered meanwhile): nothing to store or send.
-            Ok(Ok(false)) => return Ok(()),
-            Ok(Ok(true)) => {}
+            Ok(Ok(applied)) => applied,
+        };
+        // One that brought nothing new (a reconnecting client's answer,
+        // another node's anti-entropy catching up with what the bus
+        // delivered meanwhile) is neither stored nor sent.
+        if applied.new || !applied.released.is_empty() {
+            self.full_state_frame = None;
         }
-        self.full_state_frame = None;
-        self.unsaved_updates += 1;
-        effects.applied.push(encoded);
+        if applied.new && applied.complete {
+            effects.completed.push(encoded.clone());
+        }
+        effects.completed.extend(applied.released);
+        if applied.new {
+            self.unsaved_updates += 1;
+            effects.applied.push(encoded);
+        }
         Ok(())
     }
 
@@ -323,22 +337,35 @@ impl Room {
 /// frame it has already read in one go) merged into one, so that a fast
 /// typist's burst costs each peer one frame, not one per keystroke.
 fn broadcast_applied(effects: &mut Effects) {
-    match effects.applied.as_slice() {
+    match effects.completed.as_slice() {
         [] => {}
         [update] => effects.to_others.push(protocol::encode_update(update)),
-        updates => {
-            let merged = catch_unwind(AssertUnwindSafe(|| {
-                yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref()))
-            }));
-            match merged {
-                Ok(Ok(merged)) => effects.to_others.push(protocol::encode_update(&merged)),
-                // Each of them applied, so each is sound on its own.
-                _ => effects
-                    .to_others
-                    .extend(updates.iter().map(|u| protocol::encode_update(u))),
-            }
-        }
+        updates => match merge_without_gaps(updates) {
+            Some(merged) => effects.to_others.push(protocol::encode_update(&merged)),
+            None => effects
+                .to_others
+                .extend(updates.iter().map(|u| protocol::encode_update(u))),
+        },
     }
+}
+
+/// `updates` merged into one, unless the result would have a gap in some
+/// client's clocks. yrs writes a gap as a Skip block and a receiving yrs
+/// integrates it as a placeholder, which later updates can overrun (the
+/// convergence fuzz target made yrs 0.28.1 panic that way); sent one by
+/// one, updates with gaps are only held until what they miss arrives.
+fn merge_without_gaps(updates: &[Bytes]) -> Option<Vec<u8>> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let merged = yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref())).ok()?;
+        let decoded = Update::decode_v1(&merged).ok()?;
+        let contiguous = decoded
+            .insertions(true)
+            .iter()
+            .all(|(_, ranges)| ranges.iter().count() <= 1);
+        contiguous.then_some(merged)
+    }))
+    .ok()
+    .flatten()
 }
 
 /// A document for the server to hold. yrs by default "cleans up" text

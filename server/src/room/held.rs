@@ -9,12 +9,21 @@
 //! syncing from the room received the same edits under wrong ids and
 //! diverged for good (`fuzz/regressions/convergence/`).
 //!
-//! So a document here never keeps yrs's pending state. After each apply
-//! the pending part is pruned and the whole raw update is held instead, to
-//! be applied again once something new has integrated; yrs skips the parts
-//! it already has. Nothing is lost meanwhile: the raw update was journaled
-//! and broadcast when it arrived, and its sender re-offers it on the next
-//! sync, since the document's state vector does not yet cover it.
+//! yrs also integrates a block that arrives before earlier blocks of its
+//! client, leaving a Skip placeholder for the hole; a later block that
+//! fills the hole and overruns it makes yrs 0.28.1 subtract with overflow
+//! (a panic in debug builds, a corrupt block list in release; found by the
+//! same target, `regressions/convergence/`).
+//!
+//! So a document here never keeps yrs's pending state and never
+//! integrates out of order. An update that starts past what the document
+//! has of one of its clients is held without being applied; after each
+//! apply the pending part is pruned and the whole raw update is held
+//! instead. Held updates are applied again once something new has
+//! integrated; yrs skips the parts it already has. Nothing is lost
+//! meanwhile: the caller journals the raw update when it arrives, and it is
+//! sent on to peers once complete, so that they too receive every update
+//! after what it builds on.
 
 use std::collections::VecDeque;
 
@@ -55,25 +64,39 @@ impl HeldUpdates {
 
     /// Applies `update` (whose encoding is `raw`) to `doc`; whatever of it
     /// cannot integrate yet is held, and held updates that now can are
-    /// integrated. Returns whether the update brought anything new (it
-    /// changed the document or is held): one that did not, a duplicate,
-    /// need not be stored or sent on.
+    /// integrated.
     ///
     /// # Errors
     /// yrs's error when the update does not apply; nothing is held then.
-    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<bool, UpdateError> {
+    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<Applied, UpdateError> {
         let before = (!self.is_empty()).then(|| doc.transact().state_vector());
-        let Integrated { complete, changed } = integrate(doc, update)?;
-        if !complete {
-            // Copied only here: holding is rare, applying is not.
+        let applied = if starts_within(doc, &update) {
+            let Integrated { complete, changed } = integrate(doc, update)?;
+            if !complete {
+                // Copied only here: holding is rare, applying is not.
+                self.hold(Bytes::copy_from_slice(raw));
+            }
+            Applied {
+                new: changed || !complete,
+                complete,
+                released: Vec::new(),
+            }
+        } else {
             self.hold(Bytes::copy_from_slice(raw));
-        }
-        if let Some(before) = before
-            && doc.transact().state_vector() != before
-        {
-            self.retry(doc);
-        }
-        Ok(changed || !complete)
+            Applied {
+                new: true,
+                complete: false,
+                released: Vec::new(),
+            }
+        };
+        let released = match before {
+            Some(before) if doc.transact().state_vector() != before => self.retry(doc),
+            _ => Vec::new(),
+        };
+        Ok(Applied {
+            released,
+            ..applied
+        })
     }
 
     fn hold(&mut self, raw: Bytes) {
@@ -92,31 +115,67 @@ impl HeldUpdates {
         }
     }
 
-    /// Applies every held update again until a pass integrates nothing new.
-    fn retry(&mut self, doc: &Doc) {
+    /// Applies every held update that now can be again, until a pass
+    /// integrates nothing new; returns those that are now complete.
+    fn retry(&mut self, doc: &Doc) -> Vec<Bytes> {
+        let mut released = Vec::new();
         loop {
             let before = doc.transact().state_vector();
             let waiting = std::mem::take(&mut self.updates);
             self.bytes = 0;
             for raw in waiting {
-                // It decoded and applied when it arrived, so neither fails
-                // now; if one did, holding it longer would not help.
+                // It decoded when it arrived, so it does now; one that
+                // failed to apply would not apply later either.
                 let Ok(update) = Update::decode_v1(&raw) else {
                     continue;
                 };
-                if let Ok(Integrated {
-                    complete: false, ..
-                }) = integrate(doc, update)
-                {
+                if !starts_within(doc, &update) {
                     self.bytes += raw.len();
                     self.updates.push_back(raw);
+                    continue;
+                }
+                match integrate(doc, update) {
+                    Ok(Integrated { complete: true, .. }) => released.push(raw),
+                    Ok(Integrated {
+                        complete: false, ..
+                    }) => {
+                        self.bytes += raw.len();
+                        self.updates.push_back(raw);
+                    }
+                    Err(_) => {}
                 }
             }
             if self.updates.is_empty() || doc.transact().state_vector() == before {
-                return;
+                return released;
             }
         }
     }
+}
+
+/// What [`HeldUpdates::apply`] did with an update.
+#[derive(Debug)]
+pub struct Applied {
+    /// It brought something: it changed the document or is held. One that
+    /// did not, a duplicate, need not be stored or sent on.
+    pub new: bool,
+    /// It is in the document entirely (not held).
+    pub complete: bool,
+    /// Held updates that it completed, oldest first (Yjs v1 as received).
+    pub released: Vec<Bytes>,
+}
+
+/// Whether every client's blocks in `update` start at or before the end
+/// of what `doc` has of that client, so that yrs integrates nothing out of
+/// order.
+fn starts_within(doc: &Doc, update: &Update) -> bool {
+    let lower = update.state_vector_lower();
+    if lower.is_empty() {
+        return true;
+    }
+    let have = doc.transact().state_vector();
+    lower
+        .iter()
+        .all(|(client, &clock)| clock <= have.get(client))
 }
 
 /// What applying one update did.
@@ -179,6 +238,7 @@ mod tests {
     fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) -> bool {
         held.apply(doc, Update::decode_v1(raw).unwrap(), raw)
             .unwrap()
+            .new
     }
 
     #[test]
@@ -208,7 +268,10 @@ mod tests {
         let doc = Doc::new();
         let mut held = HeldUpdates::default();
 
-        apply(&mut held, &doc, &second);
+        let early = held
+            .apply(&doc, Update::decode_v1(&second).unwrap(), &second)
+            .unwrap();
+        assert!(early.new && !early.complete);
         assert_eq!(held.len(), 1);
         assert!(!doc.transact().has_missing_updates(), "yrs keeps nothing");
         assert_eq!(text_of(&doc), "");
@@ -216,7 +279,11 @@ mod tests {
         let sent = Update::decode_v1(&encode_integrated(&doc, &StateVector::default())).unwrap();
         assert_eq!(sent.state_vector(), StateVector::default());
 
-        apply(&mut held, &doc, &first);
+        let filling = held
+            .apply(&doc, Update::decode_v1(&first).unwrap(), &first)
+            .unwrap();
+        assert!(filling.complete);
+        assert_eq!(filling.released, vec![Bytes::from(second.clone())]);
         assert!(held.is_empty());
         assert_eq!(text_of(&doc), "abcd");
     }

@@ -526,7 +526,7 @@ impl RoomTask {
             Err(Rejected {
                 error: RoomError::Apply(e),
                 effects,
-            }) => (effects, Some(e)),
+            }) => (*effects, Some(e)),
         };
         if effects.refused_read_only > 0 {
             debug!(
