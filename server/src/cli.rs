@@ -99,13 +99,6 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_MAX_QUEUED_FRAMES", default_value = "2048")]
     pub max_queued_frames: usize,
 
-    /// Under load, writes to one client are at least this far apart, so
-    /// that frames arriving meanwhile go out in one syscall; a client
-    /// receiving less often than this gets each frame at once. 0 writes
-    /// every frame as it comes.
-    #[arg(long, env = "CRDT_HUB_WRITE_COALESCE", default_value = "1ms", value_parser = parse_duration)]
-    pub write_coalesce: Duration,
-
     /// Longest a socket write may block before the client counts as dead.
     #[arg(long, env = "CRDT_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -185,7 +178,6 @@ impl ServeArgs {
             outbox_capacity: self.max_queued_frames.max(1),
             keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
             write_timeout: self.write_timeout,
-            write_coalesce: self.write_coalesce.min(Duration::from_millis(100)),
         }
     }
 }

@@ -39,8 +39,6 @@ pub struct ConnectionConfig {
     /// Longest a single socket write may block (a client that stopped
     /// reading fills its TCP window and would otherwise hold the task).
     pub write_timeout: Duration,
-    /// Least time between two writes to one socket (see `--write-coalesce`).
-    pub write_coalesce: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -49,7 +47,6 @@ impl Default for ConnectionConfig {
             outbox_capacity: 2048,
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
-            write_coalesce: Duration::from_millis(1),
         }
     }
 }
@@ -173,7 +170,6 @@ impl Session {
         // Set while the client is over its rate: its socket is not read
         // (TCP pushes back on it), while frames to it keep flowing.
         let mut paused_until: Option<Instant> = None;
-        let mut last_write: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -184,18 +180,10 @@ impl Session {
                 }
                 frame = self.outgoing.recv() => {
                     let frame = frame?;
-                    // Right after a write, let more frames queue up: under
-                    // load they then cost one syscall together.
-                    if let Some(last) = last_write
-                        && last.elapsed() < self.config.write_coalesce
-                    {
-                        sleep_until(last + self.config.write_coalesce).await;
-                    }
                     if let Err(e) = self.write_frames(frame).await {
                         debug!(error = %e, "write failed");
                         return None;
                     }
-                    last_write = (!self.config.write_coalesce.is_zero()).then(Instant::now);
                 }
                 incoming = self.ws.next(), if paused_until.is_none() => {
                     last_heard = Instant::now();
