@@ -179,6 +179,7 @@ pub async fn run(config: &IngestConfig, trace: &Trace) -> Result<IngestReport> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let acked = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(Notify::new());
+    let milestones = Arc::new(milestones(&trace.updates));
     let mut observers = Vec::new();
     for i in 0..config.observers {
         let ws = conn::connect(&config.base, &wire, connect)
@@ -188,7 +189,7 @@ pub async fn run(config: &IngestConfig, trace: &Trace) -> Result<IngestReport> {
         observers.push(tokio::spawn(observe(
             ws,
             wire.clone(),
-            total,
+            milestones.clone(),
             ack,
             stop_rx.clone(),
         )));
@@ -295,21 +296,73 @@ struct Observed {
     done: Option<Instant>,
 }
 
+/// How far into the trace what an observer received reaches. A server may
+/// merge several updates into one frame (crdt-hub does for a burst from
+/// one socket), so frames are not counted: the inserted and deleted
+/// lengths they carry are, against the trace's running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Reach {
+    inserted: u64,
+    deleted: u64,
+}
+
+impl Reach {
+    fn of(update: &[u8]) -> Self {
+        let Ok(update) = Update::decode_v1(update) else {
+            return Self::default();
+        };
+        let total = |set: &yrs::IdSet| -> u64 {
+            set.iter()
+                .flat_map(|(_, ranges)| ranges.iter())
+                .map(|r| u64::from(r.end - r.start))
+                .sum()
+        };
+        Self {
+            inserted: total(&update.insertions(true)),
+            deleted: total(update.delete_set()),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.inserted += other.inserted;
+        self.deleted += other.deleted;
+    }
+
+    fn covers(&self, other: &Self) -> bool {
+        self.inserted >= other.inserted && self.deleted >= other.deleted
+    }
+}
+
+/// The running [`Reach`] after each update of the trace.
+fn milestones(updates: &[Bytes]) -> Vec<Reach> {
+    let mut reach = Reach::default();
+    updates
+        .iter()
+        .map(|u| {
+            reach.add(Reach::of(u));
+            reach
+        })
+        .collect()
+}
+
 /// Collects every update (zero-copy slices of the frames) until `total`
 /// arrived; the first observer also paces the sender.
 async fn observe(
     ws: conn::Ws,
     wire: Arc<Wire>,
-    total: u64,
+    milestones: Arc<Vec<Reach>>,
     ack: Option<(Arc<AtomicU64>, Arc<Notify>)>,
     mut stop: watch::Receiver<bool>,
 ) -> Observed {
+    let total = milestones.len();
     let (_sink, mut stream) = ws.split();
     let mut observed = Observed {
-        updates: Vec::with_capacity(total as usize),
+        updates: Vec::with_capacity(total),
         done: None,
     };
-    while (observed.updates.len() as u64) < total {
+    let mut reach = Reach::default();
+    let mut passed = 0;
+    while passed < total {
         let message = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -320,15 +373,53 @@ async fn observe(
             continue;
         };
         if let Incoming::Update(update) = wire.parse(&frame) {
+            reach.add(Reach::of(update));
             observed.updates.push(frame.slice_ref(update));
+            while passed < total && reach.covers(&milestones[passed]) {
+                passed += 1;
+            }
             if let Some((acked, progress)) = &ack {
-                acked.store(observed.updates.len() as u64, Ordering::Release);
+                acked.store(passed as u64, Ordering::Release);
                 progress.notify_one();
             }
         }
     }
-    if observed.updates.len() as u64 == total {
+    if passed == total {
         observed.done = Some(Instant::now());
     }
     observed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merged_frame_reaches_as_far_as_its_parts() {
+        let doc = Doc::with_client_id(3);
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        let mut updates = Vec::new();
+        for (i, c) in "hello".chars().enumerate() {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, i as u32, &c.to_string());
+            updates.push(Bytes::from(txn.encode_update_v1()));
+        }
+        {
+            let mut txn = doc.transact_mut();
+            text.remove_range(&mut txn, 1, 2);
+            updates.push(Bytes::from(txn.encode_update_v1()));
+        }
+        let steps = milestones(&updates);
+        assert_eq!(
+            steps.last(),
+            Some(&Reach {
+                inserted: 5,
+                deleted: 2
+            })
+        );
+        let merged = yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref())).unwrap();
+        let reach = Reach::of(&merged);
+        assert!(reach.covers(steps.last().unwrap()));
+        assert!(!Reach::of(&updates[0]).covers(&steps[1]));
+    }
 }
