@@ -164,18 +164,21 @@ pub struct Applied {
     pub released: Vec<Bytes>,
 }
 
-/// Whether every client's blocks in `update` start at or before the end
-/// of what `doc` has of that client, so that yrs integrates nothing out of
-/// order.
+/// Whether every run of blocks in `update` starts at or before the end of
+/// what `doc` has of its client, so that yrs integrates nothing out of
+/// order. A run after a gap inside the update (a Skip block: a Yjs client
+/// sends those with structs it holds pending itself) counts too: yrs would
+/// integrate it behind a placeholder as well.
 fn starts_within(doc: &Doc, update: &Update) -> bool {
-    let lower = update.state_vector_lower();
-    if lower.is_empty() {
+    let inserted = update.insertions(true);
+    if inserted.is_empty() {
         return true;
     }
     let have = doc.transact().state_vector();
-    lower
-        .iter()
-        .all(|(client, &clock)| clock <= have.get(client))
+    inserted.iter().all(|(client, runs)| {
+        let clock = have.get(client);
+        runs.iter().all(|run| run.start <= clock)
+    })
 }
 
 /// What applying one update did.
@@ -305,6 +308,36 @@ mod tests {
         let in_order = doc_from_updates([first.as_slice(), second.as_slice()]).unwrap();
         assert!(in_order.held.is_empty());
         assert_eq!(text_of(&in_order.doc), "abcd");
+    }
+
+    #[test]
+    fn an_update_with_a_gap_inside_waits_until_the_gap_is_filled() {
+        // Three edits of one client; the first and third merged into one
+        // update have a gap (a Skip block) where the second goes.
+        let doc = Doc::with_client_id(8);
+        let text = doc.get_or_insert_text("t");
+        let edits: Vec<Vec<u8>> = ["ab", "cd", "ef"]
+            .iter()
+            .map(|s| {
+                let mut txn = doc.transact_mut();
+                let end = text.len(&txn);
+                text.insert(&mut txn, end, s);
+                txn.encode_update_v1()
+            })
+            .collect();
+        let gapped = yrs::merge_updates_v1([edits[0].as_slice(), edits[2].as_slice()]).unwrap();
+
+        let room = Doc::new();
+        let mut held = HeldUpdates::default();
+        apply(&mut held, &room, &edits[0]);
+        assert!(apply(&mut held, &room, &gapped));
+        assert_eq!(held.len(), 1, "its run after the gap starts past the room");
+        assert_eq!(text_of(&room), "ab");
+        let filling = held
+            .apply(&room, Update::decode_v1(&edits[1]).unwrap(), &edits[1])
+            .unwrap();
+        assert_eq!(filling.released, vec![Bytes::from(gapped)]);
+        assert_eq!(text_of(&room), "abcdef");
     }
 
     #[test]
