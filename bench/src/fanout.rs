@@ -180,14 +180,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     let per_client = (config.rate * config.duration.as_secs_f64())
         .round()
         .max(1.0) as usize;
-    let wires: Vec<Arc<Wire>> = (0..config.rooms)
-        .map(|r| {
-            Arc::new(Wire::new(
-                config.protocol,
-                &format!("{}-{r}", config.room_prefix),
-            ))
-        })
-        .collect();
+    let wires = Wire::for_rooms(config.protocol, &config.room_prefix, config.rooms);
     let clients: Vec<Client> = (0..config.clients)
         .map(|index| {
             let room = index % config.rooms;

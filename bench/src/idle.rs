@@ -65,14 +65,7 @@ impl IdleReport {
 /// # Errors
 /// The server process vanished.
 pub async fn run(config: &IdleConfig) -> Result<IdleReport> {
-    let wires: Vec<Arc<Wire>> = (0..config.rooms)
-        .map(|r| {
-            Arc::new(Wire::new(
-                config.protocol,
-                &format!("{}-{r}", config.room_prefix),
-            ))
-        })
-        .collect();
+    let wires = Wire::for_rooms(config.protocol, &config.room_prefix, config.rooms);
     let per_connection: Vec<Arc<Wire>> = (0..config.connections)
         .map(|i| wires[i % config.rooms].clone())
         .collect();

@@ -11,6 +11,8 @@
 //! come with type 4 (`SyncReply`) instead of 0, and each applied update is
 //! acknowledged with a type-8 `SyncStatus` message.
 
+use std::sync::Arc;
+
 use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
@@ -61,6 +63,13 @@ pub enum Incoming<'a> {
 }
 
 impl Wire {
+    /// One wire per room, for rooms named `{prefix}-0`, `{prefix}-1`, …
+    pub fn for_rooms(protocol: Protocol, prefix: &str, rooms: usize) -> Vec<Arc<Self>> {
+        (0..rooms)
+            .map(|r| Arc::new(Self::new(protocol, &format!("{prefix}-{r}"))))
+            .collect()
+    }
+
     pub fn new(protocol: Protocol, room: &str) -> Self {
         let mut prefix = Vec::new();
         if protocol == Protocol::Hocuspocus {
