@@ -37,7 +37,7 @@ pub struct Effects {
     /// those held until what they build on arrives.
     pub applied: Vec<Bytes>,
     /// Updates now complete in the document, in the order they became so:
-    /// what the other peers are sent (see [`broadcast_applied`]).
+    /// what the other peers are sent (see [`broadcast_completed`]).
     pub completed: Vec<Bytes>,
     /// Updates refused because the peer may only read.
     pub refused_read_only: usize,
@@ -226,7 +226,7 @@ impl Room {
                 ClientMessage::Ignored { .. } => {}
             }
         }
-        broadcast_applied(&mut effects);
+        broadcast_completed(&mut effects);
         match result {
             Ok(()) => Ok(effects),
             Err(error) => Err(Rejected {
@@ -244,7 +244,7 @@ impl Room {
     pub fn apply_external(&mut self, update: DocUpdate) -> Result<Effects, RoomError> {
         let mut effects = Effects::default();
         self.apply(update, &mut effects)?;
-        broadcast_applied(&mut effects);
+        broadcast_completed(&mut effects);
         Ok(effects)
     }
 
@@ -336,7 +336,7 @@ impl Room {
 /// when there is one, and several updates (a connection passes on every
 /// frame it has already read in one go) merged into one, so that a fast
 /// typist's burst costs each peer one frame, not one per keystroke.
-fn broadcast_applied(effects: &mut Effects) {
+fn broadcast_completed(effects: &mut Effects) {
     match effects.completed.as_slice() {
         [] => {}
         [update] => effects.to_others.push(protocol::encode_update(update)),

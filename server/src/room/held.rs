@@ -69,33 +69,27 @@ impl HeldUpdates {
     /// # Errors
     /// yrs's error when the update does not apply; nothing is held then.
     pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<Applied, UpdateError> {
-        let before = (!self.is_empty()).then(|| doc.transact().state_vector());
-        let applied = if starts_within(doc, &update) {
+        let had_held = !self.is_empty();
+        let before = doc.transact().state_vector();
+        let (new, complete) = if starts_within(&before, &update) {
             let Integrated { complete, changed } = integrate(doc, update)?;
-            if !complete {
-                // Copied only here: holding is rare, applying is not.
-                self.hold(Bytes::copy_from_slice(raw));
-            }
-            Applied {
-                new: changed || !complete,
-                complete,
-                released: Vec::new(),
-            }
+            (changed || !complete, complete)
         } else {
-            self.hold(Bytes::copy_from_slice(raw));
-            Applied {
-                new: true,
-                complete: false,
-                released: Vec::new(),
-            }
+            (true, false)
         };
-        let released = match before {
-            Some(before) if doc.transact().state_vector() != before => self.retry(doc),
-            _ => Vec::new(),
+        if !complete {
+            // Copied only here: holding is rare, applying is not.
+            self.hold(Bytes::copy_from_slice(raw));
+        }
+        let released = if had_held && doc.transact().state_vector() != before {
+            self.retry(doc)
+        } else {
+            Vec::new()
         };
         Ok(Applied {
+            new,
+            complete,
             released,
-            ..applied
         })
     }
 
@@ -129,7 +123,7 @@ impl HeldUpdates {
                 let Ok(update) = Update::decode_v1(&raw) else {
                     continue;
                 };
-                if !starts_within(doc, &update) {
+                if !starts_within(&doc.transact().state_vector(), &update) {
                     self.bytes += raw.len();
                     self.updates.push_back(raw);
                     continue;
@@ -165,17 +159,12 @@ pub struct Applied {
 }
 
 /// Whether every run of blocks in `update` starts at or before the end of
-/// what `doc` has of its client, so that yrs integrates nothing out of
+/// what a document at `have` has of its client, so that yrs integrates nothing out of
 /// order. A run after a gap inside the update (a Skip block: a Yjs client
 /// sends those with structs it holds pending itself) counts too: yrs would
 /// integrate it behind a placeholder as well.
-fn starts_within(doc: &Doc, update: &Update) -> bool {
-    let inserted = update.insertions(true);
-    if inserted.is_empty() {
-        return true;
-    }
-    let have = doc.transact().state_vector();
-    inserted.iter().all(|(client, runs)| {
+fn starts_within(have: &StateVector, update: &Update) -> bool {
+    update.insertions(true).iter().all(|(client, runs)| {
         let clock = have.get(client);
         runs.iter().all(|run| run.start <= clock)
     })
