@@ -12,7 +12,6 @@ use crdt_store::RoomName;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -25,7 +24,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
 use crate::limits::{Admission, ConnectionRate};
-use crate::room::{Access, CloseSignal, PeerId, PeerLink, RoomHandle, RoomUnavailable, Rooms};
+use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
 use crate::{metrics, protocol};
 
 /// Per-connection limits and timings.
@@ -71,13 +70,19 @@ pub struct Admitted {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for
+/// its whole life, and each nested async fn they are moved into keeps
+/// another copy. Everything a connection holds is moved into one
+/// [`Session`] here, before the future exists, so an idle connection's
+/// task stores each piece of its state once.
+pub fn serve(
     ws: Socket,
     admitted: Admitted,
     rooms: Rooms,
     config: Arc<ConnectionConfig>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let peer = NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed);
     let Admitted {
         room,
@@ -87,38 +92,67 @@ pub async fn serve(
         rate,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
-    async move {
+    let (link, inbox) = crate::room::link(config.outbox_capacity);
+    let session = Session {
+        ws,
+        inbox,
+        peer,
+        config,
+        rate,
+    };
+    let joining = Joining {
+        rooms,
+        room,
+        access,
+        link,
+    };
+    session.serve(joining, slot, shutdown).instrument(span)
+}
+
+/// What it takes to join the room.
+struct Joining {
+    rooms: Rooms,
+    room: RoomName,
+    access: Access,
+    link: PeerLink,
+}
+
+struct Session {
+    ws: Socket,
+    /// Frames from the room, and its request to close.
+    inbox: PeerInbox,
+    peer: PeerId,
+    config: Arc<ConnectionConfig>,
+    rate: ConnectionRate,
+}
+
+impl Session {
+    async fn serve(
+        mut self,
+        joining: Joining,
+        slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
         debug!("connected");
         metrics::connection_opened();
-        let code = serve_session(ws, room, peer, access, rate, rooms, config, shutdown).await;
+        let code = self.serve_room(joining, &shutdown).await;
         metrics::connection_closed(code);
+        // Its place under `--max-connections` is given back only now.
         drop(slot);
         debug!("disconnected");
     }
-    .instrument(span)
-    .await;
-}
 
-/// Returns the close code the server sent, if it sent one.
-#[allow(clippy::too_many_arguments)]
-async fn serve_session(
-    mut ws: Socket,
-    room: RoomName,
-    peer: PeerId,
-    access: Access,
-    rate: ConnectionRate,
-    rooms: Rooms,
-    config: Arc<ConnectionConfig>,
-    shutdown: CancellationToken,
-) -> Option<u16> {
-    {
-        let (outbox, outgoing) = mpsc::channel(config.outbox_capacity);
-        let closer = Arc::new(CloseSignal::default());
-        let link = PeerLink {
-            outbox,
-            closer: closer.clone(),
-        };
-        let handle = match rooms.join(&room, peer, access, link).await {
+    /// Joins the room and serves the client in it; returns the close code
+    /// the server sent, if it sent one.
+    async fn serve_room(&mut self, joining: Joining, shutdown: &CancellationToken) -> Option<u16> {
+        let Joining {
+            rooms,
+            room,
+            access,
+            link,
+        } = joining;
+        let joined = Box::pin(rooms.join(&room, self.peer, access, link)).await;
+        let room = match joined {
             Ok(handle) => handle,
             Err(refused) => {
                 let reason = match refused {
@@ -128,41 +162,24 @@ async fn serve_session(
                     | RoomUnavailable::Unloading
                     | RoomUnavailable::Deleting => close::LOAD_FAILED,
                 };
-                close_socket(&mut ws, reason).await;
+                Box::pin(close_socket(&mut self.ws, reason)).await;
                 return Some(reason.code);
             }
         };
-        let mut session = Session {
-            ws,
-            outgoing,
-            closer,
-            room: handle,
-            peer,
-            config,
-            rate,
-        };
-        let reason = session.run(&shutdown).await;
-        session.room.leave(peer).await;
+        let reason = self.run(&room, shutdown).await;
+        Box::pin(room.leave(self.peer)).await;
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
-        close_socket(&mut session.ws, reason).await;
+        Box::pin(close_socket(&mut self.ws, reason)).await;
         Some(reason.code)
     }
-}
 
-struct Session {
-    ws: Socket,
-    outgoing: mpsc::Receiver<Bytes>,
-    closer: Arc<CloseSignal>,
-    room: RoomHandle,
-    peer: PeerId,
-    config: Arc<ConnectionConfig>,
-    rate: ConnectionRate,
-}
-
-impl Session {
     /// Runs until the socket ends; returns the close frame to send, if any.
-    async fn run(&mut self, shutdown: &CancellationToken) -> Option<CloseReason> {
+    async fn run(
+        &mut self,
+        room: &RoomHandle,
+        shutdown: &CancellationToken,
+    ) -> Option<CloseReason> {
         let keepalive = self.config.keepalive_interval;
         let mut ping = interval_at(Instant::now() + keepalive, keepalive);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -173,21 +190,27 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                reason = self.closer.closed() => return Some(reason),
                 () = shutdown.cancelled() => return Some(close::SHUTTING_DOWN),
                 () = sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
                     paused_until = None;
                 }
-                frame = self.outgoing.recv() => {
-                    let frame = frame?;
-                    if let Err(e) = self.write_frames(frame).await {
+                next = self.inbox.next() => {
+                    let frame = match next {
+                        Next::Frame(frame) => frame,
+                        Next::Close(reason) => return Some(reason),
+                        Next::RoomGone => return None,
+                    };
+                    // Boxed, like the other handlers: the state of a write
+                    // lives on the heap only while a write is under way,
+                    // not in every idle connection's future.
+                    if let Err(e) = Box::pin(self.write_frames(frame)).await {
                         debug!(error = %e, "write failed");
                         return None;
                     }
                 }
                 incoming = self.ws.next(), if paused_until.is_none() => {
                     last_heard = Instant::now();
-                    if let Flow::End(reason) = self.on_incoming(incoming, &mut paused_until).await {
+                    if let Flow::End(reason) = Box::pin(self.on_incoming(room, incoming, &mut paused_until)).await {
                         return reason;
                     }
                 }
@@ -196,7 +219,7 @@ impl Session {
                         debug!("no sign of life within the keepalive window");
                         return Some(close::KEEPALIVE_TIMEOUT);
                     }
-                    if timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
+                    if Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await.map_or(true, |r| r.is_err()) {
                         return None;
                     }
                 }
@@ -211,6 +234,7 @@ impl Session {
     /// keystroke.
     async fn on_incoming(
         &mut self,
+        room: &RoomHandle,
         first: Option<Result<Message, tungstenite::Error>>,
         paused_until: &mut Option<Instant>,
     ) -> Flow {
@@ -261,7 +285,7 @@ impl Session {
         };
         // What came before a bad frame or the end of the stream still
         // counts, as it would have frame by frame.
-        if !batch.is_empty() && !self.room.send_frame(self.peer, batch, received_at).await {
+        if !batch.is_empty() && !room.send_frame(self.peer, batch, received_at).await {
             return Flow::End(Some(close::ROOM_FAILED));
         }
         flow
@@ -294,7 +318,11 @@ impl Session {
             }
             written += 1;
             if written < MAX_FRAMES_PER_FLUSH {
-                next = self.outgoing.try_recv().ok();
+                next = match self.inbox.try_next() {
+                    Some(Next::Frame(frame)) => Some(frame),
+                    // Left for the session loop to see.
+                    _ => None,
+                };
             }
         }
         self.step(Step::Flush).await

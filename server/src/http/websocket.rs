@@ -81,7 +81,7 @@ pub fn websocket() -> impl Filter<Extract = (WsUpgrade,), Error = Rejection> + C
 
 impl WsUpgrade {
     /// Answers 101 and, once hyper hands over the connection, runs
-    /// `serve` on it (in the task hyper's upgrade completes in).
+    /// `serve` on it in a task of its own.
     pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
@@ -100,7 +100,10 @@ impl WsUpgrade {
                         Some(config),
                     )
                     .await;
-                    serve(socket).await;
+                    // A task of its own: awaited here, it would carry this
+                    // block's state (the callback, the config) for the
+                    // connection's whole life.
+                    tokio::spawn(serve(socket));
                 }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
@@ -128,11 +131,14 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Buffers sized for Yjs traffic: mostly small messages, the occasional
-/// big sync. Reads grow past the buffer as needed; only the buffer itself
-/// is allocated per connection up front.
+/// big sync. The read buffer is allocated per connection up front and kept
+/// for its life, so it is small: a keystroke's frame is under 100 bytes,
+/// and a larger frame grows the buffer while it is read (1 KiB per read
+/// call; a burst of frames costs a few more reads, an idle connection
+/// 3 KiB less than at 4 KiB).
 pub fn socket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(32 * 1024)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))

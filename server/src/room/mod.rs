@@ -11,6 +11,6 @@ pub mod request;
 
 pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
-pub use peer::{CloseSignal, PeerLink};
+pub use peer::{Next, PeerInbox, PeerLink, link};
 pub use registry::{RoomHandle, Rooms};
 pub use request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

@@ -109,6 +109,10 @@ pub enum RoomUnavailable {
     Full,
 }
 
+/// Most queued commands a room handles before it looks at its timers and
+/// shutdown again.
+const MAX_COMMANDS_PER_TURN: usize = 64;
+
 /// How long an idle room waits for its updates to reach storage before it
 /// gives up unloading for now (the database may be down: keep serving).
 const UNLOAD_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -215,6 +219,11 @@ impl RoomTask {
         let interval = self.config.snapshot_interval;
         let mut snapshot_tick = interval_at(Instant::now() + interval, interval);
         snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer for the room's life, moved only when its deadline does:
+        // a fresh one per turn would be registered and removed again for
+        // every command.
+        let unload = sleep_until(far_future);
+        tokio::pin!(unload);
         loop {
             let unload_at = match (shutdown_deadline, idle_since) {
                 (Some(_), _) if state.links.is_empty() => Instant::now(),
@@ -222,19 +231,33 @@ impl RoomTask {
                 (None, Some(since)) => since + self.config.idle_timeout,
                 (None, None) => far_future,
             };
+            if unload.deadline() != unload_at {
+                unload.as_mut().reset(unload_at);
+            }
             tokio::select! {
                 command = self.inbox.recv() => {
-                    let Some(command) = command else { return };
-                    // Bus traffic alone does not keep an idle room loaded.
-                    let from_bus = matches!(command, RoomCommand::Cluster(_));
-                    self.handle(state, command, shutdown_deadline.is_some());
-                    if self.inbox.is_closed() {
-                        return; // poisoned or deleted
+                    let Some(mut command) = command else { return };
+                    // Commands already queued are handled in this same
+                    // turn: under load the room then wakes, and sets up
+                    // this select's timers, once per batch, not once per
+                    // keystroke.
+                    let mut from_bus_only = true;
+                    for _ in 0..MAX_COMMANDS_PER_TURN {
+                        // Bus traffic alone does not keep an idle room loaded.
+                        from_bus_only &= matches!(command, RoomCommand::Cluster(_));
+                        self.handle(state, command, shutdown_deadline.is_some());
+                        if self.inbox.is_closed() {
+                            return; // poisoned or deleted
+                        }
+                        match self.inbox.try_recv() {
+                            Ok(next) => command = next,
+                            Err(_) => break,
+                        }
                     }
                     self.connections
                         .store(state.links.len(), std::sync::atomic::Ordering::Relaxed);
                     idle_since = match idle_since {
-                        Some(since) if from_bus && is_idle(state) => Some(since),
+                        Some(since) if from_bus_only && is_idle(state) => Some(since),
                         _ => is_idle(state).then(Instant::now),
                     };
                 }
@@ -249,7 +272,7 @@ impl RoomTask {
                         self.start_routine_compaction(state);
                     }
                 }
-                () = sleep_until(unload_at) => {
+                () = &mut unload => {
                     if shutdown_deadline.is_some() {
                         self.stop_for_shutdown(state);
                         return;
@@ -359,7 +382,7 @@ impl RoomTask {
             }
             RoomRequest::Delete => {
                 for (_, link) in state.links.drain() {
-                    link.closer.close(close::ROOM_DELETED);
+                    link.close(close::ROOM_DELETED);
                 }
                 if let Some(compaction) = state.compaction.take() {
                     compaction.task.abort();
@@ -555,7 +578,7 @@ impl RoomTask {
         updates >= self.config.snapshot_max_updates || bytes >= self.config.snapshot_max_bytes
     }
 
-    /// Sends the frames of `effects`; peers whose outbox is full are closed
+    /// Sends the frames of `effects`; peers whose queue is full are closed
     /// as slow consumers (and their awareness removal sent in turn).
     fn deliver(&self, state: &mut Loaded, sender: Option<PeerId>, effects: Effects) {
         let mut slow = Vec::new();
@@ -563,27 +586,17 @@ impl RoomTask {
             && let Some(link) = state.links.get(&sender)
         {
             for frame in effects.to_sender {
-                if link.outbox.try_send(frame).is_err() {
+                if link.send(frame).is_err() {
                     slow.push(sender);
                     break;
                 }
             }
         }
-        if !effects.to_others.is_empty() {
-            for (&peer, link) in &state.links {
-                if Some(peer) == sender {
-                    continue;
-                }
-                for frame in &effects.to_others {
-                    if let Err(mpsc::error::TrySendError::Full(_)) =
-                        link.outbox.try_send(frame.clone())
-                    {
-                        slow.push(peer);
-                        break;
-                    }
-                }
-            }
-        }
+        send_to_others(&state.links, sender, &effects.to_others, &mut slow);
+        self.evict_slow(state, slow);
+    }
+
+    fn evict_slow(&self, state: &mut Loaded, slow: Vec<PeerId>) {
         for peer in slow {
             warn!(
                 peer,
@@ -595,7 +608,7 @@ impl RoomTask {
 
     fn evict(&self, state: &mut Loaded, peer: PeerId, reason: CloseReason) {
         if let Some(link) = state.links.remove(&peer) {
-            link.closer.close(reason);
+            link.close(reason);
             let effects = state.room.leave(peer);
             self.publish_awareness(&effects);
             self.deliver(state, None, effects);
@@ -609,7 +622,7 @@ impl RoomTask {
     fn poisoned(&mut self, state: &mut Loaded) {
         error!("room state poisoned by a panic in yrs; closing all peers and reloading");
         for (_, link) in state.links.drain() {
-            link.closer.close(close::ROOM_FAILED);
+            link.close(close::ROOM_FAILED);
         }
         if let Some(compaction) = state.compaction.take() {
             compaction.task.abort();
@@ -772,7 +785,7 @@ impl RoomTask {
     /// server drains after the rooms stop; peers still here are told to go.
     fn stop_for_shutdown(&mut self, state: &mut Loaded) {
         for (_, link) in state.links.drain() {
-            link.closer.close(close::SHUTTING_DOWN);
+            link.close(close::SHUTTING_DOWN);
         }
         self.close_inbox(RoomUnavailable::ShuttingDown);
     }
@@ -799,6 +812,29 @@ impl RoomTask {
 }
 
 /// No connection and no event subscriber: the room may unload.
+/// Queues `frames` for every peer but their sender, peer by peer.
+fn send_to_others(
+    links: &HashMap<PeerId, PeerLink>,
+    sender: Option<PeerId>,
+    frames: &[Bytes],
+    slow: &mut Vec<PeerId>,
+) {
+    if frames.is_empty() {
+        return;
+    }
+    for (&peer, link) in links {
+        if Some(peer) == sender {
+            continue;
+        }
+        for frame in frames {
+            if link.send(frame.clone()).is_err() {
+                slow.push(peer);
+                break;
+            }
+        }
+    }
+}
+
 fn is_idle(state: &Loaded) -> bool {
     state.links.is_empty()
         && state
