@@ -99,6 +99,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_MAX_QUEUED_FRAMES", default_value = "2048")]
     pub max_queued_frames: usize,
 
+    /// A busy room sends its peers what the others wrote at most once per
+    /// window, several frames per socket write; the first change after a
+    /// quiet window goes out at once. 0 sends every frame at once.
+    #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "0ms", value_parser = parse_duration)]
+    pub fanout_window: Duration,
+
     /// Longest a socket write may block before the client counts as dead.
     #[arg(long, env = "CRDT_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -154,6 +160,7 @@ impl ServeArgs {
             max_connections: self.limits.max_connections_per_room.max(1),
             max_rooms: self.limits.max_rooms.max(1),
             max_document_bytes: self.limits.max_doc_size as u64,
+            fanout_window: self.fanout_window.min(Duration::from_secs(1)),
             ..RoomConfig::default()
         }
     }

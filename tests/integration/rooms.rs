@@ -36,6 +36,54 @@ async fn many_clients_joining_a_cold_room_at_once_converge() {
 }
 
 #[tokio::test]
+async fn a_fanout_window_holds_frames_but_delivers_every_edit() {
+    // A window far longer than the typing below: after the first edit,
+    // every frame the others get has waited in the window.
+    let server = TestServer::start_with(ServerOptions {
+        room: RoomConfig {
+            fanout_window: Duration::from_millis(40),
+            ..RoomConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = server.url("window");
+    let mut writers = join_all((0..3).map(|_| YClient::connect(&url))).await;
+    let mut observer = YClient::connect(&url).await;
+    for round in 0..20 {
+        for (i, writer) in writers.iter_mut().enumerate() {
+            writer
+                .insert("t", 0, &format!("{}", (round + i) % 10))
+                .await;
+        }
+    }
+    observer
+        .until("every edit", |c| c.text("t").chars().count() == 60)
+        .await;
+    for writer in &mut writers {
+        writer
+            .until("every edit", |c| c.text("t").chars().count() == 60)
+            .await;
+    }
+    let text = observer.text("t");
+    for writer in &writers {
+        assert_eq!(writer.text("t"), text);
+    }
+    // A newcomer's greeting and the frames still held must not disagree.
+    let mut late = YClient::connect(&url).await;
+    writers[0].insert("t", 0, "!").await;
+    late.until("the document and the edit after it", |c| {
+        c.text("t").chars().count() == 61
+    })
+    .await;
+    observer
+        .until("the last edit", |c| c.text("t").chars().count() == 61)
+        .await;
+    assert_eq!(late.text("t"), observer.text("t"));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn idle_rooms_are_saved_unloaded_and_reloaded() {
     let server = TestServer::start_with(ServerOptions {
         room: RoomConfig {

@@ -3,6 +3,7 @@
 //! ([`registry`]).
 
 pub mod core;
+mod fanout;
 pub mod held;
 mod owner;
 pub mod peer;

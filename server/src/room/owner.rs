@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
+use super::fanout::{Broadcast, FanoutWindow};
 use super::peer::PeerLink;
 use super::registry::Rooms;
 use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
@@ -48,6 +49,9 @@ pub struct RoomConfig {
     /// Updates that would grow a document past this many bytes (encoded;
     /// approximately: stored size plus updates since) are refused.
     pub max_document_bytes: u64,
+    /// A busy room sends its peers one batch of frames per window (see
+    /// [`FanoutWindow`]); zero sends each frame at once.
+    pub fanout_window: Duration,
 }
 
 impl Default for RoomConfig {
@@ -63,6 +67,7 @@ impl Default for RoomConfig {
             max_connections: 10_000,
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
+            fanout_window: Duration::ZERO,
         }
     }
 }
@@ -167,6 +172,8 @@ struct Loaded {
     /// Updates applied in this lifetime of the room (event ids).
     applied: u64,
     last_change: Option<SystemTime>,
+    /// Frames for the peers, held while the room is busy.
+    fanout: FanoutWindow,
 }
 
 type SnapshotWaiter = oneshot::Sender<Result<RoomReply, RoomUnavailable>>;
@@ -201,6 +208,7 @@ impl RoomTask {
             events: None,
             applied: 0,
             last_change: None,
+            fanout: FanoutWindow::new(self.config.fanout_window),
         };
         self.serve(&mut state).await;
         if let Some(compaction) = state.compaction.take() {
@@ -224,6 +232,8 @@ impl RoomTask {
         // every command.
         let unload = sleep_until(far_future);
         tokio::pin!(unload);
+        let fanout_due = sleep_until(far_future);
+        tokio::pin!(fanout_due);
         loop {
             let unload_at = match (shutdown_deadline, idle_since) {
                 (Some(_), _) if state.links.is_empty() => Instant::now(),
@@ -233,6 +243,12 @@ impl RoomTask {
             };
             if unload.deadline() != unload_at {
                 unload.as_mut().reset(unload_at);
+            }
+            let fanout_at = state.fanout.due();
+            if let Some(due) = fanout_at
+                && fanout_due.deadline() != due
+            {
+                fanout_due.as_mut().reset(due);
             }
             tokio::select! {
                 command = self.inbox.recv() => {
@@ -263,6 +279,9 @@ impl RoomTask {
                 }
                 () = self.shutdown.cancelled(), if shutdown_deadline.is_none() => {
                     shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
+                }
+                () = &mut fanout_due, if fanout_at.is_some() => {
+                    self.send_held_frames(state);
                 }
                 result = compaction_done(&mut state.compaction) => {
                     self.compacted(state, result);
@@ -302,6 +321,9 @@ impl RoomTask {
                     let _ = done.send(Err(RoomUnavailable::Full));
                     return;
                 }
+                // Frames held for the others predate the newcomer, whose
+                // greeting holds the whole document.
+                self.send_held_frames(state);
                 let greeting = state.room.join(peer, access);
                 state.links.insert(peer, link);
                 let _ = done.send(Ok(()));
@@ -578,13 +600,20 @@ impl RoomTask {
         updates >= self.config.snapshot_max_updates || bytes >= self.config.snapshot_max_bytes
     }
 
-    /// Sends the frames of `effects`; peers whose queue is full are closed
-    /// as slow consumers (and their awareness removal sent in turn).
+    /// Sends the frames of `effects` (those for the other peers through
+    /// the fan-out window); peers whose queue is full are closed as slow
+    /// consumers (and their awareness removal sent in turn).
     fn deliver(&self, state: &mut Loaded, sender: Option<PeerId>, effects: Effects) {
+        let now = Instant::now();
         let mut slow = Vec::new();
         if let Some(sender) = sender
-            && let Some(link) = state.links.get(&sender)
+            && !effects.to_sender.is_empty()
+            && state.links.contains_key(&sender)
         {
+            // Nothing held for this peer may be overtaken by its answer.
+            let held = state.fanout.take(now);
+            send_to_others(&state.links, &held, &mut slow);
+            let link = &state.links[&sender];
             for frame in effects.to_sender {
                 if link.send(frame).is_err() {
                     slow.push(sender);
@@ -592,7 +621,16 @@ impl RoomTask {
                 }
             }
         }
-        send_to_others(&state.links, sender, &effects.to_others, &mut slow);
+        let ready = state.fanout.offer(now, sender, effects.to_others);
+        send_to_others(&state.links, &ready, &mut slow);
+        self.evict_slow(state, slow);
+    }
+
+    /// Sends what the fan-out window held.
+    fn send_held_frames(&self, state: &mut Loaded) {
+        let held = state.fanout.take(Instant::now());
+        let mut slow = Vec::new();
+        send_to_others(&state.links, &held, &mut slow);
         self.evict_slow(state, slow);
     }
 
@@ -812,22 +850,15 @@ impl RoomTask {
 }
 
 /// No connection and no event subscriber: the room may unload.
-/// Queues `frames` for every peer but their sender, peer by peer.
-fn send_to_others(
-    links: &HashMap<PeerId, PeerLink>,
-    sender: Option<PeerId>,
-    frames: &[Bytes],
-    slow: &mut Vec<PeerId>,
-) {
+/// Queues `frames` for every peer but each frame's sender, peer by peer, so
+/// that each connection is woken once for all of them.
+fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], slow: &mut Vec<PeerId>) {
     if frames.is_empty() {
         return;
     }
     for (&peer, link) in links {
-        if Some(peer) == sender {
-            continue;
-        }
-        for frame in frames {
-            if link.send(frame.clone()).is_err() {
+        for (from, frame) in frames {
+            if *from != Some(peer) && link.send(frame.clone()).is_err() {
                 slow.push(peer);
                 break;
             }
