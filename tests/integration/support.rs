@@ -60,6 +60,7 @@ pub struct ServerOptions {
     pub room: RoomConfig,
     pub connection: ConnectionConfig,
     pub max_message_size: usize,
+    pub limits: crdt_hub::limits::LimitsConfig,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +71,7 @@ impl Default for ServerOptions {
             room: RoomConfig::default(),
             connection: ConnectionConfig::default(),
             max_message_size: 16 << 20,
+            limits: crdt_hub::limits::LimitsConfig::default(),
         }
     }
 }
@@ -110,9 +112,7 @@ impl TestServer {
             http: crdt_hub::app::HttpLimits::default(),
             auth: None,
             allowed_origins: None,
-            limits: std::sync::Arc::new(crdt_hub::limits::Limits::new(
-                crdt_hub::limits::LimitsConfig::default(),
-            )),
+            limits: std::sync::Arc::new(crdt_hub::limits::Limits::new(options.limits)),
             room_max_connections: 10_000,
             tls: None,
             max_message_size: options.max_message_size,

@@ -1,7 +1,9 @@
 use yrs::sync::{Message, SyncMessage};
 use yrs::{Map, ReadTxn, Transact};
 
-use crate::support::{TestServer, YClient};
+use crdt_hub::limits::LimitsConfig;
+
+use crate::support::{ServerOptions, TestServer, YClient};
 
 #[tokio::test]
 async fn two_clients_sync_both_ways() {
@@ -43,6 +45,33 @@ async fn first_frame_is_sync_step1_and_step1_is_answered() {
         matches!(message, Message::Sync(SyncMessage::SyncStep1(_))),
         "{message:?}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_thousands_of_keystrokes_all_arrive() {
+    // A client replaying offline edits: thousands of frames back to back,
+    // read in bursts and queued as many room commands. None may be lost
+    // between turns of the room (see `Turn` in room/owner.rs, whose unit
+    // tests pin the exact boundary).
+    let server = TestServer::start_with(ServerOptions {
+        limits: LimitsConfig {
+            messages_per_second: 100_000,
+            message_burst: 100_000,
+            ..LimitsConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = server.url("burst");
+    let mut writer = YClient::connect(&url).await;
+    let mut observer = YClient::connect(&url).await;
+    for i in 0..3000 {
+        writer.insert("t", i, "x").await;
+    }
+    observer
+        .until("every keystroke", |c| c.text("t").len() == 3000)
+        .await;
     server.stop().await;
 }
 

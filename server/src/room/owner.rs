@@ -252,23 +252,22 @@ impl RoomTask {
             }
             tokio::select! {
                 command = self.inbox.recv() => {
-                    let Some(mut command) = command else { return };
+                    let Some(command) = command else { return };
                     // Commands already queued are handled in this same
                     // turn: under load the room then wakes, and sets up
                     // this select's timers, once per batch, not once per
                     // keystroke.
                     let mut from_bus_only = true;
-                    for _ in 0..MAX_COMMANDS_PER_TURN {
+                    let mut turn = Turn::new(MAX_COMMANDS_PER_TURN);
+                    let mut next = Some(command);
+                    while let Some(command) = next.take() {
                         // Bus traffic alone does not keep an idle room loaded.
                         from_bus_only &= matches!(command, RoomCommand::Cluster(_));
                         self.handle(state, command, shutdown_deadline.is_some());
                         if self.inbox.is_closed() {
                             return; // poisoned or deleted
                         }
-                        match self.inbox.try_recv() {
-                            Ok(next) => command = next,
-                            Err(_) => break,
-                        }
+                        next = turn.next(&mut self.inbox);
                     }
                     self.connections
                         .store(state.links.len(), std::sync::atomic::Ordering::Relaxed);
@@ -866,6 +865,32 @@ fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], slow:
     }
 }
 
+/// The commands a room handles in one turn: the one it woke for, then
+/// those already queued, at most `max` in all. A command is taken off the
+/// queue only when it is to be handled: one taken and left over would be
+/// lost (an early version lost one frame per full turn, and every update
+/// after it then waited for it forever).
+struct Turn {
+    left: usize,
+}
+
+impl Turn {
+    fn new(max: usize) -> Self {
+        // The first command is already taken.
+        Self {
+            left: max.saturating_sub(1),
+        }
+    }
+
+    fn next<T>(&mut self, inbox: &mut mpsc::Receiver<T>) -> Option<T> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        inbox.try_recv().ok()
+    }
+}
+
 fn is_idle(state: &Loaded) -> bool {
     state.links.is_empty()
         && state
@@ -881,5 +906,44 @@ async fn compaction_done(
     match compaction {
         Some(compaction) => (&mut compaction.task).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a turn the way the room does; returns what it handled.
+    fn run_turn(first: u32, inbox: &mut mpsc::Receiver<u32>, max: usize) -> Vec<u32> {
+        let mut turn = Turn::new(max);
+        let mut handled = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            handled.push(command);
+            next = turn.next(inbox);
+        }
+        handled
+    }
+
+    #[tokio::test]
+    async fn a_turn_handles_at_most_max_commands_and_leaves_the_rest_queued() {
+        let (tx, mut rx) = mpsc::channel(256);
+        for n in 1..200 {
+            tx.send(n).await.unwrap();
+        }
+        assert_eq!(run_turn(0, &mut rx, 64), (0..64).collect::<Vec<_>>());
+        // Nothing was taken and dropped: the next turn starts at 64.
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first, 64);
+        assert_eq!(run_turn(first, &mut rx, 64), (64..128).collect::<Vec<_>>());
+        assert_eq!(rx.try_recv().unwrap(), 128);
+    }
+
+    #[tokio::test]
+    async fn a_turn_ends_when_the_queue_is_empty() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(1).await.unwrap();
+        assert_eq!(run_turn(0, &mut rx, 64), [0, 1]);
+        assert_eq!(run_turn(7, &mut rx, 1), [7]);
     }
 }
