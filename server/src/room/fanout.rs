@@ -24,9 +24,9 @@ pub struct FanoutWindow {
     window: Duration,
     /// When the last batch went out.
     last_sent: Option<Instant>,
-    /// Frames held until `due`, in the order they were made.
+    /// Frames held until the window after `last_sent` ends, in the order
+    /// they were made.
     held: Vec<Broadcast>,
-    due: Option<Instant>,
 }
 
 impl FanoutWindow {
@@ -35,13 +35,13 @@ impl FanoutWindow {
             window,
             last_sent: None,
             held: Vec::new(),
-            due: None,
         }
     }
 
-    /// Takes `frames` from `sender` for the other peers. Returns what is to
-    /// be sent now (held frames first, so order is kept); anything else is
-    /// held until [`FanoutWindow::due`].
+    /// Takes `frames` from `sender` for the other peers. Returns them to be
+    /// sent now when the room was quiet and holds nothing; otherwise they
+    /// are held (behind anything already held, so order is kept) until
+    /// [`FanoutWindow::due`].
     pub fn offer(
         &mut self,
         now: Instant,
@@ -59,22 +59,22 @@ impl FanoutWindow {
             return frames.into_iter().map(|f| (sender, f)).collect();
         }
         self.held.extend(frames.into_iter().map(|f| (sender, f)));
-        if self.due.is_none() {
-            let since = self.last_sent.unwrap_or(now);
-            self.due = Some((since + self.window).max(now));
-        }
         Vec::new()
     }
 
     /// When the held frames are to be sent, if any are held.
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        // Frames are held only when the last batch went out less than a
+        // window ago, so the window after it is when they are due.
+        if self.held.is_empty() {
+            return None;
+        }
+        self.last_sent.map(|last| last + self.window)
     }
 
     /// Everything held, to be sent now (the window ended, or something must
     /// not overtake it: a frame to one peer, a peer leaving, shutdown).
     pub fn take(&mut self, now: Instant) -> Vec<Broadcast> {
-        self.due = None;
         if !self.held.is_empty() {
             self.last_sent = Some(now);
         }

@@ -159,8 +159,8 @@ pub struct Applied {
 }
 
 /// Whether every run of blocks in `update` starts at or before the end of
-/// what a document at `have` has of its client, so that yrs integrates nothing out of
-/// order. A run after a gap inside the update (a Skip block: a Yjs client
+/// what a document at `have` has of its client, so that yrs integrates
+/// nothing out of order. A run after a gap inside the update (a Skip block: a Yjs client
 /// sends those with structs it holds pending itself) counts too: yrs would
 /// integrate it behind a placeholder as well.
 fn starts_within(have: &StateVector, update: &Update) -> bool {

@@ -187,11 +187,6 @@ impl PeerInbox {
         }
         (state.links == 0).then_some(Next::RoomGone)
     }
-
-    /// The close the room asked for, if it did.
-    pub fn close_requested(&self) -> Option<CloseReason> {
-        self.shared.lock().close
-    }
 }
 
 #[cfg(test)]
@@ -224,7 +219,8 @@ mod tests {
         link.close(close::SLOW_CONSUMER);
         link.close(close::SHUTTING_DOWN);
         assert_eq!(inbox.next().await, Next::Close(close::SLOW_CONSUMER));
-        assert_eq!(inbox.close_requested(), Some(close::SLOW_CONSUMER));
+        // The request stays until the session acts on it.
+        assert_eq!(inbox.try_next(), Some(Next::Close(close::SLOW_CONSUMER)));
     }
 
     #[tokio::test]
