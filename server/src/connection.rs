@@ -92,7 +92,7 @@ pub fn serve(
         rate,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
-    let (link, inbox) = crate::room::link(config.outbox_capacity);
+    let (link, inbox) = crate::room::link(config.outbox_capacity, ws.get_ref().shared());
     let session = Session {
         ws,
         inbox,
@@ -167,6 +167,9 @@ impl Session {
             }
         };
         let reason = self.run(&room, shutdown).await;
+        // Whatever the room sends from now on must not follow our close
+        // frame onto the wire.
+        self.inbox.stop_direct_writes();
         Box::pin(room.leave(self.peer)).await;
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
@@ -195,18 +198,20 @@ impl Session {
                     paused_until = None;
                 }
                 next = self.inbox.next() => {
-                    let frame = match next {
-                        Next::Frame(frame) => frame,
-                        Next::Close(reason) => return Some(reason),
-                        Next::RoomGone => return None,
-                    };
                     // Boxed, like the other handlers: the state of a write
                     // lives on the heap only while a write is under way,
                     // not in every idle connection's future.
-                    if let Err(e) = Box::pin(self.write_frames(frame)).await {
+                    let written = match next {
+                        Next::Frame(frame) => Box::pin(self.write_frames(frame)).await,
+                        Next::Flush => Box::pin(self.step(Step::Flush)).await,
+                        Next::Close(reason) => return Some(reason),
+                        Next::RoomGone => return None,
+                    };
+                    if let Err(e) = written {
                         debug!(error = %e, "write failed");
                         return None;
                     }
+                    self.inbox.written();
                 }
                 incoming = self.ws.next(), if paused_until.is_none() => {
                     last_heard = Instant::now();

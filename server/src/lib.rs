@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod restore;
 pub mod room;
 pub mod server;
+pub mod shared_socket;
 pub mod snapshot;
 pub mod tls;
 pub mod units;

@@ -4,8 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -148,9 +147,14 @@ async fn serve_http<IO, S, B>(
         }
         service.clone().oneshot(request)
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    // HTTP/1.1 only, served by hyper's own builder: an upgraded socket then
+    // comes back as the `TokioIo<TcpStream>` handed in here, which the
+    // WebSocket layer takes out of hyper to share with the room
+    // (`shared_socket`); hyper-util's auto builder wraps it in a private
+    // type. (HTTP/2 was never enabled.)
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

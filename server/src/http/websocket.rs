@@ -12,8 +12,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -21,8 +20,10 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use crate::shared_socket::SocketIo;
+
 /// The socket type every connection task works with.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<SocketIo>;
 
 /// hyper's upgrade handle, made cloneable so a warp filter can extract it.
 #[derive(Clone)]
@@ -94,8 +95,10 @@ impl WsUpgrade {
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                    let (io, already_read) = SocketIo::from_upgraded(upgraded);
+                    let socket = WebSocketStream::from_partially_read(
+                        io,
+                        already_read,
                         Role::Server,
                         Some(config),
                     )

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
-use super::peer::PeerLink;
+use super::peer::{PeerLink, Sent};
 use super::registry::Rooms;
 use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
@@ -174,6 +174,10 @@ struct Loaded {
     last_change: Option<SystemTime>,
     /// Frames for the peers, held while the room is busy.
     fanout: FanoutWindow,
+    /// Frames for the other peers that are ready to go, sent when the
+    /// room's turn ends: a peer gets everything one turn produced in one
+    /// write, and under load a turn handles many commands.
+    ready: Vec<Broadcast>,
 }
 
 type SnapshotWaiter = oneshot::Sender<Result<RoomReply, RoomUnavailable>>;
@@ -209,6 +213,7 @@ impl RoomTask {
             applied: 0,
             last_change: None,
             fanout: FanoutWindow::new(self.config.fanout_window),
+            ready: Vec::new(),
         };
         self.serve(&mut state).await;
         if let Some(compaction) = state.compaction.take() {
@@ -301,6 +306,7 @@ impl RoomTask {
                     idle_since = is_idle(state).then(Instant::now);
                 }
             }
+            self.send_ready_frames(state);
         }
     }
 
@@ -604,33 +610,50 @@ impl RoomTask {
     /// consumers (and their awareness removal sent in turn).
     fn deliver(&self, state: &mut Loaded, sender: Option<PeerId>, effects: Effects) {
         let now = Instant::now();
-        let mut slow = Vec::new();
+        let mut out = Outgoing::default();
         if let Some(sender) = sender
             && !effects.to_sender.is_empty()
             && state.links.contains_key(&sender)
         {
-            // Nothing held for this peer may be overtaken by its answer.
-            let held = state.fanout.take(now);
-            send_to_others(&state.links, &held, &mut slow);
+            // Nothing ready or held for the others may be overtaken by
+            // this peer's answer.
+            state.ready.extend(state.fanout.take(now));
+            send_to_others(&state.links, &state.ready, &mut out);
+            state.ready.clear();
             let link = &state.links[&sender];
             for frame in effects.to_sender {
-                if link.send(frame).is_err() {
-                    slow.push(sender);
+                if !out.send(link, &frame) {
+                    out.slow.push(sender);
                     break;
                 }
             }
         }
         let ready = state.fanout.offer(now, sender, effects.to_others);
-        send_to_others(&state.links, &ready, &mut slow);
-        self.evict_slow(state, slow);
+        state.ready.extend(ready);
+        out.written.record();
+        self.evict_slow(state, out.slow);
     }
 
-    /// Sends what the fan-out window held.
+    /// Sends what is ready and what the fan-out window held.
     fn send_held_frames(&self, state: &mut Loaded) {
-        let held = state.fanout.take(Instant::now());
-        let mut slow = Vec::new();
-        send_to_others(&state.links, &held, &mut slow);
-        self.evict_slow(state, slow);
+        state.ready.extend(state.fanout.take(Instant::now()));
+        self.send_ready_frames(state);
+    }
+
+    /// Sends the frames this turn made ready for the other peers.
+    fn send_ready_frames(&self, state: &mut Loaded) {
+        // Evicting a slow peer makes frames of its own (its awareness
+        // removal), sent in the next round.
+        while !state.ready.is_empty() {
+            let mut out = Outgoing::default();
+            send_to_others(&state.links, &state.ready, &mut out);
+            state.ready.clear();
+            out.written.record();
+            self.evict_slow(state, out.slow);
+        }
+        if state.ready.capacity() > KEPT_READY_CAPACITY {
+            state.ready = Vec::new();
+        }
     }
 
     fn evict_slow(&self, state: &mut Loaded, slow: Vec<PeerId>) {
@@ -851,16 +874,67 @@ impl RoomTask {
 /// No connection and no event subscriber: the room may unload.
 /// Queues `frames` for every peer but each frame's sender, peer by peer, so
 /// that each connection is woken once for all of them.
-fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], slow: &mut Vec<PeerId>) {
-    if frames.is_empty() {
+/// Frames kept room for between turns; more is given back.
+const KEPT_READY_CAPACITY: usize = 16;
+
+/// Sends each peer the frames the others made, all of them in one call
+/// (one write when its socket takes them).
+fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: &mut Outgoing) {
+    if let [(from, frame)] = frames {
+        for (&peer, link) in links {
+            if *from != Some(peer) && !out.send(link, frame) {
+                out.slow.push(peer);
+            }
+        }
         return;
     }
+    let mut batch = Vec::with_capacity(frames.len());
     for (&peer, link) in links {
-        for (from, frame) in frames {
-            if *from != Some(peer) && link.send(frame.clone()).is_err() {
-                slow.push(peer);
-                break;
+        batch.clear();
+        batch.extend(
+            frames
+                .iter()
+                .filter(|(from, _)| *from != Some(peer))
+                .map(|(_, frame)| frame),
+        );
+        if !batch.is_empty() && !out.send_all(link, &batch) {
+            out.slow.push(peer);
+        }
+    }
+}
+
+/// What one delivery round did: peers found too slow, and the frames the
+/// room wrote to sockets itself (the connections count the ones they
+/// write).
+#[derive(Default)]
+struct Outgoing {
+    slow: Vec<PeerId>,
+    written: crate::metrics::SentFrames,
+}
+
+impl Outgoing {
+    /// Sends `frame` to `link`; false when the peer's queue is full.
+    fn send(&mut self, link: &PeerLink, frame: &Bytes) -> bool {
+        match link.send(frame) {
+            Ok(Sent::Directly) => {
+                self.written.add(frame);
+                true
             }
+            Ok(Sent::Queued) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `frames` to `link`; false when the peer's queue is full.
+    fn send_all(&mut self, link: &PeerLink, frames: &[&Bytes]) -> bool {
+        match link.send_all(frames) {
+            Ok(direct) => {
+                for frame in &frames[..direct] {
+                    self.written.add(frame);
+                }
+                true
+            }
+            Err(_) => false,
         }
     }
 }

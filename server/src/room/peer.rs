@@ -7,6 +7,12 @@
 //! channel's life, and with 10,000 mostly idle connections per node that
 //! block is an eighth of what a connection costs. A `VecDeque` allocates
 //! only when frames queue, and is given back once a backlog has drained.
+//!
+//! When the peer's socket is plain TCP the room writes a small frame to it
+//! directly ([`crate::shared_socket`]) instead of queueing it, as long as
+//! nothing is queued or being written for the peer: frames keep their order,
+//! and a peer that keeps up costs no wake-up of its connection task per
+//! delivery. Once the socket pushes back, frames queue as before.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,12 +21,14 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::close::CloseReason;
+use crate::shared_socket::{MAX_DIRECT_FRAME, SharedSocket};
 
 /// Queue capacity kept after a backlog drains; more is given back.
 const KEPT_CAPACITY: usize = 8;
 
-/// Creates the two ends of a peer link holding at most `capacity` frames.
-pub fn link(capacity: usize) -> (PeerLink, PeerInbox) {
+/// Creates the two ends of a peer link holding at most `capacity` frames;
+/// with `socket`, the room writes frames to it directly while it can.
+pub fn link(capacity: usize, socket: Option<Arc<SharedSocket>>) -> (PeerLink, PeerInbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -28,8 +36,12 @@ pub fn link(capacity: usize) -> (PeerLink, PeerInbox) {
             close: None,
             links: 1,
             connection_gone: false,
+            writing: false,
+            flush_needed: false,
+            direct: socket.is_some(),
         }),
         wake: Notify::new(),
+        socket,
     });
     (
         PeerLink {
@@ -59,6 +71,8 @@ struct Shared {
     /// Wakes the connection task. `notify_one` keeps a permit when the
     /// task is busy writing, so nothing queued meanwhile is missed.
     wake: Notify,
+    /// The peer's socket, when the room may write to it itself.
+    socket: Option<Arc<SharedSocket>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +87,24 @@ struct State {
     /// The session ended (its `Leave` is on the way to the room); frames
     /// for it are dropped, not counted against a queue nobody reads.
     connection_gone: bool,
+    /// The connection took frames off the queue that may not be in the
+    /// socket yet: a frame written directly now could overtake them.
+    writing: bool,
+    /// A direct write was cut short: its tail waits in the socket for the
+    /// connection to flush it.
+    flush_needed: bool,
+    /// Direct writes are allowed (a shared socket, and the connection is
+    /// not closing it).
+    direct: bool,
+}
+
+/// How [`PeerLink::send`] handled a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the socket by the caller (for the sent-frame metrics).
+    Directly,
+    /// Queued for the connection (or dropped: the peer is on its way out).
+    Queued,
 }
 
 /// The peer's queue is full: it is not reading fast enough.
@@ -82,8 +114,11 @@ pub struct QueueFull;
 /// What the connection should do next.
 #[derive(Debug, PartialEq)]
 pub enum Next {
-    /// Write this frame (more may be queued behind it: [`PeerInbox::try_next`]).
+    /// Write this frame (more may be queued behind it: [`PeerInbox::try_next`]),
+    /// then call [`PeerInbox::written`].
     Frame(Bytes),
+    /// Flush the socket: a frame the room wrote is only partly in it.
+    Flush,
     /// The room asked for this close frame.
     Close(CloseReason),
     /// The room let go of the peer without a reason (it stopped).
@@ -99,25 +134,60 @@ impl Shared {
 }
 
 impl PeerLink {
-    /// Queues a frame. Refused when the queue is full, or when a close was
-    /// already asked for (the peer is on its way out).
-    pub fn send(&self, frame: Bytes) -> Result<(), QueueFull> {
+    /// Writes a frame to the socket if nothing is ahead of it there, or
+    /// queues it: [`PeerLink::send_all`] for one frame.
+    pub fn send(&self, frame: &Bytes) -> Result<Sent, QueueFull> {
+        self.send_all(&[frame]).map(|direct| {
+            if direct == 1 {
+                Sent::Directly
+            } else {
+                Sent::Queued
+            }
+        })
+    }
+
+    /// Writes as many of `frames` as the socket takes now, in one write,
+    /// if nothing is ahead of them there; queues the rest. Returns how many
+    /// were written here. Refused when the queue is full; dropped when a
+    /// close was already asked for (the peer is on its way out).
+    pub fn send_all(&self, frames: &[&Bytes]) -> Result<usize, QueueFull> {
         let mut state = self.shared.lock();
         if state.close.is_some() || state.connection_gone {
-            return Ok(());
+            return Ok(0);
         }
-        if state.frames.len() >= state.capacity {
-            return Err(QueueFull);
+        let mut direct = 0;
+        if state.direct
+            && !state.writing
+            && state.frames.is_empty()
+            && let Some(socket) = &self.shared.socket
+        {
+            let small = frames
+                .iter()
+                .take_while(|f| f.len() <= MAX_DIRECT_FRAME)
+                .count();
+            let written = socket.try_write_frames(&frames[..small]);
+            direct = written.taken;
+            if written.started {
+                state.flush_needed = true;
+            }
         }
         let was_empty = state.frames.is_empty();
-        state.frames.push_back(frame);
+        let mut result = Ok(direct);
+        for frame in &frames[direct..] {
+            if state.frames.len() >= state.capacity {
+                result = Err(QueueFull);
+                break;
+            }
+            state.frames.push_back((*frame).clone());
+        }
+        let wake = (was_empty && !state.frames.is_empty()) || state.flush_needed;
         drop(state);
         // A non-empty queue already has a wake-up pending or the task is
         // draining it: one wake-up per batch, not per frame.
-        if was_empty {
+        if wake {
             self.shared.wake.notify_one();
         }
-        Ok(())
+        result
     }
 
     /// Asks the connection to close with `reason`, even while its queue is
@@ -183,9 +253,29 @@ impl PeerInbox {
             if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
                 state.frames = VecDeque::new();
             }
+            state.writing = true;
             return Some(Next::Frame(frame));
         }
+        if state.flush_needed {
+            state.flush_needed = false;
+            return Some(Next::Flush);
+        }
         (state.links == 0).then_some(Next::RoomGone)
+    }
+
+    /// The frames taken so far are in the socket (flushed): the room may
+    /// write directly again once the queue is empty.
+    pub fn written(&self) {
+        let mut state = self.shared.lock();
+        if state.frames.is_empty() {
+            state.writing = false;
+        }
+    }
+
+    /// The connection is about to write its close frame: nothing may be
+    /// written directly after it.
+    pub fn stop_direct_writes(&self) {
+        self.shared.lock().direct = false;
     }
 }
 
@@ -201,21 +291,21 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arrive_in_order_and_a_full_queue_refuses() {
-        let (link, inbox) = link(2);
-        link.send(frame(1)).unwrap();
-        link.send(frame(2)).unwrap();
-        assert_eq!(link.send(frame(3)), Err(QueueFull));
+        let (link, inbox) = link(2, None);
+        link.send(&frame(1)).unwrap();
+        link.send(&frame(2)).unwrap();
+        assert_eq!(link.send(&frame(3)), Err(QueueFull));
         assert_eq!(inbox.next().await, Next::Frame(frame(1)));
         assert_eq!(inbox.try_next(), Some(Next::Frame(frame(2))));
         assert_eq!(inbox.try_next(), None);
-        link.send(frame(4)).unwrap();
+        link.send(&frame(4)).unwrap();
         assert_eq!(inbox.next().await, Next::Frame(frame(4)));
     }
 
     #[tokio::test]
     async fn close_overtakes_queued_frames_and_first_reason_wins() {
-        let (link, inbox) = link(1);
-        link.send(frame(1)).unwrap();
+        let (link, inbox) = link(1, None);
+        link.send(&frame(1)).unwrap();
         link.close(close::SLOW_CONSUMER);
         link.close(close::SHUTTING_DOWN);
         assert_eq!(inbox.next().await, Next::Close(close::SLOW_CONSUMER));
@@ -225,14 +315,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_connection_wakes_for_a_frame_and_for_the_room_going() {
-        let (link, inbox) = link(4);
+        let (link, inbox) = link(4, None);
         let waiter = tokio::spawn(async move {
             let first = inbox.next().await;
             let second = inbox.next().await;
             (first, second)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        link.send(frame(7)).unwrap();
+        link.send(&frame(7)).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(link);
         let (first, second) = waiter.await.unwrap();
@@ -242,7 +332,7 @@ mod tests {
 
     #[test]
     fn the_room_is_gone_only_when_every_clone_is() {
-        let (link, inbox) = link(4);
+        let (link, inbox) = link(4, None);
         let retry = link.clone();
         drop(link);
         assert_eq!(inbox.try_next(), None);
@@ -252,20 +342,56 @@ mod tests {
 
     #[test]
     fn frames_for_a_finished_session_are_dropped_not_counted() {
-        let (link, inbox) = link(1);
+        let (link, inbox) = link(1, None);
         drop(inbox);
         for n in 0..3 {
-            assert_eq!(link.send(frame(n)), Ok(()));
+            assert_eq!(link.send(&frame(n)), Ok(Sent::Queued));
         }
     }
 
     #[test]
     fn a_drained_backlog_gives_its_memory_back() {
-        let (link, inbox) = link(100);
+        let (link, inbox) = link(100, None);
         for n in 0..50 {
-            link.send(frame(n)).unwrap();
+            link.send(&frame(n)).unwrap();
         }
         while let Some(Next::Frame(_)) = inbox.try_next() {}
         assert_eq!(inbox.shared.lock().frames.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_go_straight_to_the_socket_unless_the_connection_holds_some() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(connect, listener.accept());
+        let mut client = client.unwrap();
+        let socket = Arc::new(SharedSocket::new(accepted.unwrap().0));
+        let (link, inbox) = link(8, Some(socket));
+
+        assert_eq!(link.send(&frame(1)), Ok(Sent::Directly));
+        // The connection holds a frame it took: later ones must queue
+        // behind it, and go direct again only once it wrote them all.
+        link.shared.lock().writing = true;
+        assert_eq!(link.send(&frame(2)), Ok(Sent::Queued));
+        assert_eq!(link.send_all(&[&frame(3), &frame(4)]), Ok(0));
+        inbox.written();
+        assert_eq!(inbox.try_next(), Some(Next::Frame(frame(2))));
+        assert_eq!(inbox.try_next(), Some(Next::Frame(frame(3))));
+        assert_eq!(inbox.try_next(), Some(Next::Frame(frame(4))));
+        assert_eq!(link.send(&frame(5)), Ok(Sent::Queued));
+        assert_eq!(inbox.try_next(), Some(Next::Frame(frame(5))));
+        inbox.written();
+        assert_eq!(link.send_all(&[&frame(6), &frame(7)]), Ok(2));
+        // Closing: nothing may follow the close frame.
+        inbox.stop_direct_writes();
+        assert_eq!(link.send(&frame(8)), Ok(Sent::Queued));
+
+        let mut wire = [0u8; 6];
+        client.read_exact(&mut wire).await.unwrap();
+        assert_eq!(wire, [0x82, 1, 1, 0x82, 1, 6]);
+        let mut next = [0u8; 3];
+        client.read_exact(&mut next).await.unwrap();
+        assert_eq!(next, [0x82, 1, 7]);
     }
 }

@@ -1,0 +1,386 @@
+//! A client's plain-TCP socket, shared by its connection task and its room.
+//!
+//! Delivering a keystroke to a peer used to take a hop: the room queued
+//! the frame and woke the peer's connection task, which wrote it. At tens
+//! of thousands of deliveries a second that wake-up (scheduling, the
+//! connection's select loop, tungstenite's buffering, a worker thread
+//! unparked) cost as much CPU as the `write` itself. The room now writes a
+//! small frame straight to the socket when nothing is pending for the peer.
+//! Everything else — reads, control frames, large frames, and every frame
+//! once the socket pushes back — still goes through the connection's
+//! tungstenite stream, whose writes pass through here under the same lock.
+//!
+//! Frames must never interleave on the wire. A write the kernel cuts short
+//! therefore never leaves a partial frame with its writer: the tail is kept
+//! here (`unsent`) and written before anything else by whoever writes
+//! next. The order of whole frames is the peer link's business
+//! ([`crate::room::PeerLink`] writes directly only while the connection
+//! holds no frame of its own).
+//!
+//! TLS connections do not share their socket (their bytes are encrypted in
+//! order by one writer); they keep the hop.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest frame the room writes itself. Bigger ones (a document's sync
+/// step 2) are rare and go through the connection, which fragments them.
+pub const MAX_DIRECT_FRAME: usize = 16 * 1024;
+
+/// Buffer capacity kept once `unsent` has drained; more is given back.
+const KEPT_UNSENT_CAPACITY: usize = 1024;
+
+/// The I/O under a connection's WebSocket.
+pub enum SocketIo {
+    /// Plain TCP, writable by the room too.
+    Shared(Arc<SharedSocket>),
+    /// Anything else hyper upgraded (TLS): the connection's alone.
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl SocketIo {
+    /// Takes the socket out of hyper's upgrade; returns it with the bytes
+    /// hyper had already read past the handshake.
+    pub fn from_upgraded(upgraded: Upgraded) -> (Self, Vec<u8>) {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let socket = SharedSocket::new(parts.io.into_inner());
+                (Self::Shared(Arc::new(socket)), parts.read_buf.to_vec())
+            }
+            Err(upgraded) => (Self::Upgraded(TokioIo::new(upgraded)), Vec::new()),
+        }
+    }
+
+    /// The socket, if the room may write to it.
+    pub fn shared(&self) -> Option<Arc<SharedSocket>> {
+        match self {
+            Self::Shared(socket) => Some(socket.clone()),
+            Self::Upgraded(_) => None,
+        }
+    }
+}
+
+/// A TCP socket whose writes are serialised by one lock.
+#[derive(Debug)]
+pub struct SharedSocket {
+    stream: TcpStream,
+    /// Bytes handed to the socket that the kernel has not taken yet: the
+    /// tail of a write it cut short. Written before anything else.
+    unsent: Mutex<Vec<u8>>,
+}
+
+/// What became of frames offered with [`SharedSocket::try_write_frames`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct DirectWrite {
+    /// How many of the frames, from the first, the socket took (the last
+    /// of them perhaps only in part: see `started`).
+    pub taken: usize,
+    /// The last frame taken is only partly in the kernel; its tail waits
+    /// in `unsent` and someone must flush the socket.
+    pub started: bool,
+}
+
+/// Frames per vectored write (two slices each: header and payload).
+const FRAMES_PER_WRITE: usize = 32;
+
+impl SharedSocket {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            unsent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `frames` as binary WebSocket messages (a server's frames are
+    /// not masked), as many as the kernel takes now, in one `writev` per
+    /// 32 frames. Writes nothing while bytes are pending. Never waits; a
+    /// failed socket takes nothing (the connection's next write reports it).
+    pub fn try_write_frames(&self, frames: &[&Bytes]) -> DirectWrite {
+        let mut unsent = self.lock();
+        let mut taken = 0;
+        if !unsent.is_empty() {
+            return DirectWrite {
+                taken,
+                started: false,
+            };
+        }
+        for chunk in frames.chunks(FRAMES_PER_WRITE) {
+            let mut headers = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
+            let mut lens = [0usize; FRAMES_PER_WRITE];
+            for ((frame, header), len) in chunk.iter().zip(&mut headers).zip(&mut lens) {
+                *len = binary_frame_header(frame.len(), header).len();
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            for (i, frame) in chunk.iter().enumerate() {
+                slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
+                slices[2 * i + 1] = IoSlice::new(frame);
+            }
+            // Would-block or a failed socket: nothing taken.
+            let mut written = self
+                .stream
+                .try_write_vectored(&slices[..2 * chunk.len()])
+                .unwrap_or_default();
+            for (i, frame) in chunk.iter().enumerate() {
+                let header = &headers[i][..lens[i]];
+                let size = header.len() + frame.len();
+                if written >= size {
+                    written -= size;
+                    taken += 1;
+                    continue;
+                }
+                if written > 0 {
+                    // Cut short inside this frame: keep its tail.
+                    if written < header.len() {
+                        unsent.extend_from_slice(&header[written..]);
+                        unsent.extend_from_slice(frame);
+                    } else {
+                        unsent.extend_from_slice(&frame[written - header.len()..]);
+                    }
+                    taken += 1;
+                }
+                return DirectWrite {
+                    taken,
+                    started: written > 0,
+                };
+            }
+        }
+        DirectWrite {
+            taken,
+            started: false,
+        }
+    }
+
+    /// Writes what is in `unsent`; ready once it is all in the kernel.
+    fn poll_drain(&self, unsent: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !unsent.is_empty() {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(unsent) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if unsent.capacity() > KEPT_UNSENT_CAPACITY {
+            *unsent = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Takes all of `buf` or none of it: what the kernel does not take now
+    /// is kept in `unsent`, so the caller never holds half a frame that the
+    /// room's next frame could land in the middle of.
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut unsent = self.lock();
+        ready!(self.poll_drain(&mut unsent, cx))?;
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Ok(n) => {
+                    unsent.extend_from_slice(&buf[n..]);
+                    return Poll::Ready(Ok(buf.len()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut unsent = self.lock();
+        self.poll_drain(&mut unsent, cx)
+    }
+
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush(cx))?;
+        Poll::Ready(socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// Longest frame header: opcode byte, length byte, 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// The header of one unmasked, final, binary frame (RFC 6455 §5.2).
+fn binary_frame_header(len: usize, out: &mut [u8; MAX_HEADER]) -> &[u8] {
+    out[0] = 0x82;
+    if len < 126 {
+        out[1] = len as u8;
+        &out[..2]
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        &out[..4]
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        &out[..10]
+    }
+}
+
+impl AsyncRead for SocketIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Shared(socket) => socket.poll_read(cx, buf),
+            Self::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Shared(socket) => socket.poll_write(cx, buf),
+            Self::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Shared(socket) => socket.poll_flush(cx),
+            Self::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Shared(socket) => socket.poll_shutdown(cx),
+            Self::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (Arc<SharedSocket>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let socket = Arc::new(SharedSocket::new(accepted.unwrap().0));
+        (socket, client.unwrap())
+    }
+
+    #[test]
+    fn headers_follow_rfc_6455_length_forms() {
+        let mut out = [0; 10];
+        assert_eq!(binary_frame_header(5, &mut out), &[0x82, 5]);
+        assert_eq!(binary_frame_header(300, &mut out), &[0x82, 126, 1, 44]);
+        assert_eq!(
+            binary_frame_header(70_000, &mut out),
+            &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_direct_frame_arrives_whole() {
+        let (socket, mut client) = pair().await;
+        let frames = [Bytes::from_static(b"hello"), Bytes::from_static(b"yo")];
+        let written = socket.try_write_frames(&[&frames[0], &frames[1]]);
+        assert_eq!(
+            written,
+            DirectWrite {
+                taken: 2,
+                started: false
+            }
+        );
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x82\x05hello\x82\x02yo");
+    }
+
+    /// Fills the socket until the kernel cuts a frame short, then checks
+    /// that nothing more is written directly, that the connection's own
+    /// write goes after the tail, and that the reader sees whole frames.
+    #[tokio::test]
+    async fn a_frame_cut_short_is_finished_before_anything_else() {
+        let (socket, mut client) = pair().await;
+        let payload = Bytes::from(vec![7u8; 4000]);
+        let batch = vec![&payload; 5];
+        let mut direct = 0usize;
+        loop {
+            let written = socket.try_write_frames(&batch);
+            direct += written.taken;
+            if written.taken < batch.len() {
+                break;
+            }
+        }
+        let refused = socket.try_write_frames(&[&payload]);
+        assert_eq!(
+            refused,
+            DirectWrite {
+                taken: 0,
+                started: false
+            }
+        );
+        let mut io = SocketIo::Shared(socket.clone());
+        let reader = tokio::spawn(async move {
+            let mut frames = 0usize;
+            let last = loop {
+                let mut head = [0u8; 2];
+                client.read_exact(&mut head).await.unwrap();
+                assert_eq!(head[0], 0x82);
+                let len = match head[1] {
+                    126 => {
+                        let mut ext = [0u8; 2];
+                        client.read_exact(&mut ext).await.unwrap();
+                        u16::from_be_bytes(ext) as usize
+                    }
+                    n => n as usize,
+                };
+                let mut body = vec![0u8; len];
+                client.read_exact(&mut body).await.unwrap();
+                frames += 1;
+                if len != 4000 {
+                    break body;
+                }
+                assert!(body.iter().all(|b| *b == 7));
+            };
+            (frames, last)
+        });
+        io.write_all(b"\x82\x03end").await.unwrap();
+        io.flush().await.unwrap();
+        let (frames, last) = reader.await.unwrap();
+        assert_eq!(frames, direct + 1);
+        assert_eq!(last, b"end");
+    }
+}
