@@ -67,7 +67,7 @@ impl Default for RoomConfig {
             max_connections: 10_000,
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
-            fanout_window: Duration::ZERO,
+            fanout_window: Duration::from_millis(2),
         }
     }
 }
