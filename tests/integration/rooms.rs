@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crdt_hub::connection::ConnectionConfig;
+use crdt_hub::limits::LimitsConfig;
 use crdt_hub::room::RoomConfig;
 use futures_util::future::join_all;
 
@@ -152,6 +153,57 @@ async fn a_slow_reader_is_closed_with_1013_and_the_room_carries_on() {
     again
         .until("full resync", |c| c.text("t").len() == total)
         .await;
+    server.stop().await;
+}
+
+/// Small frames are written by the room straight to the socket until it
+/// pushes back; then the tail of a frame cut short waits in the socket and
+/// later frames queue. A reader that stalls for megabytes and then resumes
+/// must get every edit over an intact stream (interleaved frames would
+/// close it), without being taken for a slow consumer.
+#[tokio::test]
+async fn a_reader_that_stalls_then_resumes_gets_every_frame_intact() {
+    let server = TestServer::start_with(ServerOptions {
+        limits: LimitsConfig {
+            messages_per_second: 100_000,
+            message_burst: 100_000,
+            ..LimitsConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = server.url("stall");
+    let room = crdt_store::RoomName::parse("stall").unwrap();
+    let mut stalled = YClient::connect(&url).await;
+    let mut writer = YClient::connect(&url).await;
+    let mut watcher = YClient::connect(&url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.app.rooms.connections(&room) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = watcher.doc().get_or_insert_text("t");
+    let length = move |c: &YClient| {
+        use yrs::{Text, Transact};
+        text.len(&c.doc().transact()) as usize
+    };
+    // 8 MB in 8 KiB edits, far more than loopback buffers hold for a
+    // socket nobody reads; one at a time, so that each stays a frame of
+    // its own (a burst would be merged into frames too big to write
+    // directly) and the socket fills up in the middle of one.
+    let chunk = "y".repeat(8 * 1024 - 7);
+    let edits = 1000;
+    for edit in 1..=edits {
+        writer.insert("t", 0, &chunk).await;
+        watcher
+            .until("the edit", |c| length(c) == edit * chunk.len())
+            .await;
+    }
+    let total = edits * chunk.len();
+    stalled
+        .until("every edit", |c| c.text("t").len() == total)
+        .await;
+    assert_eq!(server.app.rooms.connections(&room), 3, "nobody was closed");
     server.stop().await;
 }
 
