@@ -275,6 +275,11 @@ impl Session {
             }
             bytes += message.len();
             frames += 1;
+            if message.is_close() {
+                // tungstenite answers with its close frame on the next
+                // read or write; the room's frames must not follow it.
+                self.inbox.stop_direct_writes();
+            }
             match parse_message(message) {
                 Ok(messages) => batch.extend(messages),
                 Err(reason) => break Flow::End(Some(reason)),
