@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use crdt_hub::connection::ConnectionConfig;
-use crdt_hub::limits::LimitsConfig;
 use crdt_hub::room::RoomConfig;
 use futures_util::future::join_all;
 
@@ -163,15 +162,7 @@ async fn a_slow_reader_is_closed_with_1013_and_the_room_carries_on() {
 /// close it), without being taken for a slow consumer.
 #[tokio::test]
 async fn a_reader_that_stalls_then_resumes_gets_every_frame_intact() {
-    let server = TestServer::start_with(ServerOptions {
-        limits: LimitsConfig {
-            messages_per_second: 100_000,
-            message_burst: 100_000,
-            ..LimitsConfig::default()
-        },
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::start_with(ServerOptions::unthrottled()).await;
     let url = server.url("stall");
     let room = crdt_store::RoomName::parse("stall").unwrap();
     let mut stalled = YClient::connect(&url).await;

@@ -76,6 +76,21 @@ impl Default for ServerOptions {
     }
 }
 
+impl ServerOptions {
+    /// The defaults with the per-connection message rate lifted, for tests
+    /// that send thousands of frames as fast as they can.
+    pub fn unthrottled() -> Self {
+        Self {
+            limits: crdt_hub::limits::LimitsConfig {
+                messages_per_second: 100_000,
+                message_burst: 100_000,
+                ..crdt_hub::limits::LimitsConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(ServerOptions::default()).await

@@ -1,8 +1,6 @@
 use yrs::sync::{Message, SyncMessage};
 use yrs::{Map, ReadTxn, Transact};
 
-use crdt_hub::limits::LimitsConfig;
-
 use crate::support::{ServerOptions, TestServer, YClient};
 
 #[tokio::test]
@@ -54,15 +52,7 @@ async fn a_burst_of_thousands_of_keystrokes_all_arrive() {
     // read in bursts and queued as many room commands. None may be lost
     // between turns of the room (see `Turn` in room/owner.rs, whose unit
     // tests pin the exact boundary).
-    let server = TestServer::start_with(ServerOptions {
-        limits: LimitsConfig {
-            messages_per_second: 100_000,
-            message_burst: 100_000,
-            ..LimitsConfig::default()
-        },
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::start_with(ServerOptions::unthrottled()).await;
     let url = server.url("burst");
     let mut writer = YClient::connect(&url).await;
     let mut observer = YClient::connect(&url).await;
