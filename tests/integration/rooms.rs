@@ -118,6 +118,11 @@ async fn a_slow_reader_is_closed_with_1013_and_the_room_carries_on() {
     let server = TestServer::start_with(ServerOptions {
         connection: ConnectionConfig {
             outbox_capacity: 64,
+            // The evicted reader's connection stays blocked writing until
+            // the test reads at the end; on a loaded machine the bursts
+            // take longer than the default 10 s, and a timed-out write
+            // would end it without the close frame this test looks for.
+            write_timeout: Duration::from_secs(120),
             ..ConnectionConfig::default()
         },
         ..ServerOptions::default()
