@@ -871,9 +871,6 @@ impl RoomTask {
     }
 }
 
-/// No connection and no event subscriber: the room may unload.
-/// Queues `frames` for every peer but each frame's sender, peer by peer, so
-/// that each connection is woken once for all of them.
 /// Frames kept room for between turns; more is given back.
 const KEPT_READY_CAPACITY: usize = 16;
 
@@ -965,6 +962,7 @@ impl Turn {
     }
 }
 
+/// No connection and no event subscriber: the room may unload.
 fn is_idle(state: &Loaded) -> bool {
     state.links.is_empty()
         && state
