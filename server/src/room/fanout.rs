@@ -1,7 +1,7 @@
 //! When a busy room sends its peers what the others wrote.
 //!
-//! Each frame a peer is sent costs a task wake-up and a socket write, and on
-//! a loopback or LAN socket the write is most of the server's CPU. A room
+//! Each frame a peer is sent costs a socket write, and on a loopback or LAN
+//! socket the write is most of the server's CPU. A room
 //! whose peers type all at once therefore sends at most one batch per
 //! window: the first frame after a quiet window goes out at once (an idle
 //! room adds no latency), later ones wait for the window to end and then go

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
-use super::peer::{PeerLink, Sent};
+use super::peer::PeerLink;
 use super::registry::Rooms;
 use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
@@ -912,14 +912,7 @@ struct Outgoing {
 impl Outgoing {
     /// Sends `frame` to `link`; false when the peer's queue is full.
     fn send(&mut self, link: &PeerLink, frame: &Bytes) -> bool {
-        match link.send(frame) {
-            Ok(Sent::Directly) => {
-                self.written.add(frame);
-                true
-            }
-            Ok(Sent::Queued) => true,
-            Err(_) => false,
-        }
+        self.send_all(link, &[frame])
     }
 
     /// Sends `frames` to `link`; false when the peer's queue is full.
