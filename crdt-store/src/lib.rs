@@ -6,6 +6,7 @@
 //! compact safely: a snapshot is always the CRDT merge of everything it
 //! replaces, so two writers can never erase each other's updates.
 
+mod cover;
 mod error;
 mod merge;
 mod room_name;

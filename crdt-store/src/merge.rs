@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use yrs::Update;
 use yrs::updates::decoder::Decode;
 
+use crate::cover::StateCover;
 use crate::rows::{LatestRow, UpdateRow};
 use crate::{NewSnapshot, RoomName, SnapshotId, StoreError, UpdateId};
 
@@ -105,7 +106,7 @@ pub(crate) async fn merge(
     parts: Vec<(Origin, Vec<u8>)>,
 ) -> Result<Merged, StoreError> {
     let room = room.clone();
-    match tokio::task::spawn_blocking(move || merge_blocking(&room, &parts)).await {
+    match tokio::task::spawn_blocking(move || merge_blocking(&room, parts)).await {
         Ok(result) => result,
         // The closure catches its own panics, so the task was cancelled: the
         // runtime is shutting down. Nothing was written; retrying may work.
@@ -115,7 +116,17 @@ pub(crate) async fn merge(
     }
 }
 
-fn merge_blocking(room: &RoomName, parts: &[(Origin, Vec<u8>)]) -> Result<Merged, StoreError> {
+fn merge_blocking(
+    room: &RoomName,
+    mut parts: Vec<(Origin, Vec<u8>)>,
+) -> Result<Merged, StoreError> {
+    // Log entries the caller's state holds add nothing (see `cover`).
+    if let Some((Origin::Caller, state)) = parts.first()
+        && let Some(cover) = StateCover::of(state)
+    {
+        parts.retain(|(origin, data)| !matches!(origin, Origin::Update(_)) || !cover.holds(data));
+    }
+    let parts = parts.as_slice();
     let merged = catch_unwind(AssertUnwindSafe(|| {
         let state = yrs::merge_updates_v1(parts.iter().map(|(_, data)| data.as_slice()))?;
         let state_vector = yrs::encode_state_vector_from_update_v1(&state)?;

@@ -151,6 +151,7 @@ contract_tests!(
     append_ids_increase_in_batch_order,
     load_returns_snapshot_then_log,
     write_snapshot_folds_log_and_keeps_content,
+    write_snapshot_keeps_log_entries_the_state_lacks,
     write_snapshot_merges_a_foreign_snapshot,
     base_that_is_latest_is_not_merged_again,
     prune_keeps_the_newest,
@@ -391,6 +392,37 @@ mod contract {
         let rebuilt = rebuild(&loaded);
         assert_eq!(rebuilt.text(), "hello world");
         assert_eq!(rebuilt.map_json(), w.map_json());
+    }
+
+    /// Log entries the state already holds are left out of the merge; one
+    /// it lacks (another node's, or one its room still holds back) is not.
+    pub async fn write_snapshot_keeps_log_entries_the_state_lacks(Ctx { store, .. }: Ctx) {
+        let r = room("lacking");
+        let ada = Writer::new(7);
+        store
+            .append(&[pending(&r, ada.insert(0, "hello"))])
+            .await
+            .unwrap();
+        let state = rebuild(&store.load(&r).await.unwrap()).state();
+        let grace = Writer::new(8);
+        store
+            .append(&[
+                pending(&r, grace.insert(0, "world")),
+                pending(&r, ada.insert(5, "!")),
+            ])
+            .await
+            .unwrap();
+        let loaded = store.load(&r).await.unwrap();
+        store
+            .write_snapshot(snapshot_of(&r, &state, None, loaded.last_update_id()), 5)
+            .await
+            .unwrap();
+
+        let after = store.load(&r).await.unwrap();
+        assert!(after.updates.is_empty(), "folded entries are deleted");
+        let text = rebuild(&after).text();
+        assert_eq!(text.len(), "hello!world".len(), "{text}");
+        assert!(text.contains("hello!") && text.contains("world"), "{text}");
     }
 
     pub async fn write_snapshot_folds_log_and_keeps_content(Ctx { store, .. }: Ctx) {
