@@ -94,7 +94,7 @@ fn describe() {
     describe_histogram!(
         "crdt_hub_update_apply_seconds",
         Unit::Seconds,
-        "Time to apply one update to a room's document."
+        "Time to apply one update, or a burst of one peer's updates together, to a room's document."
     );
     describe_histogram!(
         "crdt_hub_fanout_seconds",
@@ -209,8 +209,9 @@ impl SentFrames {
     }
 }
 
-pub fn update_applied(elapsed: Duration) {
-    counter!("crdt_hub_updates_applied_total").increment(1);
+/// `updates` applied in `elapsed` (several of a peer's burst go in together).
+pub fn update_applied(elapsed: Duration, updates: u64) {
+    counter!("crdt_hub_updates_applied_total").increment(updates);
     histogram!("crdt_hub_update_apply_seconds").record(elapsed.as_secs_f64());
 }
 

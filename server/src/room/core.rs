@@ -201,30 +201,26 @@ impl Room {
         };
         let mut effects = Effects::default();
         let mut result = Ok(());
+        // Consecutive updates are applied together; anything else first
+        // sees the document with the updates before it.
+        let mut run = Vec::new();
         for message in messages {
             match message {
-                ClientMessage::SyncStep1(sv) => effects.to_sender.push(self.sync_step2_for(&sv)),
                 ClientMessage::DocUpdate(update) => match access {
-                    Access::ReadWrite => {
-                        result = self.apply(update, &mut effects);
-                        if result.is_err() {
-                            break;
-                        }
-                    }
+                    Access::ReadWrite => run.push(update),
                     Access::ReadOnly => effects.refused_read_only += 1,
                 },
-                ClientMessage::Awareness(update) => {
-                    if let Some(frame) = self.apply_awareness(peer, update) {
-                        effects.to_others.push(frame);
+                other => {
+                    result = self.apply_run(std::mem::take(&mut run), &mut effects);
+                    if result.is_err() {
+                        break;
                     }
+                    self.answer(peer, other, &mut effects);
                 }
-                ClientMessage::AwarenessQuery => {
-                    if let Ok(states) = self.awareness.update() {
-                        effects.to_sender.push(protocol::encode_awareness(&states));
-                    }
-                }
-                ClientMessage::Ignored { .. } => {}
             }
+        }
+        if result.is_ok() {
+            result = self.apply_run(run, &mut effects);
         }
         broadcast_completed(&mut effects);
         match result {
@@ -233,6 +229,24 @@ impl Room {
                 error,
                 effects: Box::new(effects),
             }),
+        }
+    }
+
+    /// Handles a message that is not a document update.
+    fn answer(&mut self, peer: PeerId, message: ClientMessage, effects: &mut Effects) {
+        match message {
+            ClientMessage::SyncStep1(sv) => effects.to_sender.push(self.sync_step2_for(&sv)),
+            ClientMessage::Awareness(update) => {
+                if let Some(frame) = self.apply_awareness(peer, update) {
+                    effects.to_others.push(frame);
+                }
+            }
+            ClientMessage::AwarenessQuery => {
+                if let Ok(states) = self.awareness.update() {
+                    effects.to_sender.push(protocol::encode_awareness(&states));
+                }
+            }
+            ClientMessage::DocUpdate(_) | ClientMessage::Ignored { .. } => {}
         }
     }
 
@@ -280,6 +294,44 @@ impl Room {
         protocol::encode_sync_step2(&self.encode_diff(Some(sv)))
     }
 
+    /// Applies a peer's consecutive updates: together in one transaction
+    /// when the room holds nothing (see [`HeldUpdates::apply_together`]),
+    /// one by one otherwise and for whatever the run could not take.
+    fn apply_run(&mut self, run: Vec<DocUpdate>, effects: &mut Effects) -> Result<(), RoomError> {
+        if run.len() < 2 || !self.held.is_empty() {
+            return run
+                .into_iter()
+                .try_for_each(|update| self.apply(update, effects));
+        }
+        let count = run.len();
+        let doc = self.awareness.doc();
+        let held = &mut self.held;
+        let started = std::time::Instant::now();
+        let together = catch_unwind(AssertUnwindSafe(|| held.apply_together(doc, run)));
+        let Ok(together) = together else {
+            return Err(RoomError::Poisoned);
+        };
+        crate::metrics::update_applied(started.elapsed(), (count - together.rest.len()) as u64);
+        if let Some(integrated) = together.integrated {
+            self.full_state_frame = None;
+            self.unsaved_updates += 1;
+            effects.completed.push(integrated.clone());
+            effects.applied.push(integrated);
+        }
+        if let Some(held) = together.held {
+            self.full_state_frame = None;
+            self.unsaved_updates += 1;
+            effects.applied.push(held);
+        }
+        if let Some(error) = together.error {
+            return Err(RoomError::Apply(error));
+        }
+        together
+            .rest
+            .into_iter()
+            .try_for_each(|update| self.apply(update, effects))
+    }
+
     fn apply(&mut self, update: DocUpdate, effects: &mut Effects) -> Result<(), RoomError> {
         let DocUpdate { update, encoded } = update;
         if update.is_empty() {
@@ -291,7 +343,7 @@ impl Room {
         let held = &mut self.held;
         let started = std::time::Instant::now();
         let applied = catch_unwind(AssertUnwindSafe(|| held.apply(doc, update, &encoded)));
-        crate::metrics::update_applied(started.elapsed());
+        crate::metrics::update_applied(started.elapsed(), 1);
         let applied = match applied {
             Err(_) => return Err(RoomError::Poisoned),
             Ok(Err(e)) => return Err(RoomError::Apply(e)),
@@ -463,6 +515,13 @@ mod tests {
             .collect()
     }
 
+    /// `raw` updates as the frames a peer sends.
+    fn frames_of<U: AsRef<[u8]>>(raw: &[U]) -> Vec<Bytes> {
+        raw.iter()
+            .map(|u| protocol::encode_update(u.as_ref()))
+            .collect()
+    }
+
     /// The text a fresh client holds after applying `frames`.
     fn text_after(frames: &[Bytes]) -> String {
         let doc = Doc::new();
@@ -484,9 +543,71 @@ mod tests {
         room.join(1, Access::ReadWrite);
         room.join(2, Access::ReadWrite);
         let effects = room.receive(1, updates(&keystrokes("hello"))).unwrap();
-        assert_eq!(effects.applied.len(), 5, "each is stored as it came");
+        assert_eq!(effects.applied.len(), 1, "stored as one update");
+        assert_eq!(text_after(&frames_of(&effects.applied)), "hello");
         assert_eq!(effects.to_others.len(), 1);
         assert_eq!(text_after(&effects.to_others), "hello");
+    }
+
+    #[test]
+    fn a_burst_with_a_gap_is_applied_up_to_the_gap_and_the_rest_waits() {
+        let mut room = Room::new(server_doc());
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let typed = keystrokes("abcd");
+        // "c" was lost on the way: "d" builds on it.
+        let burst = [typed[0].clone(), typed[1].clone(), typed[3].clone()];
+        let effects = room.receive(1, updates(&burst)).unwrap();
+        assert_eq!(text_after(&effects.to_others), "ab");
+        assert_eq!(effects.applied.len(), 2, "the run, and \"d\" as it came");
+        assert_eq!(room.held.len(), 1);
+
+        let effects = room.receive(1, updates(&typed[2..3])).unwrap();
+        assert_eq!(room.held.len(), 0);
+        let text = room.doc().get_or_insert_text("t");
+        assert_eq!(text.get_string(&room.doc().transact()), "abcd");
+        // The others get "c", then "d" released with it.
+        let mut seen = frames_of(&burst[..2]);
+        seen.extend(effects.to_others);
+        assert_eq!(text_after(&seen), "abcd");
+    }
+
+    #[test]
+    fn a_burst_with_an_update_missing_another_clients_edit_holds_that_update() {
+        let mut room = Room::new(server_doc());
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        // Client 8 types "x"; client 9, having seen it, types "y" after it.
+        let (x, y) = {
+            let eight = Doc::with_client_id(8);
+            let nine = Doc::with_client_id(9);
+            let x = {
+                let t = eight.get_or_insert_text("t");
+                let mut txn = eight.transact_mut();
+                t.insert(&mut txn, 0, "x");
+                txn.encode_update_v1()
+            };
+            nine.transact_mut()
+                .apply_update(Update::decode_v1(&x).unwrap())
+                .unwrap();
+            let t = nine.get_or_insert_text("t");
+            let mut txn = nine.transact_mut();
+            t.insert(&mut txn, 1, "y");
+            (x, txn.encode_update_v1())
+        };
+        let mut burst = keystrokes("ab");
+        burst.push(y);
+        let effects = room.receive(1, updates(&burst)).unwrap();
+        assert_eq!(text_after(&effects.to_others), "ab");
+        assert_eq!(room.held.len(), 1, "\"y\" waits for \"x\"");
+        assert_eq!(effects.applied.len(), 2);
+
+        let effects = room.receive(2, updates(&[x])).unwrap();
+        assert_eq!(room.held.len(), 0);
+        let text = room.doc().get_or_insert_text("t");
+        let content = text.get_string(&room.doc().transact());
+        assert!(content.contains("xy") && content.len() == 4, "{content}");
+        assert_eq!(effects.to_others.len(), 1);
     }
 
     #[test]
@@ -515,7 +636,7 @@ mod tests {
             panic!("an update into a text item applied");
         };
         assert!(matches!(error, RoomError::Apply(_)), "{error:?}");
-        assert_eq!(effects.applied.len(), 2);
+        assert_eq!(text_after(&frames_of(&effects.applied)), "ab");
         assert_eq!(text_after(&effects.to_others), "ab");
     }
 }

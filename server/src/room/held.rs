@@ -33,6 +33,8 @@ use yrs::error::UpdateError;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
+use crate::protocol::DocUpdate;
+
 /// At most this many updates are held per document; past it the oldest is
 /// let go (it stays in storage and with its sender). Every held update is
 /// applied again whenever the document grows, so this also bounds that work.
@@ -91,6 +93,50 @@ impl HeldUpdates {
             complete,
             released,
         })
+    }
+
+    /// Applies a peer's consecutive updates in one transaction and returns
+    /// what they integrated as one update: a burst read off one socket
+    /// costs one transaction, one journal row and one frame per peer,
+    /// without merging the raw updates (yrs's merge re-sorts its inputs
+    /// for every block it writes).
+    ///
+    /// Only for a document that holds nothing. Updates are taken while each
+    /// starts within what the document has; the first that does not, and
+    /// everything after it, come back in [`AppliedTogether::rest`] for
+    /// [`Self::apply`]. One that integrates only in part is held, as
+    /// [`Self::apply`] would, and ends the run there.
+    pub fn apply_together(&mut self, doc: &Doc, updates: Vec<DocUpdate>) -> AppliedTogether {
+        debug_assert!(self.is_empty(), "held updates need apply's retries");
+        let mut txn = doc.transact_mut();
+        let mut updates = updates.into_iter();
+        let mut together = AppliedTogether::default();
+        for next in updates.by_ref() {
+            if !starts_within(&txn.state_vector(), &next.update) {
+                together.rest.push(next);
+                break;
+            }
+            if let Err(error) = txn.apply_update(next.update) {
+                if txn.has_missing_updates() {
+                    txn.prune_pending();
+                }
+                together.error = Some(error);
+                break;
+            }
+            if txn.has_missing_updates() {
+                txn.prune_pending();
+                self.hold(next.encoded.clone());
+                together.held = Some(next.encoded);
+                break;
+            }
+        }
+        together.rest.extend(updates);
+        // What went in before a failure too: the document has it, so
+        // storage and the other peers must as well.
+        if txn.has_changes() {
+            together.integrated = Some(Bytes::from(txn.encode_update_v1()));
+        }
+        together
     }
 
     fn hold(&mut self, raw: Bytes) {
@@ -156,6 +202,21 @@ pub struct Applied {
     pub complete: bool,
     /// Held updates that it completed, oldest first (Yjs v1 as received).
     pub released: Vec<Bytes>,
+}
+
+/// What [`HeldUpdates::apply_together`] did with a run of updates.
+#[derive(Debug, Default)]
+pub struct AppliedTogether {
+    /// Everything the run changed in the document, as one Yjs v1 update;
+    /// `None` when it brought nothing new.
+    pub integrated: Option<Bytes>,
+    /// The update that integrated only in part and is now held (as
+    /// received); its integrated part is in `integrated`.
+    pub held: Option<Bytes>,
+    /// The updates not tried, in order.
+    pub rest: Vec<DocUpdate>,
+    /// yrs's error for the update that failed; those after it are in `rest`.
+    pub error: Option<UpdateError>,
 }
 
 /// Whether every run of blocks in `update` starts at or before the end of
