@@ -399,7 +399,7 @@ fn parse_message(message: Message) -> Result<Vec<protocol::ClientMessage>, Close
     match message {
         Message::Binary(frame) => match protocol::parse_frame(&frame) {
             Ok(messages) => {
-                metrics::message_received(metrics::frame_kind(&frame), frame.len());
+                metrics::message_received(&frame);
                 Ok(messages)
             }
             Err(e) => {
