@@ -15,6 +15,7 @@ mod types;
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_batch;
 
 use std::sync::Arc;
 

@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 
 use crate::merge;
 use crate::rows::{LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow};
+use crate::sqlite_batch;
 use crate::{
     NewSnapshot, PendingUpdate, RoomName, RoomSummary, Snapshot, SnapshotId, SnapshotInfo, Store,
     StoreError, StoredRoom, UpdateId,
@@ -139,35 +140,38 @@ impl Store for SqliteStore {
         let now = Utc::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
-        // Statements are prepared once per connection and cached; SQLite is
-        // in-process, so a statement per row costs no round trip.
-        for (room, count) in count_by_room(batch) {
-            sqlx::query(
-                "INSERT INTO rooms (name, created_at, updated_at, update_count) \
-                 VALUES (?1, ?2, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET \
-                     updated_at = excluded.updated_at, \
-                     update_count = rooms.update_count + excluded.update_count",
-            )
-            .bind(room.as_str())
-            .bind(now)
-            .bind(count)
-            .execute(&mut *tx)
-            .await?;
+        // A few multi-row statements, not one per row (see `sqlite_batch`).
+        let counts: Vec<(&RoomName, i64)> = count_by_room(batch).into_iter().collect();
+        let mut rooms = counts.as_slice();
+        for size in sqlite_batch::statement_sizes(counts.len()) {
+            let (chunk, rest) = rooms.split_at(size);
+            rooms = rest;
+            let mut query = sqlx::query(sqlite_batch::upsert_rooms(size));
+            for (room, count) in chunk {
+                query = query.bind(room.as_str()).bind(now).bind(now).bind(*count);
+            }
+            query.execute(&mut *tx).await?;
         }
 
         let mut ids = Vec::with_capacity(batch.len());
-        for update in batch {
-            let id: UpdateId = sqlx::query_scalar(
-                "INSERT INTO updates (room, data, created_at) VALUES (?1, ?2, ?3) RETURNING id",
-            )
-            .bind(update.room.as_str())
-            .bind(update.data.as_ref())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(id);
+        let mut updates = batch;
+        for size in sqlite_batch::statement_sizes(batch.len()) {
+            let (chunk, rest) = updates.split_at(size);
+            updates = rest;
+            let mut query = sqlx::query_scalar(sqlite_batch::insert_updates(size));
+            for update in chunk {
+                query = query
+                    .bind(update.room.as_str())
+                    .bind(update.data.as_ref())
+                    .bind(now);
+            }
+            let mut chunk_ids: Vec<UpdateId> = query.fetch_all(&mut *tx).await?;
+            // RETURNING gives no order, but the rows went in in order, each
+            // taking the next id (AUTOINCREMENT, under the write lock).
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
+        debug_assert_eq!(ids.len(), batch.len());
 
         tx.commit().await?;
         Ok(ids)

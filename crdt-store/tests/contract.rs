@@ -343,6 +343,25 @@ mod contract {
         assert_eq!(loaded.updates[3].data, vec![42]);
         assert_eq!(loaded.last_update_id(), Some(later[0]));
 
+        // A batch large enough to take several statements: every id is
+        // the one of its own row.
+        let (x, y) = (room("x"), room("y"));
+        let datas: Vec<Vec<u8>> = (0..300u16).map(|i| i.to_be_bytes().to_vec()).collect();
+        let batch: Vec<PendingUpdate> = datas
+            .iter()
+            .enumerate()
+            .map(|(i, data)| pending(if i % 3 == 0 { &x } else { &y }, data.clone()))
+            .collect();
+        let ids = store.append(&batch).await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase");
+        for r in [&x, &y] {
+            for row in store.load(r).await.unwrap().updates {
+                let i = ids.iter().position(|&id| id == row.id).unwrap();
+                assert_eq!(row.data, datas[i], "row {i}");
+                assert_eq!(batch[i].room, *r);
+            }
+        }
+
         // Compaction deletes the newest entries: their ids are not reused.
         let c = room("c");
         let w = Writer::new(1);
