@@ -9,9 +9,10 @@
 
 use std::sync::OnceLock;
 
-/// Rows per statement, largest first; a batch is cut greedily into these.
-/// 256 rows of three parameters stay far below SQLite's 32,766.
-const SIZES: [usize; 4] = [256, 32, 4, 1];
+/// Rows per statement, largest first; a batch is cut greedily into these,
+/// so a batch of up to 511 rows takes at most nine statements. 256 rows of
+/// four parameters stay far below SQLite's limit of 32,766.
+const SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// The sizes of the statements that together take `rows` rows, largest first.
 pub(crate) fn statement_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
@@ -97,10 +98,10 @@ mod tests {
     fn a_batch_is_cut_into_few_statements_of_fixed_sizes() {
         assert_eq!(statement_sizes(0).count(), 0);
         assert_eq!(statement_sizes(1).collect::<Vec<_>>(), [1]);
-        assert_eq!(statement_sizes(7).collect::<Vec<_>>(), [4, 1, 1, 1]);
+        assert_eq!(statement_sizes(7).collect::<Vec<_>>(), [4, 2, 1]);
         assert_eq!(
             statement_sizes(600).collect::<Vec<_>>(),
-            [256, 256, 32, 32, 4, 4, 4, 4, 4, 4]
+            [256, 256, 64, 16, 8]
         );
         for rows in 0..1000 {
             assert_eq!(statement_sizes(rows).sum::<usize>(), rows);
