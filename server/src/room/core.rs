@@ -246,6 +246,7 @@ impl Room {
                     effects.to_sender.push(protocol::encode_awareness(&states));
                 }
             }
+            // Updates reach the document through `apply_run`.
             ClientMessage::DocUpdate(_) | ClientMessage::Ignored { .. } => {}
         }
     }
