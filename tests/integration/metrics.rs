@@ -62,17 +62,17 @@ async fn metrics_follow_connections_edits_and_storage() {
     // they arrived together.
     assert!(sample(addr, "crdt_hub_messages_sent_total{type=\"update\"}").await >= 1.0);
     assert!(sample(addr, "crdt_hub_received_bytes_total{type=\"update\"}").await > 0.0);
-    assert_eq!(
-        sample(addr, "crdt_hub_update_apply_seconds_count").await,
-        10.0
-    );
+    // One observation per burst the room applied together.
+    let applies = sample(addr, "crdt_hub_update_apply_seconds_count").await;
+    assert!((1.0..=10.0).contains(&applies), "{applies} applies");
     // One fan-out per burst the connection passed on together.
     let fanouts = sample(addr, "crdt_hub_fanout_seconds_count").await;
     assert!((1.0..=10.0).contains(&fanouts), "{fanouts} fan-outs");
     assert!(sample(addr, "crdt_hub_document_bytes").await > 0.0);
-    // The journal wrote them in batches.
+    // The journal wrote them in batches (a burst applied together is one
+    // log entry).
     wait_for(addr, "crdt_hub_pending_bytes", 0.0).await;
-    assert!(sample(addr, "crdt_hub_flush_batch_updates_sum").await >= 10.0);
+    assert!(sample(addr, "crdt_hub_flush_batch_updates_sum").await >= applies);
     assert!(sample(addr, "crdt_hub_flush_seconds_count").await >= 1.0);
 
     // A protocol error is counted by its close code.

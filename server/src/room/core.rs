@@ -312,16 +312,19 @@ impl Room {
         let Ok(together) = together else {
             return Err(RoomError::Poisoned);
         };
-        crate::metrics::update_applied(started.elapsed(), (count - together.rest.len()) as u64);
-        if let Some(integrated) = together.integrated {
+        let taken = count - together.rest.len() - usize::from(together.error.is_some());
+        crate::metrics::update_applied(started.elapsed(), taken as u64);
+        if together.integrated.is_some() || together.held.is_some() {
             self.full_state_frame = None;
-            self.unsaved_updates += 1;
+            // Counted as updates, not log rows: `--snapshot-max-updates`
+            // means the edits a snapshot would take in.
+            self.unsaved_updates += taken as u64;
+        }
+        if let Some(integrated) = together.integrated {
             effects.completed.push(integrated.clone());
             effects.applied.push(integrated);
         }
         if let Some(held) = together.held {
-            self.full_state_frame = None;
-            self.unsaved_updates += 1;
             effects.applied.push(held);
         }
         if let Some(error) = together.error {
