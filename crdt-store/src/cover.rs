@@ -5,9 +5,10 @@
 //! writes, so merging a snapshot with the thousands of log entries it
 //! replaces costs their number times the document's blocks: seconds of a
 //! core for a busy document. The state a room passes to `write_snapshot`
-//! already holds every update it applied, so normally only the entries it
-//! holds back (those waiting for what they build on) or that another node
-//! wrote remain to be merged.
+//! already holds every update it applied and the snapshot it loaded, so
+//! normally only the entries it holds back (those waiting for what they
+//! build on) or that another node wrote remain to be merged, and often
+//! nothing does.
 
 use std::collections::HashMap;
 use std::ops::Range;

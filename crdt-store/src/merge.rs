@@ -120,15 +120,19 @@ fn merge_blocking(
     room: &RoomName,
     mut parts: Vec<(Origin, Vec<u8>)>,
 ) -> Result<Merged, StoreError> {
-    // Log entries the caller's state holds add nothing (see `cover`).
+    // Log entries and a snapshot the caller's state holds add nothing (see
+    // `cover`); usually that is all of them, and nothing is merged.
     if let Some((Origin::Caller, state)) = parts.first()
         && let Some(cover) = StateCover::of(state)
     {
-        parts.retain(|(origin, data)| !matches!(origin, Origin::Update(_)) || !cover.holds(data));
+        parts.retain(|(origin, data)| matches!(origin, Origin::Caller) || !cover.holds(data));
     }
     let parts = parts.as_slice();
     let merged = catch_unwind(AssertUnwindSafe(|| {
-        let state = yrs::merge_updates_v1(parts.iter().map(|(_, data)| data.as_slice()))?;
+        let state = match parts {
+            [(Origin::Caller, state)] => state.clone(),
+            _ => yrs::merge_updates_v1(parts.iter().map(|(_, data)| data.as_slice()))?,
+        };
         let state_vector = yrs::encode_state_vector_from_update_v1(&state)?;
         Ok::<_, yrs::encoding::read::Error>(Merged {
             state,
