@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tracing::warn;
 use yrs::error::UpdateError;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
+use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
 use crate::protocol::DocUpdate;
 
@@ -109,10 +109,15 @@ impl HeldUpdates {
     pub fn apply_together(&mut self, doc: &Doc, updates: Vec<DocUpdate>) -> AppliedTogether {
         debug_assert!(self.is_empty(), "held updates need apply's retries");
         let mut txn = doc.transact_mut();
+        // The document's clocks, kept up to date from what each update
+        // inserts: reading them from yrs costs a map of every client the
+        // document ever had, per update.
+        let mut have = txn.state_vector();
         let mut updates = updates.into_iter();
         let mut together = AppliedTogether::default();
         for next in updates.by_ref() {
-            if !starts_within(&txn.state_vector(), &next.update) {
+            let inserted = next.update.insertions(true);
+            if !runs_start_within(&have, &inserted) {
                 together.rest.push(next);
                 break;
             }
@@ -128,6 +133,13 @@ impl HeldUpdates {
                 self.hold(next.encoded.clone());
                 together.held = Some(next.encoded);
                 break;
+            }
+            // Complete, so each run now ends the document's clock (or is
+            // behind it).
+            for (client, runs) in inserted.iter() {
+                for run in runs.iter() {
+                    have.set_max(*client, run.end);
+                }
             }
         }
         together.rest.extend(updates);
@@ -225,7 +237,12 @@ pub struct AppliedTogether {
 /// sends those with structs it holds pending itself) counts too: yrs would
 /// integrate it behind a placeholder as well.
 fn starts_within(have: &StateVector, update: &Update) -> bool {
-    update.insertions(true).iter().all(|(client, runs)| {
+    runs_start_within(have, &update.insertions(true))
+}
+
+/// [`starts_within`] for an update's insertions.
+fn runs_start_within(have: &StateVector, inserted: &IdSet) -> bool {
+    inserted.iter().all(|(client, runs)| {
         let clock = have.get(client);
         runs.iter().all(|run| run.start <= clock)
     })
