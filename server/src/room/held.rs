@@ -265,7 +265,9 @@ fn integrate(doc: &Doc, update: Update) -> Result<Integrated, UpdateError> {
     if !complete {
         txn.prune_pending();
     }
-    let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+    // Not from the before and after state vectors: each is a map of every
+    // client the document has.
+    let changed = txn.has_changes();
     applied.map(|()| Integrated { complete, changed })
 }
 
