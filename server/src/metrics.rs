@@ -19,7 +19,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The metrics every frame or update touches, registered once: each
 /// `counter!` call hashes its name and labels and looks them up in the
-/// registry, about a microsecond per update over the six it took. Set by
+/// registry (six per update: about 4 % of the server's samples in B4). Set by
 /// [`install`] once the recorder is there; before that (unit tests, fuzz
 /// targets) nothing is recorded, as the no-op recorder would.
 static HOT: OnceLock<Hot> = OnceLock::new();
