@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tracing::warn;
 use yrs::error::UpdateError;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, Update, WriteTxn};
+use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
 use crate::protocol::DocUpdate;
 
@@ -121,18 +121,17 @@ impl HeldUpdates {
                 together.rest.push(next);
                 break;
             }
-            if let Err(error) = txn.apply_update(next.update) {
-                if txn.has_missing_updates() {
-                    txn.prune_pending();
+            match apply_in(&mut txn, next.update) {
+                Err(error) => {
+                    together.error = Some(error);
+                    break;
                 }
-                together.error = Some(error);
-                break;
-            }
-            if txn.has_missing_updates() {
-                txn.prune_pending();
-                self.hold(next.encoded.clone());
-                together.held = Some(next.encoded);
-                break;
+                Ok(false) => {
+                    self.hold(next.encoded.clone());
+                    together.held = Some(next.encoded);
+                    break;
+                }
+                Ok(true) => {}
             }
             // Complete, so each run now ends the document's clock (or is
             // behind it).
@@ -256,19 +255,25 @@ struct Integrated {
     changed: bool,
 }
 
-/// Applies `update` in one transaction and prunes whatever yrs left
-/// pending.
+/// Applies `update` in one transaction (see [`apply_in`]).
 fn integrate(doc: &Doc, update: Update) -> Result<Integrated, UpdateError> {
     let mut txn = doc.transact_mut();
+    let complete = apply_in(&mut txn, update)?;
+    // Not from the before and after state vectors: each is a map of every
+    // client the document has.
+    let changed = txn.has_changes();
+    Ok(Integrated { complete, changed })
+}
+
+/// Applies `update` in `txn` and prunes whatever yrs left pending, also
+/// when it failed part-way; returns whether all of it integrated.
+fn apply_in(txn: &mut TransactionMut, update: Update) -> Result<bool, UpdateError> {
     let applied = txn.apply_update(update);
     let complete = !txn.has_missing_updates();
     if !complete {
         txn.prune_pending();
     }
-    // Not from the before and after state vectors: each is a map of every
-    // client the document has.
-    let changed = txn.has_changes();
-    applied.map(|()| Integrated { complete, changed })
+    applied.map(|()| complete)
 }
 
 /// A document's state without anything held, as one Yjs v1 update: the
