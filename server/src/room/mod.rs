@@ -12,6 +12,6 @@ pub mod request;
 
 pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
-pub use peer::{Next, PeerInbox, PeerLink, Sent, link};
+pub use peer::{Next, PeerInbox, PeerLink, link};
 pub use registry::{RoomHandle, Rooms};
 pub use request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

@@ -99,6 +99,7 @@ struct State {
 }
 
 /// How [`PeerLink::send`] handled a frame.
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
     /// Written to the socket by the caller (for the sent-frame metrics).
@@ -135,7 +136,9 @@ impl Shared {
 
 impl PeerLink {
     /// Writes a frame to the socket if nothing is ahead of it there, or
-    /// queues it: [`PeerLink::send_all`] for one frame.
+    /// queues it: [`PeerLink::send_all`] for one frame, as the tests send
+    /// (the room sends everything through `send_all`).
+    #[cfg(test)]
     pub fn send(&self, frame: &Bytes) -> Result<Sent, QueueFull> {
         self.send_all(&[frame]).map(|direct| {
             if direct == 1 {
