@@ -158,18 +158,20 @@ impl Store for SqliteStore {
         for size in sqlite_batch::statement_sizes(batch.len()) {
             let (chunk, rest) = updates.split_at(size);
             updates = rest;
-            let mut query = sqlx::query_scalar(sqlite_batch::insert_updates(size));
+            let mut query = sqlx::query(sqlite_batch::insert_updates(size));
             for update in chunk {
                 query = query
                     .bind(update.room.as_str())
                     .bind(update.data.as_ref())
                     .bind(now);
             }
-            let mut chunk_ids: Vec<UpdateId> = query.fetch_all(&mut *tx).await?;
-            // RETURNING gives no order, but the rows went in in order, each
-            // taking the next id (AUTOINCREMENT, under the write lock).
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
+            // The rows went in in order, each taking the next id
+            // (AUTOINCREMENT, under the write lock), so the last id tells
+            // them all. Not `RETURNING`: sqlx hands each returned row over
+            // from its SQLite thread separately, a thread wake-up per row.
+            let last = query.execute(&mut *tx).await?.last_insert_rowid();
+            let first = last - i64::try_from(size).unwrap_or(i64::MAX) + 1;
+            ids.extend(first..=last);
         }
         debug_assert_eq!(ids.len(), batch.len());
 

@@ -67,7 +67,7 @@ impl Statements {
 static INSERT_UPDATES: Statements = Statements::new(
     "INSERT INTO updates (room, data, created_at) VALUES ",
     "(?, ?, ?)",
-    " RETURNING id",
+    "",
 );
 
 static UPSERT_ROOMS: Statements = Statements::new(
@@ -78,8 +78,7 @@ static UPSERT_ROOMS: Statements = Statements::new(
          update_count = rooms.update_count + excluded.update_count",
 );
 
-/// Inserts `rows` updates (bind room, data, created_at per row), returning
-/// their ids.
+/// Inserts `rows` updates (bind room, data, created_at per row).
 pub(crate) fn insert_updates(rows: usize) -> &'static str {
     INSERT_UPDATES.for_rows(rows)
 }
@@ -112,7 +111,7 @@ mod tests {
     fn statements_have_one_parameter_group_per_row() {
         let sql = insert_updates(4);
         assert_eq!(sql.matches("(?, ?, ?)").count(), 4);
-        assert!(sql.ends_with("RETURNING id"));
+        assert!(sql.ends_with("(?, ?, ?)"));
         assert_eq!(upsert_rooms(1).matches("(?, ?, ?, ?)").count(), 1);
     }
 }
