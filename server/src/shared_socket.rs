@@ -19,6 +19,11 @@
 //!
 //! TLS connections do not share their socket (their bytes are encrypted in
 //! order by one writer); they keep the hop.
+//!
+//! Reads stay with the connection alone, through tokio's own read half: a
+//! read that comes back short of the buffer tells tokio the socket is
+//! drained, so a message costs one `recv`, not a second one that only
+//! says "would block".
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -29,8 +34,9 @@ use bytes::Bytes;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Largest frame the room writes itself. Bigger ones (a document's sync
 /// step 2) are rare and go through the connection, which fragments them.
@@ -42,7 +48,10 @@ const KEPT_UNSENT_CAPACITY: usize = 1024;
 /// The I/O under a connection's WebSocket.
 pub enum SocketIo {
     /// Plain TCP, writable by the room too.
-    Shared(Arc<SharedSocket>),
+    Shared {
+        read: OwnedReadHalf,
+        socket: Arc<SharedSocket>,
+    },
     /// Anything else hyper upgraded (TLS): the connection's alone.
     Upgraded(TokioIo<Upgraded>),
 }
@@ -53,8 +62,14 @@ impl SocketIo {
     pub fn from_upgraded(upgraded: Upgraded) -> (Self, Vec<u8>) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let socket = SharedSocket::new(parts.io.into_inner());
-                (Self::Shared(Arc::new(socket)), parts.read_buf.to_vec())
+                let (read, socket) = SharedSocket::split(parts.io.into_inner());
+                (
+                    Self::Shared {
+                        read,
+                        socket: Arc::new(socket),
+                    },
+                    parts.read_buf.to_vec(),
+                )
             }
             Err(upgraded) => (Self::Upgraded(TokioIo::new(upgraded)), Vec::new()),
         }
@@ -63,16 +78,18 @@ impl SocketIo {
     /// The socket, if the room may write to it.
     pub fn shared(&self) -> Option<Arc<SharedSocket>> {
         match self {
-            Self::Shared(socket) => Some(socket.clone()),
+            Self::Shared { socket, .. } => Some(socket.clone()),
             Self::Upgraded(_) => None,
         }
     }
 }
 
-/// A TCP socket whose writes are serialised by one lock.
+/// A TCP socket's sending side, whose writes are serialised by one lock.
 #[derive(Debug)]
 pub struct SharedSocket {
-    stream: TcpStream,
+    /// Dropping it shuts the sending side down: that happens once the
+    /// connection and the room have both let go, when the socket is done.
+    stream: OwnedWriteHalf,
     /// Bytes handed to the socket that the kernel has not taken yet: the
     /// tail of a write it cut short. Written before anything else.
     unsent: Mutex<Vec<u8>>,
@@ -93,11 +110,15 @@ pub struct DirectWrite {
 const FRAMES_PER_WRITE: usize = 32;
 
 impl SharedSocket {
-    pub(crate) fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
+    /// Splits `stream` into the connection's read half and the shared
+    /// sending side.
+    pub(crate) fn split(stream: TcpStream) -> (OwnedReadHalf, Self) {
+        let (read, write) = stream.into_split();
+        let socket = Self {
+            stream: write,
             unsent: Mutex::new(Vec::new()),
-        }
+        };
+        (read, socket)
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -129,9 +150,11 @@ impl SharedSocket {
                 slices[2 * i + 1] = IoSlice::new(frame);
             }
             // Would-block or a failed socket: nothing taken.
-            let mut written = self
-                .stream
-                .try_write_vectored(&slices[..2 * chunk.len()])
+            let socket = self.stream.as_ref();
+            let mut written = socket
+                .try_io(Interest::WRITABLE, || {
+                    socket2::SockRef::from(socket).send_vectored(&slices[..2 * chunk.len()])
+                })
                 .unwrap_or_default();
             for (i, frame) in chunk.iter().enumerate() {
                 let header = &headers[i][..lens[i]];
@@ -166,7 +189,7 @@ impl SharedSocket {
     /// Writes what is in `unsent`; ready once it is all in the kernel.
     fn poll_drain(&self, unsent: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !unsent.is_empty() {
-            ready!(self.stream.poll_write_ready(cx))?;
+            ready!(self.stream.as_ref().poll_write_ready(cx))?;
             match self.stream.try_write(unsent) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
@@ -182,20 +205,6 @@ impl SharedSocket {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-
     /// Takes all of `buf` or none of it: what the kernel does not take now
     /// is kept in `unsent`, so the caller never holds half a frame that the
     /// room's next frame could land in the middle of.
@@ -203,7 +212,7 @@ impl SharedSocket {
         let mut unsent = self.lock();
         ready!(self.poll_drain(&mut unsent, cx))?;
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
+            ready!(self.stream.as_ref().poll_write_ready(cx))?;
             match self.stream.try_write(buf) {
                 Ok(n) => {
                     unsent.extend_from_slice(&buf[n..]);
@@ -222,7 +231,9 @@ impl SharedSocket {
 
     fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_flush(cx))?;
-        Poll::Ready(socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(
+            socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write),
+        )
     }
 }
 
@@ -253,7 +264,7 @@ impl AsyncRead for SocketIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Shared(socket) => socket.poll_read(cx, buf),
+            Self::Shared { read, .. } => Pin::new(read).poll_read(cx, buf),
             Self::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -266,21 +277,21 @@ impl AsyncWrite for SocketIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Shared(socket) => socket.poll_write(cx, buf),
+            Self::Shared { socket, .. } => socket.poll_write(cx, buf),
             Self::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Shared(socket) => socket.poll_flush(cx),
+            Self::Shared { socket, .. } => socket.poll_flush(cx),
             Self::Upgraded(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Shared(socket) => socket.poll_shutdown(cx),
+            Self::Shared { socket, .. } => socket.poll_shutdown(cx),
             Self::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
@@ -292,12 +303,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    async fn pair() -> (Arc<SharedSocket>, TcpStream) {
+    async fn pair() -> (OwnedReadHalf, Arc<SharedSocket>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let socket = Arc::new(SharedSocket::new(accepted.unwrap().0));
-        (socket, client.unwrap())
+        let (read, socket) = SharedSocket::split(accepted.unwrap().0);
+        (read, Arc::new(socket), client.unwrap())
     }
 
     #[test]
@@ -313,7 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_direct_frame_arrives_whole() {
-        let (socket, mut client) = pair().await;
+        let (_read, socket, mut client) = pair().await;
         let frames = [Bytes::from_static(b"hello"), Bytes::from_static(b"yo")];
         let written = socket.try_write_frames(&[&frames[0], &frames[1]]);
         assert_eq!(
@@ -333,7 +344,7 @@ mod tests {
     /// write goes after the tail, and that the reader sees whole frames.
     #[tokio::test]
     async fn a_frame_cut_short_is_finished_before_anything_else() {
-        let (socket, mut client) = pair().await;
+        let (read, socket, mut client) = pair().await;
         let payload = Bytes::from(vec![7u8; 4000]);
         let batch = vec![&payload; 5];
         let mut direct = 0usize;
@@ -352,7 +363,10 @@ mod tests {
                 started: false
             }
         );
-        let mut io = SocketIo::Shared(socket.clone());
+        let mut io = SocketIo::Shared {
+            read,
+            socket: socket.clone(),
+        };
         let reader = tokio::spawn(async move {
             let mut frames = 0usize;
             let last = loop {

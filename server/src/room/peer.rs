@@ -369,7 +369,8 @@ mod tests {
         let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(connect, listener.accept());
         let mut client = client.unwrap();
-        let socket = Arc::new(SharedSocket::new(accepted.unwrap().0));
+        let (_read, socket) = SharedSocket::split(accepted.unwrap().0);
+        let socket = Arc::new(socket);
         let (link, inbox) = link(8, Some(socket));
 
         assert_eq!(link.send(&frame(1)), Ok(Sent::Directly));
