@@ -102,7 +102,8 @@ pub struct ServeArgs {
     /// A busy room sends its peers what the others wrote at most once per
     /// window, several frames per socket write; the first change after a
     /// quiet window goes out at once. 0 sends every frame at once. The
-    /// default costs a quiet room nothing and a busy one at most 2 ms,
+    /// default costs a quiet room nothing and a busy one at most 2 ms
+    /// (plus up to 1 ms: tokio's timers round up to whole milliseconds),
     /// and cuts CPU and queueing under load (BENCHMARKS.md).
     #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "2ms", value_parser = parse_duration)]
     pub fanout_window: Duration,

@@ -6,7 +6,8 @@
 //! window: the first frame after a quiet window goes out at once (an idle
 //! room adds no latency), later ones wait for the window to end and then go
 //! out together, several frames per wake-up and per write. Frames are never
-//! dropped or reordered, only held for at most one window.
+//! dropped or reordered, only held for at most one window (which tokio's
+//! timer rounds up to the next whole millisecond).
 
 use std::time::Duration;
 
