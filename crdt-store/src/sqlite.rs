@@ -170,7 +170,8 @@ impl Store for SqliteStore {
             // them all. Not `RETURNING`: sqlx hands each returned row over
             // from its SQLite thread separately, a thread wake-up per row.
             let last = query.execute(&mut *tx).await?.last_insert_rowid();
-            let first = last - i64::try_from(size).unwrap_or(i64::MAX) + 1;
+            // `size` is one of `sqlite_batch`'s statement sizes (≤ 256).
+            let first = last - size as i64 + 1;
             ids.extend(first..=last);
         }
         debug_assert_eq!(ids.len(), batch.len());
