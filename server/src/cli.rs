@@ -99,13 +99,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_MAX_QUEUED_FRAMES", default_value = "2048")]
     pub max_queued_frames: usize,
 
-    /// A busy room sends its peers what the others wrote at most once per
-    /// window, several frames per socket write; the first change after a
-    /// quiet window goes out at once. 0 sends every frame at once. The
-    /// default costs a quiet room nothing and a busy one at most 2 ms
-    /// (plus up to 1 ms: tokio's timers round up to whole milliseconds),
-    /// and cuts CPU and queueing under load (BENCHMARKS.md).
-    #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "2ms", value_parser = parse_duration)]
+    /// A busy room holds a frame for up to this long when its recent pace
+    /// says the next will come by then, and sends them together, several
+    /// frames per socket write (for about two more frames at most; see
+    /// `room/fanout.rs`). A room whose edits come further apart than this,
+    /// such as one with a single typist, sends each frame at once. 0 never
+    /// holds. Tokio's timers round up to whole milliseconds. Under heavy
+    /// load the default roughly halves the room's writes for a few
+    /// milliseconds of latency (BENCHMARKS.md).
+    #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "5ms", value_parser = parse_duration)]
     pub fanout_window: Duration,
 
     /// Longest a socket write may block before the client counts as dead.

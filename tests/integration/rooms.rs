@@ -37,8 +37,8 @@ async fn many_clients_joining_a_cold_room_at_once_converge() {
 
 #[tokio::test]
 async fn a_fanout_window_holds_frames_but_delivers_every_edit() {
-    // A window far longer than the typing below: after the first edit,
-    // every frame the others get has waited in the window.
+    // A window far longer than the gaps in the typing below: once the room
+    // has seen its pace (a few edits), it holds frames for company.
     let server = TestServer::start_with(ServerOptions {
         room: RoomConfig {
             fanout_window: Duration::from_millis(40),

@@ -1,13 +1,21 @@
 //! When a busy room sends its peers what the others wrote.
 //!
 //! Each frame a peer is sent costs a socket write, and on a loopback or LAN
-//! socket the write is most of the server's CPU. A room
-//! whose peers type all at once therefore sends at most one batch per
-//! window: the first frame after a quiet window goes out at once (an idle
-//! room adds no latency), later ones wait for the window to end and then go
-//! out together, several frames per wake-up and per write. Frames are never
-//! dropped or reordered, only held for at most one window (which tokio's
-//! timer rounds up to the next whole millisecond).
+//! socket the write is most of the server's CPU. Several frames in one write
+//! cost little more than one, so a busy room holds a frame for company:
+//! - only when the room's recent pace says another frame will come before
+//!   the held one is due, so a room with one typist, or whose edits come
+//!   further apart than the window, sends each frame at once;
+//! - until the frame after the next would come too late, then everything
+//!   held goes out together, several frames per wake-up and per write;
+//! - for about two more frames at most: three frames per write already
+//!   save two writes in three, and each more saves less while the oldest
+//!   frame waits a whole gap longer. But at least half the window, so a
+//!   room flooded by a fast sender still sends large batches;
+//! - never longer than the window (which tokio's timer rounds up to the
+//!   next whole millisecond).
+//!
+//! Frames are never dropped or reordered.
 
 use std::time::Duration;
 
@@ -21,12 +29,19 @@ pub type Broadcast = (Option<PeerId>, Bytes);
 
 #[derive(Debug)]
 pub struct FanoutWindow {
-    /// Zero sends every frame as soon as it exists.
+    /// The longest a frame is held; zero sends every frame as soon as it
+    /// exists.
     window: Duration,
-    /// When the last batch went out.
-    last_sent: Option<Instant>,
-    /// Frames held until the window after `last_sent` ends, in the order
-    /// they were made.
+    /// The room's recent time between offers (a moving average, each gap
+    /// counted as at most four windows so that a pause ends holding and a
+    /// busy spell starts it again within a few frames): what predicts
+    /// whether another frame is coming in time.
+    pace: Duration,
+    /// When frames were last offered.
+    last_offer: Option<Instant>,
+    /// When the oldest held frame was offered.
+    held_since: Option<Instant>,
+    /// Frames held, in the order they were made.
     held: Vec<Broadcast>,
 }
 
@@ -34,15 +49,17 @@ impl FanoutWindow {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            last_sent: None,
+            pace: window * 4,
+            last_offer: None,
+            held_since: None,
             held: Vec::new(),
         }
     }
 
-    /// Takes `frames` from `sender` for the other peers. Returns them to be
-    /// sent now when the room was quiet and holds nothing; otherwise they
-    /// are held (behind anything already held, so order is kept) until
-    /// [`FanoutWindow::due`].
+    /// Takes `frames` from `sender` for the other peers. Returns what is to
+    /// be sent now: nothing while another frame is expected before the
+    /// oldest held one is due, otherwise these frames behind everything
+    /// held (so order is kept).
     pub fn offer(
         &mut self,
         now: Instant,
@@ -52,33 +69,35 @@ impl FanoutWindow {
         if frames.is_empty() {
             return Vec::new();
         }
-        let quiet = self
-            .last_sent
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.window);
-        if self.window.is_zero() || (quiet && self.held.is_empty()) {
-            self.last_sent = Some(now);
-            return frames.into_iter().map(|f| (sender, f)).collect();
-        }
+        let longest_gap = self.window * 4;
+        let gap = self
+            .last_offer
+            .map_or(longest_gap, |last| now.saturating_duration_since(last))
+            .min(longest_gap);
+        self.last_offer = Some(now);
+        self.pace = (self.pace * 3 + gap) / 4;
         self.held.extend(frames.into_iter().map(|f| (sender, f)));
-        Vec::new()
+        let since = *self.held_since.get_or_insert(now);
+        if !self.window.is_zero() && now + self.pace <= since + self.hold() {
+            return Vec::new();
+        }
+        self.take()
     }
 
     /// When the held frames are to be sent, if any are held.
     pub fn due(&self) -> Option<Instant> {
-        // Frames are held only when the last batch went out less than a
-        // window ago, so the window after it is when they are due.
-        if self.held.is_empty() {
-            return None;
-        }
-        self.last_sent.map(|last| last + self.window)
+        self.held_since.map(|since| since + self.hold())
+    }
+
+    /// How long the oldest held frame may wait at the room's current pace.
+    fn hold(&self) -> Duration {
+        (self.pace * 2).clamp(self.window / 2, self.window)
     }
 
     /// Everything held, to be sent now (the window ended, or something must
     /// not overtake it: a frame to one peer, a peer leaving, shutdown).
-    pub fn take(&mut self, now: Instant) -> Vec<Broadcast> {
-        if !self.held.is_empty() {
-            self.last_sent = Some(now);
-        }
+    pub fn take(&mut self) -> Vec<Broadcast> {
+        self.held_since = None;
         std::mem::take(&mut self.held)
     }
 }
@@ -87,7 +106,9 @@ impl FanoutWindow {
 mod tests {
     use super::*;
 
-    const WINDOW: Duration = Duration::from_millis(2);
+    const WINDOW: Duration = Duration::from_millis(5);
+    /// A busy room: about two frames per half window.
+    const GAP: Duration = Duration::from_millis(1);
 
     fn frame(n: u8) -> Bytes {
         Bytes::from(vec![n])
@@ -97,52 +118,133 @@ mod tests {
         sent.iter().map(|(_, f)| f[0]).collect()
     }
 
+    /// A room that has had a frame every `gap` for a while (nothing held);
+    /// returns it and when its next frame is due.
+    fn busy_room(gap: Duration) -> (FanoutWindow, Instant) {
+        let mut fanout = FanoutWindow::new(WINDOW);
+        let start = Instant::now();
+        for n in 0..20 {
+            fanout.offer(start + gap * n, Some(1), vec![frame(0)]);
+        }
+        fanout.take();
+        (fanout, start + gap * 20)
+    }
+
+    /// Offers one frame every `gap` from `start` until one is held; returns when.
+    fn offer_until_held(fanout: &mut FanoutWindow, start: Instant, gap: Duration) -> Instant {
+        for n in 0..20 {
+            let now = start + gap * n;
+            if fanout.offer(now, Some(1), vec![frame(0)]).is_empty() {
+                return now;
+            }
+        }
+        panic!("a room with a frame every {gap:?} never held one");
+    }
+
     #[test]
     fn a_quiet_room_sends_at_once() {
         let mut fanout = FanoutWindow::new(WINDOW);
         let start = Instant::now();
-        assert_eq!(bytes_of(&fanout.offer(start, Some(1), vec![frame(1)])), [1]);
-        let later = start + WINDOW;
-        assert_eq!(bytes_of(&fanout.offer(later, Some(2), vec![frame(2)])), [2]);
+        // Frames further apart than the window: none is worth waiting for.
+        for n in 0..50 {
+            let now = start + (WINDOW + Duration::from_millis(1)) * n;
+            assert_eq!(
+                bytes_of(&fanout.offer(now, Some(1), vec![frame(n as u8)])),
+                [n as u8]
+            );
+            assert_eq!(fanout.due(), None);
+        }
+    }
+
+    #[test]
+    fn a_busy_room_holds_a_frame_for_company_and_sends_them_together_in_order() {
+        let (mut fanout, held_at) = busy_room(GAP);
+        assert!(fanout.offer(held_at, Some(1), vec![frame(1)]).is_empty());
+        assert_eq!(fanout.due(), Some(held_at + WINDOW / 2));
+        // The next frames are expected in time for the held one: held too,
+        // behind it, with one from the room itself.
+        let second = held_at + GAP;
+        assert!(fanout.offer(second, Some(2), vec![frame(2)]).is_empty());
+        assert!(fanout.offer(second, None, vec![frame(3)]).is_empty());
+        // One more would come after the first frame is due: everything
+        // goes now, in order, with its sender.
+        let sent = fanout.offer(second + GAP, Some(4), vec![frame(4), frame(5)]);
+        assert_eq!(bytes_of(&sent), [1, 2, 3, 4, 5]);
+        let senders: Vec<_> = sent.iter().map(|(s, _)| *s).collect();
+        assert_eq!(senders, [Some(1), Some(2), None, Some(4), Some(4)]);
         assert_eq!(fanout.due(), None);
     }
 
     #[test]
-    fn a_busy_room_holds_frames_until_the_window_ends_then_sends_them_in_order() {
-        let mut fanout = FanoutWindow::new(WINDOW);
-        let start = Instant::now();
-        assert_eq!(fanout.offer(start, Some(1), vec![frame(1)]).len(), 1);
-        let soon = start + Duration::from_micros(300);
-        assert!(fanout.offer(soon, Some(2), vec![frame(2)]).is_empty());
+    fn frames_almost_a_window_apart_go_out_in_pairs() {
+        let gap = WINDOW * 4 / 5;
+        let (mut fanout, held_at) = busy_room(gap);
+        for pair in 0..5 {
+            let first = held_at + gap * (2 * pair);
+            assert!(fanout.offer(first, Some(1), vec![frame(1)]).is_empty());
+            assert_eq!(fanout.due(), Some(first + WINDOW));
+            let sent = fanout.offer(first + gap, Some(2), vec![frame(2)]);
+            assert_eq!(bytes_of(&sent), [1, 2]);
+        }
+    }
+
+    #[test]
+    fn a_flooded_room_sends_large_batches() {
+        let gap = Duration::from_micros(10);
+        let (mut fanout, start) = busy_room(gap);
+        let mut sent = Vec::new();
+        let mut n = 0;
+        while sent.is_empty() {
+            sent = fanout.offer(start + gap * n, Some(1), vec![frame(0)]);
+            n += 1;
+        }
+        // Held for half the window: about that many gaps' worth of frames.
+        let half_window = (WINDOW / 2).as_micros() / gap.as_micros();
         assert!(
-            fanout
-                .offer(soon, None, vec![frame(3), frame(4)])
-                .is_empty()
+            sent.len() as u128 >= half_window - 2,
+            "{} frames",
+            sent.len()
         );
-        assert_eq!(fanout.due(), Some(start + WINDOW));
-        let sent = fanout.take(start + WINDOW);
-        assert_eq!(bytes_of(&sent), [2, 3, 4]);
-        assert_eq!(sent[0].0, Some(2));
-        assert_eq!(sent[1].0, None);
-        assert_eq!(fanout.due(), None);
-        // The batch just sent starts a new window.
         assert!(
-            fanout
-                .offer(start + WINDOW, Some(1), vec![frame(5)])
-                .is_empty()
+            sent.len() as u128 <= half_window + 2,
+            "{} frames",
+            sent.len()
+        );
+    }
+
+    #[test]
+    fn a_frame_whose_company_does_not_come_goes_out_when_it_is_due() {
+        let (mut fanout, held_at) = busy_room(GAP);
+        assert!(fanout.offer(held_at, Some(1), vec![frame(1)]).is_empty());
+        assert_eq!(fanout.due(), Some(held_at + WINDOW / 2));
+        assert_eq!(bytes_of(&fanout.take()), [1]);
+        assert_eq!(fanout.due(), None);
+    }
+
+    #[test]
+    fn a_pause_ends_holding_and_a_busy_spell_starts_it_again() {
+        let (mut fanout, next) = busy_room(GAP);
+        let after_pause = next + WINDOW * 10;
+        assert_eq!(fanout.offer(after_pause, Some(1), vec![frame(1)]).len(), 1);
+        let again = offer_until_held(&mut fanout, after_pause + GAP, GAP);
+        assert!(
+            again <= after_pause + GAP * 4,
+            "held again only {:?} after the pause",
+            again - after_pause
         );
     }
 
     #[test]
     fn frames_never_overtake_held_ones() {
-        let mut fanout = FanoutWindow::new(WINDOW);
-        let start = Instant::now();
-        fanout.offer(start, Some(1), vec![frame(1)]);
-        fanout.offer(start, Some(1), vec![frame(2)]);
-        // Quiet again, but frame 2 is still held: frame 3 waits behind it.
-        let late = start + WINDOW * 3;
-        assert!(fanout.offer(late, Some(1), vec![frame(3)]).is_empty());
-        assert_eq!(bytes_of(&fanout.take(late)), [2, 3]);
+        let (mut fanout, held_at) = busy_room(GAP);
+        assert!(fanout.offer(held_at, Some(1), vec![frame(1)]).is_empty());
+        // Long after the held frame was due (its timer not yet handled),
+        // a frame goes out behind it, not before it.
+        let late = held_at + WINDOW * 3;
+        assert_eq!(
+            bytes_of(&fanout.offer(late, Some(1), vec![frame(2)])),
+            [1, 2]
+        );
     }
 
     #[test]
@@ -152,6 +254,7 @@ mod tests {
         for n in 0..5 {
             assert_eq!(fanout.offer(now, Some(1), vec![frame(n)]).len(), 1);
         }
-        assert!(fanout.take(now).is_empty());
+        assert_eq!(fanout.due(), None);
+        assert!(fanout.take().is_empty());
     }
 }

@@ -49,7 +49,7 @@ pub struct RoomConfig {
     /// Updates that would grow a document past this many bytes (encoded;
     /// approximately: stored size plus updates since) are refused.
     pub max_document_bytes: u64,
-    /// A busy room sends its peers one batch of frames per window (see
+    /// The longest a busy room holds a frame for company (see
     /// [`FanoutWindow`]); zero sends each frame at once.
     pub fanout_window: Duration,
 }
@@ -67,7 +67,7 @@ impl Default for RoomConfig {
             max_connections: 10_000,
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
-            fanout_window: Duration::from_millis(2),
+            fanout_window: Duration::from_millis(5),
         }
     }
 }
@@ -617,7 +617,7 @@ impl RoomTask {
         {
             // Nothing ready or held for the others may be overtaken by
             // this peer's answer.
-            state.ready.extend(state.fanout.take(now));
+            state.ready.extend(state.fanout.take());
             send_to_others(&state.links, &state.ready, &mut out);
             state.ready.clear();
             let link = &state.links[&sender];
@@ -636,7 +636,7 @@ impl RoomTask {
 
     /// Sends what is ready and what the fan-out window held.
     fn send_held_frames(&self, state: &mut Loaded) {
-        state.ready.extend(state.fanout.take(Instant::now()));
+        state.ready.extend(state.fanout.take());
         self.send_ready_frames(state);
     }
 
