@@ -2,6 +2,7 @@
 //! environment variable shown in `--help`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -151,6 +152,15 @@ pub struct ServeArgs {
     /// At shutdown, how long rooms wait for their connections to close.
     #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Threads that run connections and rooms (default: one per CPU core).
+    /// On a machine of one or two cores shared with other work, 1 spends a
+    /// little less CPU per message: no hand-offs between workers
+    /// (BENCHMARKS.md).
+    /// The database and the kernel's network work use other threads either
+    /// way.
+    #[arg(long, env = "CRDT_HUB_WORKER_THREADS")]
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 impl ServeArgs {
@@ -213,5 +223,16 @@ mod tests {
         assert_eq!(args.bind.to_string(), "127.0.0.1:1234");
         assert_eq!(args.max_message_size, 16 << 20);
         assert_eq!(args.room_idle_timeout, Duration::from_secs(60));
+        assert_eq!(args.worker_threads, None);
+    }
+
+    #[test]
+    fn worker_threads_are_at_least_one() {
+        let serve = |n: &str| Cli::try_parse_from(["crdt-hub", "serve", "--worker-threads", n]);
+        assert!(serve("0").is_err());
+        let Command::Serve(args) = serve("1").unwrap().command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.worker_threads, NonZeroUsize::new(1));
     }
 }
