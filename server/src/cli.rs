@@ -156,9 +156,8 @@ pub struct ServeArgs {
     /// Threads that run connections and rooms (default: one per CPU core).
     /// On a machine of one or two cores shared with other work, 1 spends a
     /// little less CPU per message: no hand-offs between workers
-    /// (BENCHMARKS.md).
-    /// The database and the kernel's network work use other threads either
-    /// way.
+    /// (BENCHMARKS.md). The database and the kernel's network work use
+    /// other threads either way.
     #[arg(long, env = "CRDT_HUB_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
 }
