@@ -32,6 +32,7 @@ struct Hot {
     updates_applied: Counter,
     update_apply_seconds: Histogram,
     fanout_seconds: Histogram,
+    fanout_hold_seconds: Histogram,
 }
 
 impl Hot {
@@ -53,6 +54,7 @@ impl Hot {
             updates_applied: counter!("crdt_hub_updates_applied_total"),
             update_apply_seconds: histogram!("crdt_hub_update_apply_seconds"),
             fanout_seconds: histogram!("crdt_hub_fanout_seconds"),
+            fanout_hold_seconds: histogram!("crdt_hub_fanout_hold_seconds"),
         }
     }
 }
@@ -141,7 +143,12 @@ fn describe() {
     describe_histogram!(
         "crdt_hub_fanout_seconds",
         Unit::Seconds,
-        "From reading an update off a socket to queuing it for the last peer of its room."
+        "From reading an update off a socket to queuing it for the last peer of its room, or to holding it for company (then see crdt_hub_fanout_hold_seconds)."
+    );
+    describe_histogram!(
+        "crdt_hub_fanout_hold_seconds",
+        Unit::Seconds,
+        "How long a busy room held a batch of frames for company before sending it (--fanout-window); one per held batch."
     );
     describe_histogram!(
         "crdt_hub_flush_batch_updates",
@@ -266,6 +273,13 @@ pub fn update_applied(elapsed: Duration, updates: u64) {
 pub fn fanout_latency(elapsed: Duration) {
     if let Some(hot) = HOT.get() {
         hot.fanout_seconds.record(elapsed.as_secs_f64());
+    }
+}
+
+/// A batch of frames held for company went out after `held`.
+pub fn fanout_held(held: Duration) {
+    if let Some(hot) = HOT.get() {
+        hot.fanout_hold_seconds.record(held.as_secs_f64());
     }
 }
 

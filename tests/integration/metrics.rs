@@ -96,3 +96,32 @@ async fn metrics_follow_connections_edits_and_storage() {
     let (status, logs) = server.terminate().await;
     assert!(status.success(), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_held_for_company_are_measured() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(&sqlite_url(dir.path()), &["--fanout-window", "200ms"]).await;
+    let addr = server.addr;
+    let mut writer = YClient::connect(&server.url("h")).await;
+    let mut observer = YClient::connect(&server.url("h")).await;
+    // Edits far closer together than the window: once the room has seen
+    // their pace (a few edits), it holds frames for company.
+    for i in 0..20 {
+        writer.insert("t", 0, &format!("{}", i % 10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    observer
+        .until("every edit", |c| c.text("t").chars().count() == 20)
+        .await;
+    let held = sample(addr, "crdt_hub_fanout_hold_seconds_count").await;
+    assert!(held >= 1.0, "{held} held batches");
+    // Each waited more than nothing and at most the window (plus the
+    // timer's rounding to whole milliseconds).
+    let waited = sample(addr, "crdt_hub_fanout_hold_seconds_sum").await;
+    assert!(
+        waited > 0.0 && waited <= held * 0.202,
+        "{held} batches held {waited} s in all"
+    );
+    let (status, logs) = server.terminate().await;
+    assert!(status.success(), "{logs}");
+}

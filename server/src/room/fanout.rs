@@ -85,7 +85,7 @@ impl FanoutWindow {
         if !self.window.is_zero() && now + self.pace <= since + self.hold() {
             return Vec::new();
         }
-        self.take()
+        self.release(now)
     }
 
     /// When the held frames are to be sent, if any are held.
@@ -101,7 +101,15 @@ impl FanoutWindow {
     /// Everything held, to be sent now (the window ended, or something must
     /// not overtake it: a frame to one peer, a peer leaving, shutdown).
     pub fn take(&mut self) -> Vec<Broadcast> {
-        self.held_since = None;
+        self.release(Instant::now())
+    }
+
+    fn release(&mut self, now: Instant) -> Vec<Broadcast> {
+        if let Some(since) = self.held_since.take()
+            && since < now
+        {
+            crate::metrics::fanout_held(now - since);
+        }
         std::mem::take(&mut self.held)
     }
 }
