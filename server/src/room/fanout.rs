@@ -85,7 +85,7 @@ impl FanoutWindow {
         if !self.window.is_zero() && now + self.pace <= since + self.hold() {
             return Vec::new();
         }
-        self.release(now)
+        self.take(now)
     }
 
     /// When the held frames are to be sent, if any are held.
@@ -100,11 +100,7 @@ impl FanoutWindow {
 
     /// Everything held, to be sent now (the window ended, or something must
     /// not overtake it: a frame to one peer, a peer leaving, shutdown).
-    pub fn take(&mut self) -> Vec<Broadcast> {
-        self.release(Instant::now())
-    }
-
-    fn release(&mut self, now: Instant) -> Vec<Broadcast> {
+    pub fn take(&mut self, now: Instant) -> Vec<Broadcast> {
         if let Some(since) = self.held_since.take()
             && since < now
         {
@@ -138,7 +134,7 @@ mod tests {
         for n in 0..40 {
             fanout.offer(start + gap * n, Some(1), vec![frame(0)]);
         }
-        fanout.take();
+        fanout.take(start + gap * 40);
         (fanout, start + gap * 40)
     }
 
@@ -229,7 +225,7 @@ mod tests {
         let (mut fanout, held_at) = busy_room(GAP);
         assert!(fanout.offer(held_at, Some(1), vec![frame(1)]).is_empty());
         assert_held_about_two_gaps(&fanout, held_at);
-        assert_eq!(bytes_of(&fanout.take()), [1]);
+        assert_eq!(bytes_of(&fanout.take(held_at + GAP * 2)), [1]);
         assert_eq!(fanout.due(), None);
     }
 
@@ -267,6 +263,6 @@ mod tests {
             assert_eq!(fanout.offer(now, Some(1), vec![frame(n)]).len(), 1);
         }
         assert_eq!(fanout.due(), None);
-        assert!(fanout.take().is_empty());
+        assert!(fanout.take(now).is_empty());
     }
 }

@@ -617,7 +617,7 @@ impl RoomTask {
         {
             // Nothing ready or held for the others may be overtaken by
             // this peer's answer.
-            state.ready.extend(state.fanout.take());
+            state.ready.extend(state.fanout.take(now));
             send_to_others(&state.links, &state.ready, &mut out);
             state.ready.clear();
             let link = &state.links[&sender];
@@ -636,7 +636,7 @@ impl RoomTask {
 
     /// Sends what is ready and what the fan-out window held.
     fn send_held_frames(&self, state: &mut Loaded) {
-        state.ready.extend(state.fanout.take());
+        state.ready.extend(state.fanout.take(Instant::now()));
         self.send_ready_frames(state);
     }
 
