@@ -9,6 +9,7 @@
 mod cover;
 mod error;
 mod merge;
+mod pack;
 mod room_name;
 mod rows;
 mod types;
@@ -43,7 +44,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a batch of updates, possibly for many rooms, in one
     /// transaction and as few round trips as the backend allows (the
     /// group-commit path calls this once per flush window). Returns the ids
-    /// given to the updates, in the order of `batch`.
+    /// given to the updates, in the order of `batch`: a room's updates in
+    /// one batch go into one log entry and share its id, and a later
+    /// append's ids are greater.
     async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError>;
 
     /// Writes a compacted snapshot, in one transaction:

@@ -17,8 +17,10 @@ pub(crate) enum Origin {
     Caller,
     /// A snapshot already stored.
     Snapshot(SnapshotId),
-    /// A log entry.
+    /// A log entry holding one update.
     Update(UpdateId),
+    /// The update at this position (from 1) of a log entry holding several.
+    Packed(UpdateId, usize),
 }
 
 impl Origin {
@@ -27,6 +29,7 @@ impl Origin {
             Origin::Caller => "the state passed to write_snapshot".to_string(),
             Origin::Snapshot(id) => format!("snapshot {id}"),
             Origin::Update(id) => format!("log entry {id}"),
+            Origin::Packed(id, nth) => format!("update {nth} of log entry {id}"),
         }
     }
 }
@@ -59,7 +62,9 @@ pub(crate) async fn compact(
     mut folded: Vec<UpdateRow>,
 ) -> Result<Compacted, StoreError> {
     folded.sort_unstable_by_key(|row| row.id);
-    let folded_count = i64::try_from(folded.len()).unwrap_or(i64::MAX);
+    let folded_count = folded
+        .iter()
+        .fold(0i64, |sum, row| sum.saturating_add(row.update_count));
     let previous_count = latest.as_ref().map_or(0, |row| row.update_count);
 
     let mut parts = Vec::with_capacity(2 + folded.len());
@@ -72,11 +77,18 @@ pub(crate) async fn compact(
     {
         parts.push((Origin::Snapshot(id), state));
     }
-    parts.extend(
-        folded
-            .into_iter()
-            .map(|row| (Origin::Update(row.id), row.data)),
-    );
+    for row in folded {
+        let (id, packed) = (row.id, row.update_count > 1);
+        let updates = row.into_updates(new.room)?;
+        parts.extend(updates.into_iter().enumerate().map(|(k, data)| {
+            let origin = if packed {
+                Origin::Packed(id, k + 1)
+            } else {
+                Origin::Update(id)
+            };
+            (origin, data)
+        }));
+    }
 
     Ok(Compacted {
         merged: merge(new.room, parts).await?,

@@ -15,7 +15,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::merge;
-use crate::rows::{LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow};
+use crate::pack::Packed;
+use crate::rows::{
+    LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow, logged_updates,
+};
 use crate::{
     NewSnapshot, PendingUpdate, RoomName, RoomSummary, Snapshot, SnapshotId, SnapshotInfo, Store,
     StoreError, StoredRoom, UpdateId,
@@ -32,25 +35,27 @@ const MAX_CONNECTIONS: u32 = 10;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Appends a batch in one statement, hence one round trip and one implicit
-/// transaction. `$1` holds the rooms and `$2` the updates, in batch order.
+/// transaction. The batch comes packed, one log row per room (see `pack`):
+/// `$1` holds the rooms, distinct and in name order, `$2` the number of
+/// updates in each row and `$3` the rows' data.
 ///
-/// 1. `touched` upserts each distinct room, in name order (so two batches
-///    lock rows in the same order and cannot deadlock), taking the row lock.
+/// 1. `touched` upserts each room, in name order (so two batches lock rows
+///    in the same order and cannot deadlock), taking the row lock.
 /// 2. `ids` draws the ids only after that (its filter depends on
 ///    `touched`), so per room, ids are drawn in the order the row lock is
 ///    granted: an entry never becomes visible before an older one of its room.
-/// 3. `numbered` gives the i-th update the i-th smallest id, so the ids
-///    increase in batch order whatever order `nextval` ran in, and the final
-///    SELECT returns them in batch order (`ord`) — not relying on the order of
-///    `RETURNING`, which Postgres does not promise.
+/// 3. `numbered` gives the i-th row the i-th smallest id, and the final
+///    SELECT returns them in batch order (`ord`) — not relying on the order
+///    of `RETURNING`, which Postgres does not promise.
 const APPEND_SQL: &str = "
 WITH batch AS (
-    SELECT room, data, ord
-    FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS b (room, data, ord)
+    SELECT room, update_count, data, ord
+    FROM UNNEST($1::text[], $2::bigint[], $3::bytea[])
+        WITH ORDINALITY AS b (room, update_count, data, ord)
 ),
 touched AS (
     INSERT INTO rooms AS r (name, updated_at, update_count)
-    SELECT room, now(), count(*) FROM batch GROUP BY room ORDER BY room
+    SELECT room, now(), update_count FROM batch ORDER BY room
     ON CONFLICT (name) DO UPDATE SET
         updated_at = EXCLUDED.updated_at,
         update_count = r.update_count + EXCLUDED.update_count
@@ -62,13 +67,13 @@ ids AS (
     WHERE (SELECT count(*) FROM touched) > 0
 ),
 numbered AS (
-    SELECT b.room, b.data, b.ord, i.id
+    SELECT b.room, b.update_count, b.data, b.ord, i.id
     FROM batch b
     JOIN (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM ids) i USING (ord)
 ),
 inserted AS (
-    INSERT INTO updates (id, room, data)
-    SELECT id, room, data FROM numbered
+    INSERT INTO updates (id, room, update_count, data)
+    SELECT id, room, update_count, data FROM numbered
 )
 SELECT id FROM numbered ORDER BY ord";
 
@@ -127,16 +132,17 @@ impl Store for PostgresStore {
         .bind(room.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let updates: Vec<UpdateRow> =
-            sqlx::query_as("SELECT id, data FROM updates WHERE room = $1 ORDER BY id")
-                .bind(room.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
+        let updates: Vec<UpdateRow> = sqlx::query_as(
+            "SELECT id, update_count, data FROM updates WHERE room = $1 ORDER BY id",
+        )
+        .bind(room.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
 
         Ok(StoredRoom {
             snapshot: snapshot.map(|row| row.into_snapshot(room)),
-            updates: updates.into_iter().map(Into::into).collect(),
+            updates: logged_updates(room, updates)?,
         })
     }
 
@@ -144,15 +150,18 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rooms: Vec<&str> = batch.iter().map(|u| u.room.as_str()).collect();
-        let data: Vec<&[u8]> = batch.iter().map(|u| u.data.as_ref()).collect();
-        let ids: Vec<UpdateId> = sqlx::query_scalar(APPEND_SQL)
+        let packed = Packed::new(batch);
+        let rooms: Vec<&str> = packed.packs.iter().map(|p| p.room.as_str()).collect();
+        let counts: Vec<i64> = packed.packs.iter().map(|p| p.update_count).collect();
+        let data: Vec<&[u8]> = packed.packs.iter().map(|p| p.data.as_slice()).collect();
+        let row_ids: Vec<UpdateId> = sqlx::query_scalar(APPEND_SQL)
             .bind(rooms)
+            .bind(counts)
             .bind(data)
             .fetch_all(&self.pool)
             .await?;
-        debug_assert_eq!(ids.len(), batch.len());
-        Ok(ids)
+        debug_assert_eq!(row_ids.len(), packed.packs.len());
+        Ok(packed.update_ids(&row_ids))
     }
 
     async fn write_snapshot(
@@ -189,15 +198,13 @@ impl Store for PostgresStore {
         // Delete and read in one statement: exactly the entries deleted are
         // the ones merged. On any later error the transaction rolls back.
         let folded: Vec<UpdateRow> = match snapshot.through {
-            Some(through) => {
-                sqlx::query_as(
-                    "DELETE FROM updates WHERE room = $1 AND id <= $2 RETURNING id, data",
-                )
-                .bind(room.as_str())
-                .bind(through)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+            Some(through) => sqlx::query_as(
+                "DELETE FROM updates WHERE room = $1 AND id <= $2 RETURNING id, update_count, data",
+            )
+            .bind(room.as_str())
+            .bind(through)
+            .fetch_all(&mut *tx)
+            .await?,
             None => Vec::new(),
         };
 

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{LoggedUpdate, RoomName, Snapshot, SnapshotId, SnapshotInfo, UpdateId};
+use crate::{LoggedUpdate, RoomName, Snapshot, SnapshotId, SnapshotInfo, StoreError, UpdateId};
 
 /// The columns of `snapshots` that make a [`SnapshotInfo`].
 #[derive(Debug, sqlx::FromRow)]
@@ -57,20 +57,46 @@ pub(crate) struct LatestRow {
     pub state: Option<Vec<u8>>,
 }
 
-/// A row of `updates`.
+/// A row of `updates`: one update, or several packed (see [`crate::pack`]).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct UpdateRow {
     pub id: UpdateId,
+    pub update_count: i64,
     pub data: Vec<u8>,
 }
 
-impl From<UpdateRow> for LoggedUpdate {
-    fn from(row: UpdateRow) -> Self {
-        LoggedUpdate {
-            id: row.id,
-            data: row.data,
-        }
+impl UpdateRow {
+    /// The updates the row holds, in append order.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the row does not split into them.
+    pub fn into_updates(self, room: &RoomName) -> Result<Vec<Vec<u8>>, StoreError> {
+        crate::pack::unpack(self.id, self.update_count, self.data).map_err(|bad| {
+            StoreError::Corrupt {
+                room: room.clone(),
+                what: bad.to_string(),
+                source: None,
+            }
+        })
     }
+}
+
+/// A room's log as `load` returns it: every update of every row, each with
+/// its row's id.
+pub(crate) fn logged_updates(
+    room: &RoomName,
+    rows: Vec<UpdateRow>,
+) -> Result<Vec<LoggedUpdate>, StoreError> {
+    let mut updates = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = row.id;
+        updates.extend(
+            row.into_updates(room)?
+                .into_iter()
+                .map(|data| LoggedUpdate { id, data }),
+        );
+    }
+    Ok(updates)
 }
 
 /// A row of the room listing.

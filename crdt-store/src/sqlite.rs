@@ -6,7 +6,6 @@
 //! busy timeout for it), so a read-then-write transaction such as
 //! `write_snapshot` can never be overtaken between its read and its write.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,7 +17,10 @@ use sqlx::sqlite::{
 };
 
 use crate::merge;
-use crate::rows::{LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow};
+use crate::pack::Packed;
+use crate::rows::{
+    LatestRow, RoomSummaryRow, SnapshotInfoRow, SnapshotRow, UpdateRow, logged_updates,
+};
 use crate::sqlite_batch;
 use crate::{
     NewSnapshot, PendingUpdate, RoomName, RoomSummary, Snapshot, SnapshotId, SnapshotInfo, Store,
@@ -120,16 +122,17 @@ impl Store for SqliteStore {
         .bind(room.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let updates: Vec<UpdateRow> =
-            sqlx::query_as("SELECT id, data FROM updates WHERE room = ?1 ORDER BY id")
-                .bind(room.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
+        let updates: Vec<UpdateRow> = sqlx::query_as(
+            "SELECT id, update_count, data FROM updates WHERE room = ?1 ORDER BY id",
+        )
+        .bind(room.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
 
         Ok(StoredRoom {
             snapshot: snapshot.map(|row| row.into_snapshot(room)),
-            updates: updates.into_iter().map(Into::into).collect(),
+            updates: logged_updates(room, updates)?,
         })
     }
 
@@ -140,29 +143,30 @@ impl Store for SqliteStore {
         let now = Utc::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
-        // A few multi-row statements, not one per row (see `sqlite_batch`).
-        let counts: Vec<(&RoomName, i64)> = count_by_room(batch).into_iter().collect();
-        let mut rooms = counts.as_slice();
-        for size in sqlite_batch::statement_sizes(counts.len()) {
-            let (chunk, rest) = rooms.split_at(size);
-            rooms = rest;
+        // One log row per room (see `pack`), written by a few multi-row
+        // statements (see `sqlite_batch`).
+        let packed = Packed::new(batch);
+        let mut row_ids = Vec::with_capacity(packed.packs.len());
+        let mut packs = packed.packs.as_slice();
+        for size in sqlite_batch::statement_sizes(packs.len()) {
+            let (chunk, rest) = packs.split_at(size);
+            packs = rest;
             let mut query = sqlx::query(sqlite_batch::upsert_rooms(size));
-            for (room, count) in chunk {
-                query = query.bind(room.as_str()).bind(now).bind(now).bind(*count);
+            for pack in chunk {
+                query = query
+                    .bind(pack.room.as_str())
+                    .bind(now)
+                    .bind(now)
+                    .bind(pack.update_count);
             }
             query.execute(&mut *tx).await?;
-        }
 
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut updates = batch;
-        for size in sqlite_batch::statement_sizes(batch.len()) {
-            let (chunk, rest) = updates.split_at(size);
-            updates = rest;
             let mut query = sqlx::query(sqlite_batch::insert_updates(size));
-            for update in chunk {
+            for pack in chunk {
                 query = query
-                    .bind(update.room.as_str())
-                    .bind(update.data.as_ref())
+                    .bind(pack.room.as_str())
+                    .bind(pack.update_count)
+                    .bind(pack.data.as_slice())
                     .bind(now);
             }
             // The rows went in in order, each taking the next id
@@ -172,9 +176,9 @@ impl Store for SqliteStore {
             let last = query.execute(&mut *tx).await?.last_insert_rowid();
             // `size` is one of `sqlite_batch`'s statement sizes (≤ 256).
             let first = last - size as i64 + 1;
-            ids.extend(first..=last);
+            row_ids.extend(first..=last);
         }
-        debug_assert_eq!(ids.len(), batch.len());
+        let ids = packed.update_ids(&row_ids);
 
         tx.commit().await?;
         Ok(ids)
@@ -214,15 +218,13 @@ impl Store for SqliteStore {
         // Delete and read in one statement: exactly the entries deleted are
         // the ones merged. On any later error the transaction rolls back.
         let folded: Vec<UpdateRow> = match snapshot.through {
-            Some(through) => {
-                sqlx::query_as(
-                    "DELETE FROM updates WHERE room = ?1 AND id <= ?2 RETURNING id, data",
-                )
-                .bind(room.as_str())
-                .bind(through)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+            Some(through) => sqlx::query_as(
+                "DELETE FROM updates WHERE room = ?1 AND id <= ?2 RETURNING id, update_count, data",
+            )
+            .bind(room.as_str())
+            .bind(through)
+            .fetch_all(&mut *tx)
+            .await?,
             None => Vec::new(),
         };
 
@@ -327,15 +329,6 @@ impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
-}
-
-/// How many updates of each room `batch` holds.
-fn count_by_room(batch: &[PendingUpdate]) -> BTreeMap<&RoomName, i64> {
-    let mut counts = BTreeMap::new();
-    for update in batch {
-        *counts.entry(&update.room).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[cfg(test)]

@@ -65,8 +65,8 @@ impl Statements {
 }
 
 static INSERT_UPDATES: Statements = Statements::new(
-    "INSERT INTO updates (room, data, created_at) VALUES ",
-    "(?, ?, ?)",
+    "INSERT INTO updates (room, update_count, data, created_at) VALUES ",
+    "(?, ?, ?, ?)",
     "",
 );
 
@@ -78,7 +78,8 @@ static UPSERT_ROOMS: Statements = Statements::new(
          update_count = rooms.update_count + excluded.update_count",
 );
 
-/// Inserts `rows` updates (bind room, data, created_at per row).
+/// Inserts `rows` log rows (bind room, update_count, data, created_at per
+/// row).
 pub(crate) fn insert_updates(rows: usize) -> &'static str {
     INSERT_UPDATES.for_rows(rows)
 }
@@ -110,8 +111,8 @@ mod tests {
     #[test]
     fn statements_have_one_parameter_group_per_row() {
         let sql = insert_updates(4);
-        assert_eq!(sql.matches("(?, ?, ?)").count(), 4);
-        assert!(sql.ends_with("(?, ?, ?)"));
+        assert_eq!(sql.matches("(?, ?, ?, ?)").count(), 4);
+        assert!(sql.ends_with("(?, ?, ?, ?)"));
         assert_eq!(upsert_rooms(1).matches("(?, ?, ?, ?)").count(), 1);
     }
 }

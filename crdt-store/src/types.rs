@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use crate::RoomName;
 
-/// Id of a log entry; increases in append order across the whole store.
+/// Id of a log entry (one or more updates of one room appended together);
+/// increases in append order across the whole store.
 pub type UpdateId = i64;
 /// Id of a snapshot (a version of a room).
 pub type SnapshotId = i64;

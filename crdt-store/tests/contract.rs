@@ -148,7 +148,7 @@ macro_rules! contract_tests {
 }
 
 contract_tests!(
-    append_ids_increase_in_batch_order,
+    append_packs_each_rooms_updates_into_one_entry,
     load_returns_snapshot_then_log,
     write_snapshot_folds_log_and_keeps_content,
     write_snapshot_keeps_log_entries_the_state_lacks,
@@ -157,6 +157,8 @@ contract_tests!(
     prune_keeps_the_newest,
     corrupt_log_entry_is_reported_and_nothing_changes,
     corrupt_stored_snapshot_is_reported_and_nothing_changes,
+    damaged_packed_entry_is_reported_and_nothing_changes,
+    entries_from_before_packing_still_load,
     delete_room_removes_everything,
     rooms_lists_every_room,
     odd_room_names_round_trip,
@@ -306,6 +308,30 @@ async fn damage_latest_snapshot(url: &str, room: &RoomName) {
     }
 }
 
+/// Runs raw SQL under the store: `sqlite` or `postgres`, whichever `url`
+/// opens. Only literals the test made itself, no bind parameters.
+async fn under_the_store(url: &str, sqlite: &str, postgres: &str) {
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(sqlite.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(postgres.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 // ---------------------------------------------------------------------------
 // The contract.
 // ---------------------------------------------------------------------------
@@ -315,7 +341,7 @@ mod contract {
 
     use super::*;
 
-    pub async fn append_ids_increase_in_batch_order(Ctx { store, .. }: Ctx) {
+    pub async fn append_packs_each_rooms_updates_into_one_entry(Ctx { store, .. }: Ctx) {
         let (a, b) = (room("a"), room("b"));
         assert!(store.append(&[]).await.unwrap().is_empty());
         assert!(
@@ -331,35 +357,50 @@ mod contract {
             .collect();
         let ids = store.append(&batch).await.unwrap();
         assert_eq!(ids.len(), batch.len());
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids {ids:?} increase");
+        // One log entry per room: its updates share the entry's id.
+        assert_eq!([ids[0], ids[2]], [ids[4], ids[4]], "{ids:?}");
+        assert_eq!([ids[1], ids[3]], [ids[5], ids[5]], "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
 
         let later = store.append(&[pending(&a, vec![42])]).await.unwrap();
-        assert!(later[0] > ids[5]);
+        assert!(later[0] > ids[0].max(ids[1]), "ids only grow");
 
         let loaded = store.load(&a).await.unwrap();
         let loaded_ids: Vec<_> = loaded.updates.iter().map(|u| u.id).collect();
-        assert_eq!(loaded_ids, vec![ids[0], ids[2], ids[4], later[0]]);
-        assert_eq!(loaded.updates[1].data, datas[2]);
-        assert_eq!(loaded.updates[3].data, vec![42]);
+        assert_eq!(loaded_ids, vec![ids[0], ids[0], ids[0], later[0]]);
+        let loaded_data: Vec<_> = loaded.updates.iter().map(|u| u.data.clone()).collect();
+        assert_eq!(
+            loaded_data,
+            [&datas[0], &datas[2], &datas[4], &vec![42]].map(Clone::clone)
+        );
         assert_eq!(loaded.last_update_id(), Some(later[0]));
-
-        // A batch large enough to take several statements: every id is
-        // the one of its own row.
-        let (x, y) = (room("x"), room("y"));
-        let datas: Vec<Vec<u8>> = (0..300u16).map(|i| i.to_be_bytes().to_vec()).collect();
-        let batch: Vec<PendingUpdate> = datas
-            .iter()
-            .enumerate()
-            .map(|(i, data)| pending(if i % 3 == 0 { &x } else { &y }, data.clone()))
-            .collect();
-        let ids = store.append(&batch).await.unwrap();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase");
-        for r in [&x, &y] {
-            for row in store.load(r).await.unwrap().updates {
-                let i = ids.iter().position(|&id| id == row.id).unwrap();
-                assert_eq!(row.data, datas[i], "row {i}");
-                assert_eq!(batch[i].room, *r);
+        // Many rooms and many updates in one batch (several statements on
+        // SQLite): each room gets its own updates back, in batch order, and
+        // an empty update survives as one.
+        let rooms: Vec<RoomName> = (0..300).map(|i| room(&format!("r{i:03}"))).collect();
+        let mut batch = Vec::new();
+        for round in 0..3u8 {
+            for (i, r) in rooms.iter().enumerate() {
+                let data = if round == 1 && i % 7 == 0 {
+                    Vec::new()
+                } else {
+                    vec![round; i % 5 + 1]
+                };
+                batch.push(pending(r, data));
             }
+        }
+        let ids = store.append(&batch).await.unwrap();
+        assert_eq!(ids.len(), batch.len());
+        for (i, r) in rooms.iter().enumerate() {
+            let expected: Vec<_> = batch
+                .iter()
+                .filter(|u| u.room == *r)
+                .map(|u| u.data.to_vec())
+                .collect();
+            let loaded = store.load(r).await.unwrap();
+            let got: Vec<_> = loaded.updates.iter().map(|u| u.data.clone()).collect();
+            assert_eq!(got, expected, "room {i}");
+            assert!(loaded.updates.iter().all(|u| u.id == ids[i]), "room {i}");
         }
 
         // Compaction deletes the newest entries: their ids are not reused.
@@ -475,7 +516,7 @@ mod contract {
             .await
             .unwrap();
         assert_eq!(info.room, r);
-        assert_eq!(info.updates, 7);
+        assert_eq!(info.updates, 7, "seven updates, the last two in one entry");
         assert_eq!(info.restored_from, None);
 
         let after = store.load(&r).await.unwrap();
@@ -673,7 +714,8 @@ mod contract {
         match &err {
             StoreError::Corrupt { room, what, .. } => {
                 assert_eq!(room, &r);
-                assert_eq!(what, &format!("log entry {}", ids[1]));
+                // The three went into one log entry.
+                assert_eq!(what, &format!("update 2 of log entry {}", ids[1]));
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
@@ -695,6 +737,94 @@ mod contract {
             .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         assert!(store.snapshots(&r).await.unwrap().is_empty());
+    }
+
+    /// A log row whose bytes do not split into the updates its count
+    /// claims is reported by `load` and `write_snapshot` alike, and the
+    /// row stays for the operator.
+    pub async fn damaged_packed_entry_is_reported_and_nothing_changes(Ctx { store, url }: Ctx) {
+        let r = room("damaged-pack");
+        let w = Writer::new(1);
+        let ids = store
+            .append(&[pending(&r, w.insert(0, "a")), pending(&r, w.insert(1, "b"))])
+            .await
+            .unwrap();
+        under_the_store(
+            &url,
+            "UPDATE updates SET update_count = 3 WHERE room = 'damaged-pack'",
+            "UPDATE updates SET update_count = 3 WHERE room = 'damaged-pack'",
+        )
+        .await;
+
+        let expected = format!("log entry {} should hold 3 updates", ids[0]);
+        match store.load(&r).await.unwrap_err() {
+            StoreError::Corrupt { room, what, .. } => {
+                assert_eq!(room, r);
+                assert!(what.starts_with(&expected), "{what}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let err = store
+            .write_snapshot(snapshot_of(&r, &w.state(), None, Some(ids[0])), 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { what, .. } if what.starts_with(&expected)),
+            "{err:?}"
+        );
+        assert!(store.snapshots(&r).await.unwrap().is_empty());
+
+        under_the_store(
+            &url,
+            "UPDATE updates SET update_count = 2 WHERE room = 'damaged-pack'",
+            "UPDATE updates SET update_count = 2 WHERE room = 'damaged-pack'",
+        )
+        .await;
+        assert_eq!(rebuild(&store.load(&r).await.unwrap()).text(), "ab");
+    }
+
+    /// Rows written before log entries held several updates have no count
+    /// of their own: the migration gives them 1, and they read as before.
+    pub async fn entries_from_before_packing_still_load(Ctx { store, url }: Ctx) {
+        let r = room("legacy");
+        let w = Writer::new(1);
+        let (old, new) = (w.insert(0, "old "), w.insert(4, "and new"));
+        under_the_store(
+            &url,
+            &format!(
+                "INSERT INTO rooms (name, created_at, updated_at, update_count) \
+                 VALUES ('legacy', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 1); \
+                 INSERT INTO updates (room, data, created_at) \
+                 VALUES ('legacy', X'{}', '2026-11-01T00:00:00Z')",
+                hex(&old)
+            ),
+            &format!(
+                "INSERT INTO rooms (name, update_count) VALUES ('legacy', 1); \
+                 INSERT INTO updates (room, data) VALUES ('legacy', decode('{}', 'hex'))",
+                hex(&old)
+            ),
+        )
+        .await;
+        store
+            .append(&[pending(&r, new.clone()), pending(&r, w.set("k", "v"))])
+            .await
+            .unwrap();
+
+        let loaded = store.load(&r).await.unwrap();
+        assert_eq!(loaded.updates.len(), 3);
+        assert_eq!(loaded.updates[0].data, old);
+        assert_eq!(loaded.updates[1].data, new);
+        assert_eq!(rebuild(&loaded).text(), "old and new");
+
+        let state = rebuild(&loaded).state();
+        let info = store
+            .write_snapshot(snapshot_of(&r, &state, None, loaded.last_update_id()), 3)
+            .await
+            .unwrap();
+        assert_eq!(info.updates, 3);
+        let after = store.load(&r).await.unwrap();
+        assert!(after.updates.is_empty());
+        assert_eq!(rebuild(&after).text(), "old and new");
     }
 
     pub async fn corrupt_stored_snapshot_is_reported_and_nothing_changes(Ctx { store, url }: Ctx) {
@@ -795,9 +925,10 @@ mod contract {
         let names: Vec<_> = listed.iter().map(|s| s.room.as_str()).collect();
         assert_eq!(names, ["Z", "a-room", "b-room"], "byte order");
         let len = |d: &[u8]| i64::try_from(d.len()).unwrap();
+        // a1 and a2 share one log entry, each behind a one-byte length.
         assert_eq!(
             (listed[1].snapshots, listed[1].size),
-            (0, len(&a1) + len(&a2))
+            (0, len(&a1) + len(&a2) + 2)
         );
         // through = None: b1 stayed in the log beside b's snapshot.
         assert_eq!(
