@@ -281,31 +281,17 @@ const GARBAGE: &[u8] = &[0xff; 8];
 
 /// Overwrites the latest snapshot of `room` with garbage, under the store.
 async fn damage_latest_snapshot(url: &str, room: &RoomName) {
-    if url.starts_with("sqlite") {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(
-            "UPDATE snapshots SET state = ?1 \
-             WHERE id = (SELECT max(id) FROM snapshots WHERE room = ?2)",
-        )
-        .bind(GARBAGE)
-        .bind(room.as_str())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(
-            "UPDATE snapshots SET state = $1 \
-             WHERE id = (SELECT max(id) FROM snapshots WHERE room = $2)",
-        )
-        .bind(GARBAGE)
-        .bind(room.as_str())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-    }
+    let latest = format!(
+        "(SELECT max(id) FROM snapshots WHERE room = '{}')",
+        room.as_str().replace('\'', "''")
+    );
+    let garbage = hex(GARBAGE);
+    under_the_store(
+        url,
+        &format!("UPDATE snapshots SET state = X'{garbage}' WHERE id = {latest}"),
+        &format!("UPDATE snapshots SET state = decode('{garbage}', 'hex') WHERE id = {latest}"),
+    )
+    .await;
 }
 
 /// Runs raw SQL under the store: `sqlite` or `postgres`, whichever `url`
