@@ -8,8 +8,9 @@
 //! rows it saves (yrs's merge re-sorts its inputs for every block it writes)
 //! and v1 updates do not concatenate, so a row with several updates holds
 //! them as a list: each update prefixed by its length as a varint, Yjs's own
-//! `writeVarUint8Array` framing. The row's `update_count` says how many it holds; a row holding
-//! one update stores it bare, exactly as rows written before packing did.
+//! `writeVarUint8Array` framing. The row's `update_count` says how many it
+//! holds; a row holding one update stores it bare, exactly as rows written
+//! before packing did.
 
 use std::collections::BTreeMap;
 
