@@ -219,4 +219,54 @@ mod tests {
         // A length prefix claiming gigabytes allocates nothing.
         assert!(unpack(1, 2, vec![0xff, 0xff, 0xff, 0xff, 0x0f, 1]).is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever a batch holds, each room gets back exactly its updates,
+        /// in order, from its one row.
+        #[test]
+        fn every_batch_round_trips(
+            batch in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(proptest::num::u8::ANY, 0..200)),
+                0..40,
+            )
+        ) {
+            let rooms: Vec<RoomName> =
+                (0..4).map(|i| RoomName::parse(format!("r{i}")).unwrap()).collect();
+            let batch: Vec<PendingUpdate> = batch
+                .iter()
+                .map(|(room, data)| pending(&rooms[usize::from(*room)], data))
+                .collect();
+            let packed = Packed::new(&batch);
+            let row_ids: Vec<UpdateId> = (0..packed.packs.len() as i64).collect();
+            let ids = packed.update_ids(&row_ids);
+            for (row, pack) in packed.packs.iter().enumerate() {
+                let expected: Vec<Vec<u8>> = batch
+                    .iter()
+                    .filter(|u| &u.room == pack.room)
+                    .map(|u| u.data.to_vec())
+                    .collect();
+                let got = unpack(row as i64, pack.update_count, pack.data.as_slice().to_vec());
+                proptest::prop_assert_eq!(got.unwrap(), expected);
+            }
+            for (update, id) in batch.iter().zip(ids) {
+                proptest::prop_assert_eq!(packed.packs[id as usize].room, &update.room);
+            }
+        }
+
+        /// Bytes and counts as a damaged database might hold them: an
+        /// error or the updates, never a panic or a huge allocation.
+        #[test]
+        fn damaged_rows_never_panic(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            count in -3i64..80,
+        ) {
+            if let Ok(updates) = unpack(1, count, data.clone()) {
+                proptest::prop_assert_eq!(updates.len() as i64, count);
+                if count > 1 {
+                    let total: usize = updates.iter().map(Vec::len).sum();
+                    proptest::prop_assert!(total < data.len());
+                }
+            }
+        }
+    }
 }
