@@ -16,6 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use yrs::block::ClientID;
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{IdSet, Update};
 
 /// The clock ranges of one document state: what it has inserted (its
@@ -25,6 +26,10 @@ use yrs::{IdSet, Update};
 pub(crate) struct StateCover {
     inserted: ClockRanges,
     deleted: ClockRanges,
+    /// The state's state vector (Yjs v1), which a snapshot stores beside
+    /// it: taken from this decode, so that a compaction with nothing to
+    /// merge decodes the whole document once, not twice.
+    state_vector: Vec<u8>,
 }
 
 impl StateCover {
@@ -34,7 +39,14 @@ impl StateCover {
         Some(Self {
             inserted: ClockRanges::from(&update.insertions(true)),
             deleted: ClockRanges::from(update.delete_set()),
+            state_vector: update.state_vector().encode_v1(),
         })
+    }
+
+    /// The covered state's state vector, as
+    /// `yrs::encode_state_vector_from_update_v1` gives it.
+    pub(crate) fn into_state_vector(self) -> Vec<u8> {
+        self.state_vector
     }
 
     /// Whether every block `update` inserts and every deletion it carries
@@ -115,7 +127,8 @@ mod tests {
         let doc = Doc::with_client_id(1);
         let typed = edit(&doc, |t, txn| t.insert(txn, 0, "hello"));
         let deleted = edit(&doc, |t, txn| t.remove_range(txn, 1, 2));
-        let cover = StateCover::of(&state(&doc)).unwrap();
+        let snapshot = state(&doc);
+        let cover = StateCover::of(&snapshot).unwrap();
         let later = edit(&doc, |t, txn| t.insert(txn, 0, "x"));
         let later_delete = edit(&doc, |t, txn| t.remove_range(txn, 1, 1));
 
@@ -129,6 +142,10 @@ mod tests {
         assert_eq!(
             doc.get_or_insert_text("t").get_string(&doc.transact()),
             "xlo"
+        );
+        assert_eq!(
+            cover.into_state_vector(),
+            yrs::encode_state_vector_from_update_v1(&snapshot).unwrap()
         );
     }
 

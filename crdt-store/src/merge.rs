@@ -138,13 +138,18 @@ fn merge_blocking(
         && let Some(cover) = StateCover::of(state)
     {
         parts.retain(|(origin, data)| matches!(origin, Origin::Caller) || !cover.holds(data));
+        if let [(Origin::Caller, _)] = parts.as_slice()
+            && let Some((_, state)) = parts.pop()
+        {
+            return Ok(Merged {
+                state,
+                state_vector: cover.into_state_vector(),
+            });
+        }
     }
     let parts = parts.as_slice();
     let merged = catch_unwind(AssertUnwindSafe(|| {
-        let state = match parts {
-            [(Origin::Caller, state)] => state.clone(),
-            _ => yrs::merge_updates_v1(parts.iter().map(|(_, data)| data.as_slice()))?,
-        };
+        let state = yrs::merge_updates_v1(parts.iter().map(|(_, data)| data.as_slice()))?;
         let state_vector = yrs::encode_state_vector_from_update_v1(&state)?;
         Ok::<_, yrs::encoding::read::Error>(Merged {
             state,
