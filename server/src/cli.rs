@@ -103,9 +103,9 @@ pub struct ServeArgs {
     /// A busy room holds a frame for up to this long when its recent pace
     /// says the next will come by then, and sends them together, several
     /// frames per socket write (only for the next frame, not the one
-    /// after; see `room/fanout.rs`). A room whose edits come further apart than this,
-    /// such as one with a single typist, sends each frame at once. 0 never
-    /// holds. Tokio's timers round up to whole milliseconds. Under heavy
+    /// after; see `room/fanout.rs`). A room whose edits come further apart
+    /// than this, such as one with a single typist, sends each frame at
+    /// once. 0 never holds. Tokio's timers round up to whole milliseconds. Under heavy
     /// load the default roughly halves the room's writes for a few
     /// milliseconds of latency (BENCHMARKS.md).
     #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "5ms", value_parser = parse_duration)]
