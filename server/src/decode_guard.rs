@@ -36,6 +36,7 @@
 //! small multiple of the input, and only for updates that can need it.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use yrs::block::{
     BLOCK_GC_REF_NUMBER, BLOCK_ITEM_ANY_REF_NUMBER, BLOCK_ITEM_BINARY_REF_NUMBER,
@@ -309,6 +310,90 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, GuardError> {
     })
 }
 
+/// Where each struct and the delete set of an update sit in its bytes, for
+/// cutting the update apart without decoding it into yrs (see
+/// `room::gaps`). lib0 v1 encodes every struct on its own (no state carries
+/// from one to the next), so a client's structs can be re-framed by copying
+/// their bytes under a new header.
+#[derive(Debug)]
+pub struct Layout {
+    /// One per client, in the order of the update; empty items, which yrs
+    /// drops, are left out.
+    pub sections: Vec<Section>,
+    /// The delete set's ranges: `(client, clock, len)`.
+    pub deletes: Vec<(u64, u32, u32)>,
+    /// Where the delete set's encoding starts (it runs to the end).
+    pub delete_set_at: usize,
+}
+
+/// One client's structs.
+#[derive(Debug)]
+pub struct Section {
+    pub client: u64,
+    pub structs: Vec<StructSpan>,
+}
+
+/// One struct of a [`Section`].
+#[derive(Debug, Clone)]
+pub struct StructSpan {
+    pub clock: u32,
+    pub len: u32,
+    /// A Skip: a hole in the client's clocks, not content.
+    pub skip: bool,
+    pub bytes: Range<usize>,
+    /// The ids this struct needs in a document before it can integrate:
+    /// its left and right origins and its parent item.
+    pub depends_on: [Option<(u64, u32)>; 3],
+}
+
+/// The [`Layout`] of a v1 update that passed [`check_update_v1`].
+///
+/// # Errors
+/// As [`check_update_v1`]'s walk (which it repeats, without the cost
+/// estimate).
+pub fn layout(bytes: &[u8]) -> Result<Layout, GuardError> {
+    #[derive(Default)]
+    struct Collect {
+        sections: Vec<Section>,
+        deletes: Vec<(u64, u32, u32)>,
+    }
+    impl Visitor for Collect {
+        fn on_struct(&mut self, s: &StructInfo) {
+            let span = StructSpan {
+                clock: s.clock,
+                len: s.len,
+                skip: s.kind == Kind::Skip,
+                bytes: s.bytes.clone(),
+                depends_on: [
+                    s.origin,
+                    s.right_origin,
+                    match s.parent {
+                        Parent::Id(client, clock) => Some((client, clock)),
+                        _ => None,
+                    },
+                ],
+            };
+            match self.sections.last_mut() {
+                Some(section) if section.client == s.client => section.structs.push(span),
+                _ => self.sections.push(Section {
+                    client: s.client,
+                    structs: vec![span],
+                }),
+            }
+        }
+        fn on_delete_range(&mut self, client: u64, clock: u32, len: u32) {
+            self.deletes.push((client, clock, len));
+        }
+    }
+    let mut collect = Collect::default();
+    let walk = Walk::run(bytes, &mut collect)?;
+    Ok(Layout {
+        sections: collect.sections,
+        deletes: collect.deletes,
+        delete_set_at: walk.delete_set_at,
+    })
+}
+
 // Rough heap cost of what yrs builds per struct, measured on yrs 0.28.1:
 // the `Block` slot in the decoded update, the boxed `Item`, a `Branch` for a
 // shared type, a whole `Doc` (store, options, observers) for a subdocument.
@@ -328,6 +413,8 @@ struct StructInfo {
     client: u64,
     clock: u32,
     len: u32,
+    /// Where the struct's encoding sits in the walked bytes.
+    bytes: Range<usize>,
     /// Bytes of heap the content occupies once decoded.
     content_bytes: u64,
     origin: Option<(u64, u32)>,
@@ -370,6 +457,8 @@ struct Walk<'a> {
     delete_ranges: usize,
     types: usize,
     subdocs: usize,
+    /// Where the delete set starts.
+    delete_set_at: usize,
 }
 
 /// The memory and copy work applying an update costs.
@@ -410,6 +499,7 @@ impl<'a> Walk<'a> {
             delete_ranges: 0,
             types: 0,
             subdocs: 0,
+            delete_set_at: 0,
         };
         walk.structs_and_deletes(visitor)?;
         Ok(walk)
@@ -430,7 +520,9 @@ impl<'a> Walk<'a> {
             let mut clock = u64::from(self.r.var_u32()?);
             check_clock(client, clock, 0)?;
             for _ in 0..structs {
-                if let Some(s) = self.read_struct(client, clock)? {
+                let start = self.r.pos;
+                if let Some(mut s) = self.read_struct(client, clock)? {
+                    s.bytes = start..self.r.pos;
                     check_clock(client, clock, s.len.into())?;
                     clock += u64::from(s.len);
                     self.structs += 1;
@@ -439,6 +531,7 @@ impl<'a> Walk<'a> {
             }
         }
         // Delete set: clients, each with (clock, len) ranges.
+        self.delete_set_at = self.r.pos;
         let clients = self.r.count_u32("delete set client", 2)?;
         for _ in 0..clients {
             let client = self.r.client()?;
@@ -465,6 +558,7 @@ impl<'a> Walk<'a> {
             client,
             clock,
             len,
+            bytes: 0..0,
             content_bytes: 0,
             origin: None,
             right_origin: None,
@@ -602,6 +696,7 @@ impl<'a> Walk<'a> {
             client,
             clock,
             len,
+            bytes: 0..0,
             content_bytes,
             origin,
             right_origin,

@@ -532,7 +532,7 @@ impl Sim {
                     let update = Update::decode_v1(&u).expect("a room update decodes");
                     let c = &mut self.clients[client];
                     c.held
-                        .apply(&c.doc, update, &u)
+                        .apply(&c.doc, update, &Bytes::from(u))
                         .expect("a room update applies");
                 }
                 _ => {}

@@ -169,9 +169,13 @@ fn describe() {
         "Failed attempts to write a batch."
     );
     describe_counter!("crdt_hub_snapshots_total", "Compacted snapshots written.");
+    describe_gauge!(
+        "crdt_hub_held_updates",
+        "Parts of updates waiting in memory for what they build on (the rest of each update is in the document already)."
+    );
     describe_counter!(
-        "crdt_hub_held_updates_released_total",
-        "Updates waiting for missing dependencies let go from memory past the cap (storage keeps them)."
+        "crdt_hub_held_evicted_total",
+        "Held parts of updates let go from memory past the per-room caps (storage keeps them; they load again with the room)."
     );
     describe_gauge!(
         "crdt_hub_document_bytes",
@@ -296,8 +300,19 @@ pub fn pending_bytes(bytes: usize) {
     gauge!("crdt_hub_pending_bytes").set(bytes as f64);
 }
 
-pub fn held_update_released() {
-    counter!("crdt_hub_held_updates_released_total").increment(1);
+/// A held update let go from memory past the caps (storage keeps it).
+pub fn held_update_evicted() {
+    counter!("crdt_hub_held_evicted_total").increment(1);
+}
+
+/// Parts of updates held, waiting for what they build on, in every room.
+pub fn held_updates(delta: i64) {
+    let gauge = gauge!("crdt_hub_held_updates");
+    if delta >= 0 {
+        gauge.increment(delta as f64);
+    } else {
+        gauge.decrement(delta.unsigned_abs() as f64);
+    }
 }
 
 pub fn snapshot_written() {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crdt_store::{NewSnapshot, RoomName, SnapshotId, SnapshotInfo, Store, StoreError};
 
-use crate::room::core::{StoredDoc, doc_from_updates};
+use crate::room::core::{StoredDoc, doc_from_updates_with};
+use crate::room::held::HeldCaps;
 
 pub use journal::{Backlogged, Journal, JournalConfig, JournalStatus, JournalTask};
 
@@ -37,11 +38,29 @@ pub struct LoadedRoom {
     pub stored_bytes: usize,
 }
 
-/// Loads a room: its latest snapshot plus the log after it, merged.
+/// Loads a room: its latest snapshot plus the log after it, merged, with
+/// what waits for what it builds on held up to a room's caps.
 ///
 /// # Errors
 /// [`LoadError`] when storage fails or holds bytes that do not apply.
 pub async fn load(store: &Arc<dyn Store>, room: &RoomName) -> Result<LoadedRoom, LoadError> {
+    load_with(store, room, HeldCaps::ROOM).await
+}
+
+/// [`load`] with nothing let go from what waits: for offline tools, whose
+/// output (an export, a version) must carry everything stored.
+///
+/// # Errors
+/// As [`load`].
+pub async fn load_whole(store: &Arc<dyn Store>, room: &RoomName) -> Result<LoadedRoom, LoadError> {
+    load_with(store, room, HeldCaps::NONE).await
+}
+
+async fn load_with(
+    store: &Arc<dyn Store>,
+    room: &RoomName,
+    caps: HeldCaps,
+) -> Result<LoadedRoom, LoadError> {
     let stored = store.load(room).await?;
     let base = stored.snapshot.as_ref().map(|s| s.info.id);
     let stored_bytes = stored.snapshot.as_ref().map_or(0, |s| s.state.len())
@@ -51,7 +70,7 @@ pub async fn load(store: &Arc<dyn Store>, room: &RoomName) -> Result<LoadedRoom,
         .iter()
         .map(|s| s.state.as_slice())
         .chain(stored.updates.iter().map(|u| u.data.as_slice()));
-    let doc = doc_from_updates(blobs).map_err(|(index, detail)| LoadError::Corrupt {
+    let doc = doc_from_updates_with(blobs, caps).map_err(|(index, detail)| LoadError::Corrupt {
         room: room.clone(),
         index,
         detail,

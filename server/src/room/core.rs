@@ -12,7 +12,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::protocol::{self, ClientMessage, DocUpdate};
-use crate::room::held::{self, HeldUpdates};
+use crate::room::held::{self, HeldCaps, HeldUpdates};
 
 /// Identifies one connection within the process.
 pub type PeerId = u64;
@@ -41,6 +41,8 @@ pub struct Effects {
     pub completed: Vec<Bytes>,
     /// Updates refused because the peer may only read.
     pub refused_read_only: usize,
+    /// Updates of which a part waits for what it builds on (held).
+    pub incomplete: usize,
 }
 
 /// A failure that ends the peer's connection.
@@ -109,6 +111,11 @@ impl Room {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// What waits for what it builds on.
+    pub fn held(&self) -> &HeldUpdates {
+        &self.held
     }
 
     pub fn unsaved_updates(&self) -> u64 {
@@ -296,10 +303,10 @@ impl Room {
     }
 
     /// Applies a peer's consecutive updates: together in one transaction
-    /// when the room holds nothing (see [`HeldUpdates::apply_together`]),
-    /// one by one otherwise and for whatever the run could not take.
+    /// (see [`HeldUpdates::apply_together`]), one by one for whatever the
+    /// run could not take.
     fn apply_run(&mut self, run: Vec<DocUpdate>, effects: &mut Effects) -> Result<(), RoomError> {
-        if run.len() < 2 || !self.held.is_empty() {
+        if run.len() < 2 {
             return run
                 .into_iter()
                 .try_for_each(|update| self.apply(update, effects));
@@ -326,7 +333,9 @@ impl Room {
         }
         if let Some(held) = together.held {
             effects.applied.push(held);
+            effects.incomplete += 1;
         }
+        effects.completed.extend(together.released);
         if let Some(error) = together.error {
             return Err(RoomError::Apply(error));
         }
@@ -356,13 +365,13 @@ impl Room {
         // One that brought nothing new (a reconnecting client's answer,
         // another node's anti-entropy catching up with what the bus
         // delivered meanwhile) is neither stored nor sent.
-        if applied.new || !applied.released.is_empty() {
+        if applied.new || !applied.to_send.is_empty() {
             self.full_state_frame = None;
         }
-        if applied.new && applied.complete {
-            effects.completed.push(encoded.clone());
+        effects.completed.extend(applied.to_send);
+        if applied.new && !applied.complete {
+            effects.incomplete += 1;
         }
-        effects.completed.extend(applied.released);
         if applied.new {
             self.unsaved_updates += 1;
             effects.applied.push(encoded);
@@ -464,15 +473,27 @@ impl StoredDoc {
     }
 }
 
-/// Builds a document from stored data: a snapshot and the log after it.
+/// Builds a document from stored data: a snapshot and the log after it,
+/// holding at most what a room holds.
 ///
 /// # Errors
 /// The first stored blob that does not decode or apply, with its position.
 pub fn doc_from_updates<'a>(
     updates: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<StoredDoc, (usize, String)> {
+    doc_from_updates_with(updates, HeldCaps::ROOM)
+}
+
+/// [`doc_from_updates`], holding what waits up to `caps`.
+///
+/// # Errors
+/// As [`doc_from_updates`].
+pub fn doc_from_updates_with<'a>(
+    updates: impl IntoIterator<Item = &'a [u8]>,
+    caps: HeldCaps,
+) -> Result<StoredDoc, (usize, String)> {
     let doc = server_doc();
-    let mut held = HeldUpdates::default();
+    let mut held = HeldUpdates::with_caps(caps);
     // One transaction per stored update: a single transaction over a long
     // log keeps every intermediate block alive until commit (measured:
     // 1.8 GB and 1.8 s for 50,000 keystrokes, against 44 ms one by one).
@@ -481,7 +502,8 @@ pub fn doc_from_updates<'a>(
         let update = catch_unwind(|| Update::decode_v1(bytes))
             .map_err(|_| (index, "decoder panicked".to_string()))?
             .map_err(|e| (index, e.to_string()))?;
-        catch_unwind(AssertUnwindSafe(|| held.apply(&doc, update, bytes)))
+        let raw = Bytes::copy_from_slice(bytes);
+        catch_unwind(AssertUnwindSafe(|| held.apply(&doc, update, &raw)))
             .map_err(|_| (index, "apply panicked".to_string()))?
             .map_err(|e| (index, e.to_string()))?;
     }

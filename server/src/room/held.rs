@@ -16,83 +16,150 @@
 //! same target, `regressions/convergence/`).
 //!
 //! So a document here never keeps yrs's pending state and never
-//! integrates out of order. An update that starts past what the document
-//! has of one of its clients is held without being applied; after each
-//! apply the pending part is pruned and the whole raw update is held
-//! instead. Held updates are applied again once something new has
-//! integrated; yrs skips the parts it already has. Nothing is lost
-//! meanwhile: the caller journals the raw update when it arrives, and it is
-//! sent on to peers once complete, so that they too receive every update
-//! after what it builds on.
+//! integrates out of order. An update is cut where, for some client, it
+//! starts past what the document has ([`gaps::split`]); what comes before
+//! the cut integrates at once, so nothing complete ever waits for what is
+//! missing. What yrs still cannot integrate (an id it builds on is
+//! missing) is pruned from yrs and held here as an update of its own, with
+//! what it needs ([`gaps::needs`]), and retried only once the document
+//! reaches one of those clocks. Nothing is lost meanwhile: the caller
+//! journals every update as it arrived, and compaction keeps in storage
+//! whatever a snapshot of the document does not hold.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use tracing::warn;
+use yrs::block::ClientID;
 use yrs::error::UpdateError;
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
 use crate::protocol::DocUpdate;
+use crate::room::gaps;
 
 /// At most this many updates are held per document; past it the oldest is
-/// let go (it stays in storage and with its sender). Every held update is
-/// applied again whenever the document grows, so this also bounds that work.
-const MAX_HELD_UPDATES: usize = 256;
+/// let go (it stays in storage and with its sender).
+pub const MAX_HELD_UPDATES: usize = 256;
 
 /// At most this many bytes of held updates per document.
-const MAX_HELD_BYTES: usize = 4 << 20;
+pub const MAX_HELD_BYTES: usize = 4 << 20;
 
-/// Raw updates waiting for their dependencies, oldest first.
+/// How much a document may hold before the oldest part is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldCaps {
+    pub updates: usize,
+    pub bytes: usize,
+}
+
+impl HeldCaps {
+    /// A room's: [`MAX_HELD_UPDATES`] and [`MAX_HELD_BYTES`].
+    pub const ROOM: Self = Self {
+        updates: MAX_HELD_UPDATES,
+        bytes: MAX_HELD_BYTES,
+    };
+    /// Nothing let go: for offline tools that read one stored room whole
+    /// (an export must carry everything stored).
+    pub const NONE: Self = Self {
+        updates: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
+impl Default for HeldCaps {
+    fn default() -> Self {
+        Self::ROOM
+    }
+}
+
+/// Parts of updates waiting for what they build on.
 #[derive(Debug, Default)]
 pub struct HeldUpdates {
-    updates: VecDeque<Bytes>,
+    caps: HeldCaps,
+    /// By arrival, oldest first: the order they are let go in past the caps.
+    pieces: BTreeMap<u64, Piece>,
+    /// `(client, clock, piece)`: the piece is worth another try once the
+    /// document has `clock` of `client`. Looked up by the clients an
+    /// update advanced, so that an update nobody waits for costs nothing.
+    wakeups: BTreeSet<(u64, u32, u64)>,
     bytes: usize,
+    next_id: u64,
+    /// Pieces let go past the caps, for rate-limiting the warning.
+    evicted: u64,
+}
+
+/// One held part of an update.
+#[derive(Debug)]
+struct Piece {
+    /// Yjs v1: exactly what the document lacks of the update it came from.
+    update: Bytes,
+    /// What it waits for (see [`gaps::needs`]).
+    needs: Vec<(ClientID, u32)>,
+}
+
+/// A held part and what it waits for, for reports.
+#[derive(Debug, Clone)]
+pub struct Waiting<'a> {
+    pub update: &'a Bytes,
+    /// `(client, clock)` pairs; reaching any one makes it worth a retry.
+    pub needs: &'a [(ClientID, u32)],
 }
 
 impl HeldUpdates {
+    pub fn with_caps(caps: HeldCaps) -> Self {
+        let mut held = Self::default();
+        held.caps = caps;
+        held
+    }
+
     pub fn len(&self) -> usize {
-        self.updates.len()
+        self.pieces.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty()
+        self.pieces.is_empty()
     }
 
-    /// The held updates, oldest first, as they arrived (Yjs v1).
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The held parts, oldest first (Yjs v1).
     pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.updates.iter()
+        self.pieces.values().map(|p| &p.update)
     }
 
-    /// Applies `update` (whose encoding is `raw`) to `doc`; whatever of it
-    /// cannot integrate yet is held, and held updates that now can are
-    /// integrated.
+    /// The held parts with what each waits for, oldest first.
+    pub fn waiting(&self) -> impl Iterator<Item = Waiting<'_>> {
+        self.pieces.values().map(|p| Waiting {
+            update: &p.update,
+            needs: &p.needs,
+        })
+    }
+
+    /// Applies `update` (whose encoding is `raw`) to `doc`: whatever of it
+    /// can integrate does, the rest is held, and held parts it completes
+    /// integrate too.
     ///
     /// # Errors
     /// yrs's error when the update does not apply; nothing is held then.
-    pub fn apply(&mut self, doc: &Doc, update: Update, raw: &[u8]) -> Result<Applied, UpdateError> {
-        let had_held = !self.is_empty();
-        let before = doc.transact().state_vector();
-        let (new, complete) = if starts_within(&before, &update) {
-            let Integrated { complete, changed } = integrate(doc, update)?;
-            (changed || !complete, complete)
-        } else {
-            (true, false)
+    pub fn apply(
+        &mut self,
+        doc: &Doc,
+        update: Update,
+        raw: &Bytes,
+    ) -> Result<Applied, UpdateError> {
+        let have = doc.transact().state_vector();
+        let taken = self.take_in(doc, update, raw, &have, None)?;
+        let mut applied = Applied {
+            new: taken.sent.is_some() || taken.held,
+            complete: taken.complete,
+            to_send: taken.sent.into_iter().collect(),
         };
-        if !complete {
-            // Copied only here: holding is rare, applying is not.
-            self.hold(Bytes::copy_from_slice(raw));
-        }
-        let released = if had_held && doc.transact().state_vector() != before {
-            self.retry(doc)
-        } else {
-            Vec::new()
-        };
-        Ok(Applied {
-            new,
-            complete,
-            released,
-        })
+        self.wake(doc, &taken.advanced, &mut applied.to_send);
+        Ok(applied)
     }
 
     /// Applies a peer's consecutive updates in one transaction and returns
@@ -101,118 +168,303 @@ impl HeldUpdates {
     /// without merging the raw updates (yrs's merge re-sorts its inputs
     /// for every block it writes).
     ///
-    /// Only for a document that holds nothing. Updates are taken while each
-    /// starts within what the document has; the first that does not, and
-    /// everything after it, come back in [`AppliedTogether::rest`] for
-    /// [`Self::apply`]. One that integrates only in part is held, as
-    /// [`Self::apply`] would, and ends the run there.
+    /// Updates are taken while each starts within what the document has;
+    /// the first that does not, and everything after it, come back in
+    /// [`AppliedTogether::rest`] for [`Self::apply`]. One that integrates
+    /// only in part has its rest held, as [`Self::apply`] would, and ends
+    /// the run there.
     pub fn apply_together(&mut self, doc: &Doc, updates: Vec<DocUpdate>) -> AppliedTogether {
-        debug_assert!(self.is_empty(), "held updates need apply's retries");
-        let mut txn = doc.transact_mut();
-        // The document's clocks, kept up to date from what each update
-        // inserts: reading them from yrs costs a map of every client the
-        // document ever had, per update.
-        let mut have = txn.state_vector();
-        let mut updates = updates.into_iter();
         let mut together = AppliedTogether::default();
-        for next in updates.by_ref() {
-            let inserted = next.update.insertions(true);
-            if !runs_start_within(&have, &inserted) {
-                together.rest.push(next);
-                break;
-            }
-            match apply_in(&mut txn, next.update) {
-                Err(error) => {
-                    together.error = Some(error);
+        // Clocks the run reaches, to wake what waits for them; only worth
+        // collecting when something waits.
+        let mut advanced = Vec::new();
+        let waking = !self.is_empty();
+        {
+            let mut txn = doc.transact_mut();
+            // The document's clocks, kept up to date from what each update
+            // inserts: reading them from yrs costs a map of every client
+            // the document ever had, per update.
+            let mut have = txn.state_vector();
+            let mut updates = updates.into_iter();
+            for next in updates.by_ref() {
+                let inserted = next.update.insertions(true);
+                if !runs_start_within(&have, &inserted) {
+                    together.rest.push(next);
                     break;
                 }
-                Ok(false) => {
-                    self.hold(next.encoded.clone());
-                    together.held = Some(next.encoded);
-                    break;
+                match apply_in(&mut txn, next.update) {
+                    Err(error) => {
+                        together.error = Some(error);
+                        break;
+                    }
+                    Ok(false) => {
+                        let have = txn.state_vector();
+                        self.hold_rest_of(&next.encoded, &have, None);
+                        if waking {
+                            advanced.extend(
+                                inserted
+                                    .iter()
+                                    .map(|(client, _)| (*client, have.get(client))),
+                            );
+                        }
+                        together.held = Some(next.encoded);
+                        break;
+                    }
+                    Ok(true) => {}
                 }
-                Ok(true) => {}
+                // Complete, so each run now ends the document's clock (or
+                // is behind it).
+                for (client, runs) in inserted.iter() {
+                    for run in runs.iter() {
+                        have.set_max(*client, run.end);
+                        if waking {
+                            advanced.push((*client, run.end));
+                        }
+                    }
+                }
             }
-            // Complete, so each run now ends the document's clock (or is
-            // behind it).
-            for (client, runs) in inserted.iter() {
-                for run in runs.iter() {
-                    have.set_max(*client, run.end);
-                }
+            together.rest.extend(updates);
+            // What went in before a failure too: the document has it, so
+            // storage and the other peers must as well.
+            if txn.has_changes() {
+                together.integrated = Some(Bytes::from(txn.encode_update_v1()));
             }
         }
-        together.rest.extend(updates);
-        // What went in before a failure too: the document has it, so
-        // storage and the other peers must as well.
-        if txn.has_changes() {
-            together.integrated = Some(Bytes::from(txn.encode_update_v1()));
-        }
+        self.wake(doc, &advanced, &mut together.released);
         together
     }
 
-    fn hold(&mut self, raw: Bytes) {
-        self.bytes += raw.len();
-        self.updates.push_back(raw);
-        while self.updates.len() > MAX_HELD_UPDATES || self.bytes > MAX_HELD_BYTES {
-            let Some(oldest) = self.updates.pop_front() else {
+    /// Integrates what of `update` (encoded as `raw`) can integrate now
+    /// and holds the rest. `have` is the document's state vector. A piece
+    /// being retried keeps its `id`.
+    fn take_in(
+        &mut self,
+        doc: &Doc,
+        update: Update,
+        raw: &Bytes,
+        have: &StateVector,
+        id: Option<u64>,
+    ) -> Result<TakenIn, UpdateError> {
+        let inserted = update.insertions(true);
+        if runs_start_within(have, &inserted) {
+            return self.integrate(doc, update, raw, &inserted, true, id);
+        }
+        // It passed the guard to get here, and its parts are its own
+        // structs re-framed; should either not walk or decode, it is held
+        // whole rather than lost.
+        let split = gaps::split(raw, have).unwrap_or_else(|_| gaps::Split {
+            ready: None,
+            waiting: Some(raw.to_vec()),
+        });
+        let ready = split.ready.and_then(|ready| {
+            let update = Update::decode_v1(&ready).ok()?;
+            Some((Bytes::from(ready), update))
+        });
+        let mut taken = match ready {
+            Some((ready, update)) => {
+                let inserted = update.insertions(true);
+                self.integrate(doc, update, &ready, &inserted, false, id)?
+            }
+            None => TakenIn::default(),
+        };
+        if let Some(waiting) = split.waiting {
+            let have = doc.transact().state_vector();
+            taken.held |= self.hold(Bytes::from(waiting), &have, id);
+            taken.complete = false;
+        }
+        Ok(taken)
+    }
+
+    /// Applies `update` (encoded as `raw`, every run starting within the
+    /// document) in one transaction; holds what yrs could not integrate.
+    /// `whole` says `raw` is all of what the caller took in, so that when
+    /// all of it integrates it can be sent on as it came.
+    fn integrate(
+        &mut self,
+        doc: &Doc,
+        update: Update,
+        raw: &Bytes,
+        inserted: &IdSet,
+        whole: bool,
+        id: Option<u64>,
+    ) -> Result<TakenIn, UpdateError> {
+        let mut txn = doc.transact_mut();
+        let complete = apply_in(&mut txn, update)?;
+        let changed = txn.has_changes();
+        let mut taken = TakenIn {
+            complete,
+            ..TakenIn::default()
+        };
+        if complete {
+            taken.sent = changed.then(|| {
+                if whole {
+                    raw.clone()
+                } else {
+                    Bytes::from(txn.encode_update_v1())
+                }
+            });
+            // Each run now ends the document's clock (or is behind it).
+            for (client, runs) in inserted.iter() {
+                if let Some(end) = runs.iter().map(|r| r.end).max() {
+                    taken.advanced.push((*client, end));
+                }
+            }
+            return Ok(taken);
+        }
+        taken.sent = changed.then(|| Bytes::from(txn.encode_update_v1()));
+        let have = txn.state_vector();
+        drop(txn);
+        taken.held = self.hold_rest_of(raw, &have, id);
+        taken.advanced.extend(
+            inserted
+                .iter()
+                .map(|(client, _)| (*client, have.get(client))),
+        );
+        Ok(taken)
+    }
+
+    /// Holds what a document at `have` lacks of `raw`, which it could not
+    /// integrate entirely. Returns whether that is new.
+    fn hold_rest_of(&mut self, raw: &[u8], have: &StateVector, id: Option<u64>) -> bool {
+        // Only the blocks past what the document has: `raw` may be a
+        // whole stored snapshot held up by one missing id.
+        let rest = yrs::diff_updates_v1(raw, &have.encode_v1()).unwrap_or_else(|_| raw.to_vec());
+        self.hold(Bytes::from(rest), have, id)
+    }
+
+    /// Holds `update`, which a document at `have` cannot integrate (yet).
+    /// Returns whether it is new (not held already).
+    fn hold(&mut self, update: Bytes, have: &StateVector, id: Option<u64>) -> bool {
+        if self.pieces.values().any(|p| p.update == update) {
+            return false;
+        }
+        let needs = gaps::needs(&update, have);
+        if needs.is_empty() {
+            // Nothing the document could gain would let it in: it is
+            // redundant or cannot apply. Storage keeps it as it came.
+            return false;
+        }
+        let id = id.unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        });
+        for (client, clock) in &needs {
+            self.wakeups.insert((client.get(), *clock, id));
+        }
+        self.bytes += update.len();
+        self.pieces.insert(id, Piece { update, needs });
+        crate::metrics::held_updates(1);
+        while self.pieces.len() > self.caps.updates || self.bytes > self.caps.bytes {
+            let Some((&oldest, _)) = self.pieces.first_key_value() else {
                 break;
             };
-            self.bytes -= oldest.len();
-            crate::metrics::held_update_released();
-            warn!(
-                bytes = oldest.len(),
-                "too many updates wait for missing dependencies; the oldest stays in storage only until the room reloads or its sender resyncs"
+            let Some(piece) = self.remove(oldest) else {
+                break;
+            };
+            self.evicted += 1;
+            crate::metrics::held_update_evicted();
+            // The 1st, 10th, 100th and every 1000th: a writer that sends
+            // thousands of gapped updates must not flood the log.
+            if matches!(self.evicted, 1 | 10 | 100) || self.evicted.is_multiple_of(1000) {
+                warn!(
+                    bytes = piece.update.len(),
+                    evicted = self.evicted,
+                    "too many updates wait for missing dependencies; the oldest is let go from memory (storage keeps it until what it needs arrives)"
+                );
+            }
+        }
+        self.pieces.contains_key(&id)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Piece> {
+        let piece = self.pieces.remove(&id)?;
+        for (client, clock) in &piece.needs {
+            self.wakeups.remove(&(client.get(), *clock, id));
+        }
+        self.bytes -= piece.update.len();
+        crate::metrics::held_updates(-1);
+        Some(piece)
+    }
+
+    /// Pieces that wait for clocks the document now has, given that it
+    /// reached `advanced` (client, clock) pairs.
+    fn due(&self, advanced: &[(ClientID, u32)], due: &mut BTreeSet<u64>) {
+        for (client, clock) in advanced {
+            let client = client.get();
+            due.extend(
+                self.wakeups
+                    .range((client, 0, 0)..=(client, *clock, u64::MAX))
+                    .map(|(_, _, id)| *id),
             );
         }
     }
 
-    /// Applies every held update that now can be again, until a pass
-    /// integrates nothing new; returns those that are now complete.
-    fn retry(&mut self, doc: &Doc) -> Vec<Bytes> {
-        let mut released = Vec::new();
-        loop {
-            let before = doc.transact().state_vector();
-            let waiting = std::mem::take(&mut self.updates);
-            self.bytes = 0;
-            for raw in waiting {
-                // It decoded when it arrived, so it does now; one that
-                // failed to apply would not apply later either.
-                let Ok(update) = Update::decode_v1(&raw) else {
-                    continue;
-                };
-                if !starts_within(&doc.transact().state_vector(), &update) {
-                    self.bytes += raw.len();
-                    self.updates.push_back(raw);
-                    continue;
+    /// Retries, oldest first, every piece the document may now take, and
+    /// those that what they bring in makes due; what integrates is added to
+    /// `sent`.
+    fn wake(&mut self, doc: &Doc, advanced: &[(ClientID, u32)], sent: &mut Vec<Bytes>) {
+        if self.is_empty() || advanced.is_empty() {
+            return;
+        }
+        let mut due = BTreeSet::new();
+        self.due(advanced, &mut due);
+        while let Some(id) = due.pop_first() {
+            let Some(piece) = self.remove(id) else {
+                continue;
+            };
+            let have = doc.transact().state_vector();
+            let Ok(update) = Update::decode_v1(&piece.update) else {
+                warn!("a held update no longer decodes; let go");
+                continue;
+            };
+            match self.take_in(doc, update, &piece.update, &have, Some(id)) {
+                Ok(taken) => {
+                    sent.extend(taken.sent);
+                    self.due(&taken.advanced, &mut due);
                 }
-                match integrate(doc, update) {
-                    Ok(Integrated { complete: true, .. }) => released.push(raw),
-                    Ok(Integrated {
-                        complete: false, ..
-                    }) => {
-                        self.bytes += raw.len();
-                        self.updates.push_back(raw);
-                    }
-                    Err(_) => {}
-                }
-            }
-            if self.updates.is_empty() || doc.transact().state_vector() == before {
-                return released;
+                // It decoded and applied in part before; yrs refusing it
+                // now means it never will.
+                Err(error) => warn!(%error, "a held update no longer applies; let go"),
             }
         }
     }
 }
 
+impl Drop for HeldUpdates {
+    fn drop(&mut self) {
+        if !self.pieces.is_empty() {
+            crate::metrics::held_updates(-(self.pieces.len() as i64));
+        }
+    }
+}
+
+/// What [`HeldUpdates::take_in`] did.
+#[derive(Debug, Default)]
+struct TakenIn {
+    /// What integrated, for the other peers: the update as it came when
+    /// all of it did, otherwise what the transaction changed.
+    sent: Option<Bytes>,
+    /// Something new is held.
+    held: bool,
+    /// Nothing of it is held.
+    complete: bool,
+    /// Clients whose clock may have grown, with a clock the document now
+    /// has of each.
+    advanced: Vec<(ClientID, u32)>,
+}
+
 /// What [`HeldUpdates::apply`] did with an update.
 #[derive(Debug)]
 pub struct Applied {
-    /// It brought something: it changed the document or is held. One that
-    /// did not, a duplicate, need not be stored or sent on.
+    /// It brought something: it changed the document or something of it is
+    /// held. One that did not, a duplicate, need not be stored or sent on.
     pub new: bool,
-    /// It is in the document entirely (not held).
+    /// It is in the document entirely (nothing of it held).
     pub complete: bool,
-    /// Held updates that it completed, oldest first (Yjs v1 as received).
-    pub released: Vec<Bytes>,
+    /// What went into the document, in order, for the other peers: the
+    /// update as it came when all of it integrated (otherwise its part
+    /// that did), then held parts it let in.
+    pub to_send: Vec<Bytes>,
 }
 
 /// What [`HeldUpdates::apply_together`] did with a run of updates.
@@ -221,48 +473,27 @@ pub struct AppliedTogether {
     /// Everything the run changed in the document, as one Yjs v1 update;
     /// `None` when it brought nothing new.
     pub integrated: Option<Bytes>,
-    /// The update that integrated only in part and is now held (as
-    /// received); its integrated part is in `integrated`.
+    /// The update that integrated only in part and whose rest is now held
+    /// (as received); its integrated part is in `integrated`.
     pub held: Option<Bytes>,
+    /// Held parts the run let in, after `integrated`.
+    pub released: Vec<Bytes>,
     /// The updates not tried, in order.
     pub rest: Vec<DocUpdate>,
     /// yrs's error for the update that failed; those after it are in `rest`.
     pub error: Option<UpdateError>,
 }
 
-/// Whether every run of blocks in `update` starts at or before the end of
-/// what a document at `have` has of its client, so that yrs integrates
-/// nothing out of order. A run after a gap inside the update (a Skip block: a Yjs client
-/// sends those with structs it holds pending itself) counts too: yrs would
-/// integrate it behind a placeholder as well.
-fn starts_within(have: &StateVector, update: &Update) -> bool {
-    runs_start_within(have, &update.insertions(true))
-}
-
-/// [`starts_within`] for an update's insertions.
+/// Whether every run of blocks in an update's insertions starts at or
+/// before the end of what a document at `have` has of its client, so that
+/// yrs integrates nothing out of order. A run after a gap inside the update
+/// (a Skip block: a Yjs client sends those with structs it holds pending
+/// itself) counts too: yrs would integrate it behind a placeholder as well.
 fn runs_start_within(have: &StateVector, inserted: &IdSet) -> bool {
     inserted.iter().all(|(client, runs)| {
         let clock = have.get(client);
         runs.iter().all(|run| run.start <= clock)
     })
-}
-
-/// What applying one update did.
-struct Integrated {
-    /// All of it integrated: nothing is left waiting.
-    complete: bool,
-    /// It inserted or deleted something.
-    changed: bool,
-}
-
-/// Applies `update` in one transaction (see [`apply_in`]).
-fn integrate(doc: &Doc, update: Update) -> Result<Integrated, UpdateError> {
-    let mut txn = doc.transact_mut();
-    let complete = apply_in(&mut txn, update)?;
-    // Not from the before and after state vectors: each is a map of every
-    // client the document has.
-    let changed = txn.has_changes();
-    Ok(Integrated { complete, changed })
 }
 
 /// Applies `update` in `txn` and prunes whatever yrs left pending, also
@@ -292,19 +523,23 @@ mod tests {
 
     /// Two updates of one client, the second typed after the first.
     fn two_edits() -> (Vec<u8>, Vec<u8>) {
-        let doc = Doc::with_client_id(7);
+        let e = edits(7, &["ab", "cd"]);
+        (e[0].clone(), e[1].clone())
+    }
+
+    /// One update per piece of text, appended by `client`.
+    fn edits(client: u64, pieces: &[&str]) -> Vec<Vec<u8>> {
+        let doc = Doc::with_client_id(client);
         let text = doc.get_or_insert_text("t");
-        let first = {
-            let mut txn = doc.transact_mut();
-            text.insert(&mut txn, 0, "ab");
-            txn.encode_update_v1()
-        };
-        let second = {
-            let mut txn = doc.transact_mut();
-            text.insert(&mut txn, 2, "cd");
-            txn.encode_update_v1()
-        };
-        (first, second)
+        pieces
+            .iter()
+            .map(|s| {
+                let mut txn = doc.transact_mut();
+                let end = text.len(&txn);
+                text.insert(&mut txn, end, s);
+                txn.encode_update_v1()
+            })
+            .collect()
     }
 
     fn text_of(doc: &Doc) -> String {
@@ -312,10 +547,25 @@ mod tests {
         text.get_string(&doc.transact())
     }
 
-    fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) -> bool {
-        held.apply(doc, Update::decode_v1(raw).unwrap(), raw)
+    fn applied(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) -> Applied {
+        let raw = Bytes::copy_from_slice(raw);
+        held.apply(doc, Update::decode_v1(&raw).unwrap(), &raw)
             .unwrap()
-            .new
+    }
+
+    fn apply(held: &mut HeldUpdates, doc: &Doc, raw: &[u8]) -> bool {
+        applied(held, doc, raw).new
+    }
+
+    /// The text of a fresh replica that received `frames`.
+    fn text_after(frames: &[Bytes]) -> String {
+        let doc = Doc::new();
+        for frame in frames {
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(frame).unwrap())
+                .unwrap();
+        }
+        text_of(&doc)
     }
 
     #[test]
@@ -324,6 +574,7 @@ mod tests {
         let doc = Doc::new();
         let mut held = HeldUpdates::default();
         assert!(apply(&mut held, &doc, &second), "held counts as new");
+        assert!(!apply(&mut held, &doc, &second), "held already");
         assert!(apply(&mut held, &doc, &first));
         assert!(!apply(&mut held, &doc, &first));
         assert!(!apply(&mut held, &doc, &second));
@@ -345,10 +596,9 @@ mod tests {
         let doc = Doc::new();
         let mut held = HeldUpdates::default();
 
-        let early = held
-            .apply(&doc, Update::decode_v1(&second).unwrap(), &second)
-            .unwrap();
+        let early = applied(&mut held, &doc, &second);
         assert!(early.new && !early.complete);
+        assert!(early.to_send.is_empty(), "nothing of it integrated");
         assert_eq!(held.len(), 1);
         assert!(!doc.transact().has_missing_updates(), "yrs keeps nothing");
         assert_eq!(text_of(&doc), "");
@@ -356,11 +606,11 @@ mod tests {
         let sent = Update::decode_v1(&encode_integrated(&doc, &StateVector::default())).unwrap();
         assert_eq!(sent.state_vector(), StateVector::default());
 
-        let filling = held
-            .apply(&doc, Update::decode_v1(&first).unwrap(), &first)
-            .unwrap();
+        let filling = applied(&mut held, &doc, &first);
         assert!(filling.complete);
-        assert_eq!(filling.released, vec![Bytes::from(second.clone())]);
+        assert_eq!(filling.to_send.len(), 2, "the update, then what it let in");
+        assert_eq!(filling.to_send[0], Bytes::from(first));
+        assert_eq!(text_after(&filling.to_send), "abcd");
         assert!(held.is_empty());
         assert_eq!(text_of(&doc), "abcd");
     }
@@ -385,33 +635,78 @@ mod tests {
     }
 
     #[test]
-    fn an_update_with_a_gap_inside_waits_until_the_gap_is_filled() {
+    fn a_gap_never_hides_what_comes_before_it() {
         // Three edits of one client; the first and third merged into one
         // update have a gap (a Skip block) where the second goes.
-        let doc = Doc::with_client_id(8);
-        let text = doc.get_or_insert_text("t");
-        let edits: Vec<Vec<u8>> = ["ab", "cd", "ef"]
-            .iter()
-            .map(|s| {
-                let mut txn = doc.transact_mut();
-                let end = text.len(&txn);
-                text.insert(&mut txn, end, s);
-                txn.encode_update_v1()
-            })
-            .collect();
-        let gapped = yrs::merge_updates_v1([edits[0].as_slice(), edits[2].as_slice()]).unwrap();
+        let e = edits(8, &["ab", "cd", "ef"]);
+        let gapped = yrs::merge_updates_v1([e[0].as_slice(), e[2].as_slice()]).unwrap();
 
         let room = Doc::new();
         let mut held = HeldUpdates::default();
-        apply(&mut held, &room, &edits[0]);
-        assert!(apply(&mut held, &room, &gapped));
-        assert_eq!(held.len(), 1, "its run after the gap starts past the room");
-        assert_eq!(text_of(&room), "ab");
-        let filling = held
-            .apply(&room, Update::decode_v1(&edits[1]).unwrap(), &edits[1])
-            .unwrap();
-        assert_eq!(filling.released, vec![Bytes::from(gapped)]);
+        let taken = applied(&mut held, &room, &gapped);
+        assert!(taken.new && !taken.complete);
+        assert_eq!(text_of(&room), "ab", "what precedes the gap is in");
+        assert_eq!(text_after(&taken.to_send), "ab", "and sent on");
+        assert_eq!(held.len(), 1, "its run after the gap waits");
+
+        let filling = applied(&mut held, &room, &e[1]);
+        assert!(held.is_empty());
         assert_eq!(text_of(&room), "abcdef");
+        let mut seen = taken.to_send.clone();
+        seen.extend(filling.to_send);
+        assert_eq!(text_after(&seen), "abcdef");
+    }
+
+    #[test]
+    fn a_snapshot_holding_a_gap_loads_everything_complete() {
+        // What compaction stored before this fix: "hello world" from one
+        // client merged with another client's update that misses its
+        // first part.
+        let hello = edits(3, &["hello world"]);
+        let other = edits(4, &["x", "y"]);
+        let poisoned = yrs::merge_updates_v1([hello[0].as_slice(), other[1].as_slice()]).unwrap();
+        let stored = doc_from_updates([poisoned.as_slice()]).unwrap();
+        assert_eq!(text_of(&stored.doc), "hello world");
+        assert_eq!(stored.held.len(), 1);
+        let waiting: Vec<_> = stored.held.waiting().collect();
+        assert_eq!(waiting[0].needs, &[(ClientID::new(4), 1)]);
+    }
+
+    #[test]
+    fn held_parts_wake_only_for_what_they_need() {
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        let waiting = edits(9, &["a", "b"]);
+        apply(&mut held, &doc, &waiting[1]);
+        let mut due = BTreeSet::new();
+        held.due(&[(ClientID::new(5), 1_000)], &mut due);
+        assert!(due.is_empty(), "another client's progress wakes nothing");
+        held.due(&[(ClientID::new(9), 0)], &mut due);
+        assert!(due.is_empty());
+        held.due(&[(ClientID::new(9), 1)], &mut due);
+        assert_eq!(due.len(), 1);
+    }
+
+    #[test]
+    fn a_run_applied_together_wakes_what_it_completes() {
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        let e = edits(6, &["a", "b", "c", "d"]);
+        apply(&mut held, &doc, &e[3]);
+        let run = e[..3]
+            .iter()
+            .map(|u| DocUpdate {
+                update: Update::decode_v1(u).unwrap(),
+                encoded: Bytes::from(u.clone()),
+            })
+            .collect();
+        let together = held.apply_together(&doc, run);
+        assert!(together.rest.is_empty());
+        assert!(held.is_empty());
+        assert_eq!(text_of(&doc), "abcd");
+        let mut sent: Vec<Bytes> = together.integrated.into_iter().collect();
+        sent.extend(together.released);
+        assert_eq!(text_after(&sent), "abcd");
     }
 
     #[test]
@@ -430,5 +725,7 @@ mod tests {
             apply(&mut held, &doc, &raw);
         }
         assert_eq!(held.len(), MAX_HELD_UPDATES);
+        assert_eq!(held.evicted, 10);
+        assert_eq!(held.wakeups.len(), MAX_HELD_UPDATES);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod core;
 mod fanout;
+mod gaps;
 pub mod held;
 mod owner;
 pub mod peer;
@@ -14,4 +15,4 @@ pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
 pub use peer::{Next, PeerInbox, PeerLink, link};
 pub use registry::{RoomHandle, Rooms};
-pub use request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
+pub use request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

@@ -119,7 +119,7 @@ async fn read_version(
 async fn read_current(target: &Target, room: &RoomName) -> anyhow::Result<Exported> {
     let store = open(&target.database_url).await?;
     require_room(&store, room).await?;
-    let loaded = crate::persist::load(&store, room)
+    let loaded = crate::persist::load_whole(&store, room)
         .await
         .with_context(|| format!("loading room {room:?}"))?;
     let state = loaded.doc.encode_state().map_err(anyhow::Error::msg)?;

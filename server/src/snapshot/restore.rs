@@ -111,7 +111,7 @@ async fn in_database(
     let room = into.unwrap_or_else(|| source.clone());
 
     progress.step("saving the current state as a version");
-    let current = persist::load(&store, &room)
+    let current = persist::load_whole(&store, &room)
         .await
         .with_context(|| format!("loading room {room:?}"))?;
     let current_state = current.doc.encode_state().map_err(anyhow::Error::msg)?;
@@ -167,7 +167,11 @@ fn compute(before: &[u8], version: &[u8]) -> anyhow::Result<(Option<Vec<u8>>, Ve
         let decoded = Update::decode_v1(update).context("the restore update does not decode")?;
         current
             .held
-            .apply(&current.doc, decoded, update)
+            .apply(
+                &current.doc,
+                decoded,
+                &bytes::Bytes::copy_from_slice(update),
+            )
             .context("the restore update does not apply")?;
     }
     let after = current.encode_state().map_err(anyhow::Error::msg)?;
