@@ -86,7 +86,11 @@ macro_rules! room_summary_select {
                  (COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
                             ORDER BY s.id DESC LIMIT 1), 0) \
                   + COALESCE((SELECT sum(length(u.data)) FROM updates u \
-                              WHERE u.room = r.name), 0))::bigint AS size \
+                              WHERE u.room = r.name), 0))::bigint AS size, \
+                 (COALESCE((SELECT s.update_count FROM snapshots s WHERE s.room = r.name \
+                            ORDER BY s.id DESC LIMIT 1), 0) \
+                  + COALESCE((SELECT sum(u.update_count) FROM updates u \
+                              WHERE u.room = r.name), 0))::bigint AS updates \
              FROM rooms r"
     };
 }

@@ -106,6 +106,7 @@ pub(crate) struct RoomSummaryRow {
     pub updated_at: DateTime<Utc>,
     pub snapshots: i64,
     pub size: i64,
+    pub updates: i64,
 }
 
 impl TryFrom<RoomSummaryRow> for crate::RoomSummary {
@@ -117,6 +118,7 @@ impl TryFrom<RoomSummaryRow> for crate::RoomSummary {
             updated_at: row.updated_at,
             snapshots: row.snapshots,
             size: row.size,
+            updates: row.updates,
         })
     }
 }

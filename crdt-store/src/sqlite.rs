@@ -47,7 +47,11 @@ macro_rules! room_summary_select {
                  COALESCE((SELECT s.size FROM snapshots s WHERE s.room = r.name \
                            ORDER BY s.id DESC LIMIT 1), 0) \
                  + COALESCE((SELECT sum(length(u.data)) FROM updates u WHERE u.room = r.name), 0) \
-                     AS size \
+                     AS size, \
+                 COALESCE((SELECT s.update_count FROM snapshots s WHERE s.room = r.name \
+                           ORDER BY s.id DESC LIMIT 1), 0) \
+                 + COALESCE((SELECT sum(u.update_count) FROM updates u WHERE u.room = r.name), 0) \
+                     AS updates \
              FROM rooms r"
     };
 }

@@ -103,4 +103,7 @@ pub struct RoomSummary {
     pub snapshots: i64,
     /// Bytes stored: latest snapshot plus pending log entries.
     pub size: i64,
+    /// Updates stored: those the latest snapshot holds (its cumulative
+    /// count) plus those in log entries after it.
+    pub updates: i64,
 }

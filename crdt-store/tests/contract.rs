@@ -922,6 +922,9 @@ mod contract {
             (1, b_snapshot.size + len(&b1) + len(&b2))
         );
         assert_eq!(listed[0].snapshots, 1);
+        // Updates count those in the latest snapshot and in the log.
+        assert_eq!(listed[1].updates, 2, "a: two updates in one log entry");
+        assert_eq!(listed[2].updates, b_snapshot.updates + 2);
 
         let before = listed[1].updated_at;
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,7 +20,7 @@ use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
 use super::peer::PeerLink;
 use super::registry::Rooms;
-use super::request::{RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
+use super::request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
 use crate::persist::{self, Journal};
 use crate::protocol::{ClientMessage, DocUpdate};
@@ -368,22 +368,27 @@ impl RoomTask {
                 state_vector: state.room.state_vector_v1(),
                 unsaved_updates: state.room.unsaved_updates(),
                 last_change: state.last_change,
+                held_updates: state.room.held().len(),
+                held_bytes: state.room.held().bytes(),
             }),
             RoomRequest::State(sv) => RoomReply::State(state.room.encode_diff(sv.as_ref())),
             RoomRequest::Json => RoomReply::Json(crate::doc_json::doc_to_json(state.room.doc())),
-            RoomRequest::Apply(update) => RoomReply::Applied(self.apply_external(state, update)),
+            RoomRequest::Apply(update) => self.apply_external(state, update),
             RoomRequest::Transform(transform) => match transform(state.room.doc()) {
-                Ok(None) => RoomReply::Applied(false),
+                Ok(None) => RoomReply::Applied(Accepted {
+                    new: false,
+                    waiting: false,
+                }),
                 Ok(Some(encoded)) => match DocUpdate::decode(encoded) {
-                    Ok(update) => RoomReply::Applied(self.apply_external(state, update)),
+                    Ok(update) => self.apply_external(state, update),
                     Err(e) => {
                         error!(error = %e, "transform produced an update that does not decode");
-                        RoomReply::Applied(false)
+                        RoomReply::Failed(format!("the computed update does not decode: {e}"))
                     }
                 },
                 Err(e) => {
                     warn!(error = %e, "transform failed; nothing changed");
-                    RoomReply::Applied(false)
+                    RoomReply::Failed(e)
                 }
             },
             RoomRequest::Snapshot { restored_from } => {
@@ -425,20 +430,24 @@ impl RoomTask {
 
     /// Applies an update that came from outside (API, import, restore):
     /// every peer receives it. Returns whether it was applied.
-    fn apply_external(&mut self, state: &mut Loaded, update: DocUpdate) -> bool {
+    fn apply_external(&mut self, state: &mut Loaded, update: DocUpdate) -> RoomReply {
         match state.room.apply_external(update) {
             Ok(effects) => {
+                let accepted = Accepted {
+                    new: !effects.applied.is_empty(),
+                    waiting: effects.incomplete > 0,
+                };
                 self.accepted(state, &effects.applied);
                 self.deliver(state, None, effects);
-                true
+                RoomReply::Applied(accepted)
             }
             Err(RoomError::Apply(e)) => {
                 warn!(error = %e, "external update failed to apply");
-                false
+                RoomReply::Failed(format!("the update does not apply: {e}"))
             }
             Err(RoomError::Poisoned) => {
                 self.poisoned(state);
-                false
+                RoomReply::Failed("the update broke the document; the room reloads".into())
             }
         }
     }

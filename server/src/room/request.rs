@@ -43,11 +43,26 @@ pub enum RoomReply {
     Info(RoomInfo),
     State(Vec<u8>),
     Json(serde_json::Value),
-    /// Whether the update changed the document.
-    Applied(bool),
+    /// What an update from outside did.
+    Applied(Accepted),
+    /// The update (or a transform's) could not be computed or applied;
+    /// nothing changed. The reason, for the caller.
+    Failed(String),
     Snapshot(Result<SnapshotInfo, String>),
     Events(Subscription),
     Deleted,
+}
+
+/// What applying an update from outside did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// It brought something new (stored, and sent to the peers as far as
+    /// it integrated).
+    pub new: bool,
+    /// Part of it waits for what it builds on (see `room::held`): what
+    /// came before that part is in the document, the rest is stored and
+    /// integrates once what it needs arrives.
+    pub waiting: bool,
 }
 
 /// A room as the API shows it.
@@ -62,6 +77,9 @@ pub struct RoomInfo {
     pub unsaved_updates: u64,
     /// When an update was last applied in this process.
     pub last_change: Option<SystemTime>,
+    /// Parts of updates waiting for what they build on, and their bytes.
+    pub held_updates: usize,
+    pub held_bytes: usize,
 }
 
 /// One applied update, for event feeds (SSE).

@@ -6,32 +6,23 @@ use serde_json::{Value, json};
 
 use super::Target;
 use super::database::{open, require_room};
-use super::progress::Progress;
 
 /// `snapshot rooms`: every stored room, most recently changed first.
 pub async fn rooms(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let store = open(&target.database_url).await?;
     let mut rooms = store.rooms().await?;
     rooms.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.room.cmp(&b.room)));
-    // The update count comes from each room's latest version.
-    let progress = Progress::bar(rooms.len() as u64, "reading versions");
-    let mut rows = Vec::with_capacity(rooms.len());
-    for room in rooms {
-        let latest = store.snapshots(&room.room).await?.into_iter().next();
-        progress.inc();
-        rows.push((room, latest.map_or(0, |s| s.updates)));
-    }
-    drop(progress);
     if as_json {
-        let rows: Vec<Value> = rows
+        let rows: Vec<Value> = rooms
             .iter()
-            .map(|(room, updates)| {
+            .map(|room| {
                 json!({
                     "room": room.room,
                     "updated_at": rfc3339(room.updated_at),
                     "snapshots": room.snapshots,
                     "size": room.size,
-                    "updates": updates,
+                    // Updates in the latest version plus those logged after it.
+                    "updates": room.updates,
                 })
             })
             .collect();
@@ -39,17 +30,17 @@ pub async fn rooms(target: &Target, as_json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut table = Table::new(["ROOM", "LAST CHANGE", "VERSIONS", "SIZE", "UPDATES"]);
-    for (room, updates) in &rows {
+    for room in &rooms {
         table.row([
             room.room.to_string(),
             human_time(room.updated_at),
             room.snapshots.to_string(),
             human_size(room.size),
-            updates.to_string(),
+            room.updates.to_string(),
         ]);
     }
     table.print();
-    if rows.is_empty() {
+    if rooms.is_empty() {
         eprintln!("no rooms stored yet");
     }
     Ok(())
@@ -118,7 +109,7 @@ pub fn human_size(bytes: i64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-fn print_json(rows: &[Value]) {
+pub(super) fn print_json(rows: &[Value]) {
     println!(
         "{}",
         serde_json::to_string_pretty(rows).expect("JSON values serialize")
@@ -126,24 +117,24 @@ fn print_json(rows: &[Value]) {
 }
 
 /// A plain left-aligned text table.
-struct Table<const N: usize> {
+pub(super) struct Table<const N: usize> {
     header: [&'static str; N],
     rows: Vec<[String; N]>,
 }
 
 impl<const N: usize> Table<N> {
-    fn new(header: [&'static str; N]) -> Self {
+    pub(super) fn new(header: [&'static str; N]) -> Self {
         Self {
             header,
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, row: [String; N]) {
+    pub(super) fn row(&mut self, row: [String; N]) {
         self.rows.push(row);
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         let mut widths = self.header.map(|h| h.chars().count());
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {

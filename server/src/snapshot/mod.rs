@@ -4,6 +4,7 @@
 //! HTTP API with `--server`).
 
 mod backup;
+mod check;
 mod client;
 mod database;
 mod export;
@@ -31,6 +32,7 @@ Examples:
   crdt-hub snapshot restore notes --version 42          roll \"notes\" back to version 42
   crdt-hub snapshot restore notes --version 42 --server http://127.0.0.1:1234
                                                         the same, live: clients see it at once
+  crdt-hub snapshot check                               does every stored room load; what waits
 
 Every restore first saves the current state as a version; restoring that
 version undoes the restore. Use --server whenever a server is running: a
@@ -143,6 +145,25 @@ pub enum SnapshotCommand {
         /// A file written by `export` (ybin or msgpack).
         file: PathBuf,
     },
+    /// Whether each stored room loads, and what in it waits for updates
+    /// that never arrived.
+    #[command(
+        long_about = "Load every stored room (or one) the way the server does and report \
+                      whether it loads, and what in it waits: parts of updates whose earlier \
+                      part, or an item they build on, never reached the server. Everything \
+                      complete is served either way; a waiting part joins the document once \
+                      the update it needs arrives (for example when its writer reconnects). \
+                      Exits non-zero when some room does not load at all.",
+        after_help = "Examples:\n  crdt-hub snapshot check\n  crdt-hub snapshot check notes --json"
+    )]
+    Check {
+        /// One room, as clients name it; default: every stored room.
+        room: Option<String>,
+        /// A JSON array of {room, loads, document_bytes, waiting: [{bytes,
+        /// needs: [{client, clock}]}]} (or {room, loads: false, error}).
+        #[arg(long)]
+        json: bool,
+    },
     /// Bring a room's content back to a version, as a new edit.
     #[command(
         disable_version_flag = true,
@@ -222,6 +243,10 @@ async fn dispatch(args: SnapshotArgs) -> anyhow::Result<()> {
                 output.as_deref(),
             )
             .await
+        }
+        SnapshotCommand::Check { room, json } => {
+            let room = room.as_deref().map(parse_room).transpose()?;
+            check::run(&target, room.as_ref(), json).await
         }
         SnapshotCommand::Import { room, file } => {
             import::run(&target, &parse_room(&room)?, &file).await

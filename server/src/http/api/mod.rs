@@ -54,6 +54,11 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A restore that could not be computed or applied: nothing changed.
+    /// The reason is about the documents, not the system, so the caller
+    /// gets it.
+    #[error("the restore failed: {0}")]
+    RestoreFailed(String),
 }
 
 impl ApiError {
@@ -62,7 +67,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::RoomNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(_) | ApiError::Internal(_) | ApiError::RestoreFailed(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         match &self {
             // Details stay in the log, never in the response.
@@ -75,6 +82,9 @@ impl ApiError {
                 json_error(status, "internal error")
             }
             _ => {
+                if let ApiError::RestoreFailed(reason) = &self {
+                    tracing::error!(%reason, "restore failed");
+                }
                 let mut response = json_error(status, &self.to_string());
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     response

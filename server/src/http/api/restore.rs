@@ -181,12 +181,11 @@ pub async fn restore_live(
             }))
         })
         .await?;
-    let changed = changed.lock().expect("not poisoned").unwrap_or(false);
-    if changed && !matches!(reply, RoomReply::Applied(true)) {
-        return Err(ApiError::Internal(
-            "the room did not apply the restore update".into(),
-        ));
-    }
+    let changed = match reply {
+        RoomReply::Applied(_) => changed.lock().expect("not poisoned").unwrap_or(false),
+        RoomReply::Failed(reason) => return Err(ApiError::RestoreFailed(reason)),
+        _ => return Err(ApiError::Internal("unexpected reply".into())),
+    };
 
     let restored = snapshot(app, room, Some(version)).await?;
     Ok(Restored {
@@ -224,8 +223,8 @@ struct Plan {
 impl Plan {
     fn compute(before_state: Vec<u8>, target_state: &[u8]) -> Result<Self, ApiError> {
         let corrupt = |(index, detail): (usize, String)| {
-            ApiError::Internal(format!(
-                "stored snapshot does not load (item {index}: {detail})"
+            ApiError::RestoreFailed(format!(
+                "a stored snapshot does not load (item {index}: {detail})"
             ))
         };
         let before = doc_from_updates([before_state.as_slice()])
@@ -233,7 +232,7 @@ impl Plan {
             .doc;
         let target = doc_from_updates([target_state]).map_err(corrupt)?.doc;
         let update = crate::restore::restore_update(&before, &target)
-            .map_err(|e| ApiError::Internal(format!("computing the restore failed: {e}")))?;
+            .map_err(|e| ApiError::RestoreFailed(format!("computing the restore failed: {e}")))?;
         let snapshot = before.transact().snapshot();
         Ok(Self {
             update,

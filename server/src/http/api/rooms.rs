@@ -78,6 +78,7 @@ pub async fn info(app: &App, room: Room) -> ApiResult {
         "document_bytes": info.document_bytes,
         "state_vector": BASE64.encode(&info.state_vector),
         "unsaved_updates": info.unsaved_updates,
+        "held": {"updates": info.held_updates, "bytes": info.held_bytes},
         "last_change": last_change,
         "last_snapshot": last_snapshot.as_ref().map(snapshot_json),
     }))
@@ -137,15 +138,24 @@ pub async fn update(app: &App, room: Room, body: Bytes) -> ApiResult {
             RoomRequest::Apply(DocUpdate::decode(body.clone()).expect("decoded above"))
         })
         .await?;
-    let RoomReply::Applied(applied) = reply else {
-        return Err(ApiError::Internal("unexpected reply".into()));
+    let accepted = match reply {
+        RoomReply::Applied(accepted) => accepted,
+        RoomReply::Failed(reason) => {
+            return Err(ApiError::BadRequest(format!(
+                "the update could not be applied: {reason}"
+            )));
+        }
+        _ => return Err(ApiError::Internal("unexpected reply".into())),
     };
-    if !applied {
-        return Err(ApiError::BadRequest(
-            "the update could not be applied".into(),
-        ));
-    }
-    Ok(warp::reply::json(&json!({ "applied": true })).into_response())
+    // `complete: false`: part of it builds on something the room lacks
+    // (an earlier update that never arrived); that part is stored and
+    // joins the document when what it needs does.
+    Ok(warp::reply::json(&json!({
+        "applied": true,
+        "changed": accepted.new,
+        "complete": !accepted.waiting,
+    }))
+    .into_response())
 }
 
 /// `GET /api/rooms/{room}/json`.
