@@ -9,6 +9,8 @@ mod cluster;
 mod convergence_props;
 mod durability;
 mod fuzz_regressions;
+mod gap_props;
+mod gaps;
 mod metrics;
 mod restore;
 mod rooms;

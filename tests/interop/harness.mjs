@@ -3,12 +3,13 @@
 // it, and makes sure every process and provider is cleaned up even when an
 // assertion fails, so that `node --test` always exits.
 
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 
 import WebSocket from 'ws'
 import * as Y from 'yjs'
@@ -138,13 +139,15 @@ process.on('exit', () => {
 })
 
 export class Server {
-  constructor ({ process: child, exited, addr, dir, dbPath, args, log }) {
+  constructor ({ process: child, exited, addr, dir, dbPath, databaseUrl, args, log }) {
     this.process = child
     this.addr = addr
     this.url = `ws://${addr}`
     this.httpUrl = `http://${addr}`
     this.dir = dir
     this.dbPath = dbPath
+    /** What `--database-url` the server was started with. */
+    this.databaseUrl = databaseUrl
     this.args = args
     /** Every stderr line so far (plain-text tracing output). */
     this.log = log
@@ -226,17 +229,19 @@ export class Server {
  * @param {object} [options]
  * @param {string[]} [options.args] extra flags, e.g. ['--room-idle-timeout', '500ms']
  * @param {string} [options.dir] reuse this directory (and its database) instead of a fresh one
+ * @param {string} [options.databaseUrl] a database instead of the SQLite file in `dir`
  * @param {Record<string,string>} [options.env]
  * @returns {Promise<Server>}
  */
-export async function startServer ({ args = [], dir, env = {} } = {}) {
+export async function startServer ({ args = [], dir, databaseUrl, env = {} } = {}) {
   if (!fs.existsSync(SERVER_BIN)) {
     throw new Error(`server binary not found at ${SERVER_BIN}: run \`cargo build -p crdt-hub\` or set CRDT_HUB_BIN`)
   }
   const ownsDir = !dir
   dir = dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-interop-'))
   const dbPath = path.join(dir, 'hub.db')
-  const fullArgs = ['serve', '--bind', '127.0.0.1:0', '--database-url', `sqlite://${dbPath}`, ...args]
+  databaseUrl = databaseUrl ?? `sqlite://${dbPath}`
+  const fullArgs = ['serve', '--bind', '127.0.0.1:0', '--database-url', databaseUrl, ...args]
   const child = spawn(SERVER_BIN, fullArgs, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: {
@@ -286,7 +291,7 @@ export async function startServer ({ args = [], dir, env = {} } = {}) {
     spawnFailed.catch(() => {})
   }
   liveServers.delete(placeholder)
-  const server = new Server({ process: child, exited, addr, dir, dbPath, args: fullArgs, log })
+  const server = new Server({ process: child, exited, addr, dir, dbPath, databaseUrl, args: fullArgs, log })
   server.ownsDir = ownsDir
   liveServers.add(server)
   return server
@@ -406,6 +411,21 @@ export class Scope {
 
   defer (fn) { this.cleanups.push(fn) }
 
+  /**
+   * A fresh, empty Postgres database (dropped when the scope closes), from
+   * `CRDT_HUB_TEST_POSTGRES_URL` or the local server with trust auth.
+   * Returns its URL.
+   */
+  async postgresDatabase () {
+    const admin = process.env.CRDT_HUB_TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+    const name = `crdt_hub_interop_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
+    await psql(admin, `CREATE DATABASE ${name}`)
+    this.defer(() => psql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`))
+    const url = new URL(admin)
+    url.pathname = `/${name}`
+    return url.toString()
+  }
+
   /** A temp dir removed when the scope closes (after its servers stopped). */
   tempDir () {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-interop-'))
@@ -422,6 +442,31 @@ export class Scope {
       try { await fn() } catch (e) { errors.push(e) }
     }
     if (errors.length) throw errors[0]
+  }
+}
+
+const execFileAsync = promisify(execFile)
+
+async function psql (url, sql) {
+  await execFileAsync('psql', [url, '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql])
+}
+
+/**
+ * Runs the crdt-hub binary with `args` (a CLI command such as
+ * `snapshot export`) and returns `{ code, stdout, stderr }`; stdout is a
+ * Buffer when `binary` is set.
+ */
+export async function runCli (args, { binary = false } = {}) {
+  try {
+    const { stdout, stderr } = await execFileAsync(SERVER_BIN, args, {
+      env: { ...process.env, RUST_LOG: 'warn' },
+      encoding: binary ? 'buffer' : 'utf8',
+      maxBuffer: 64 << 20
+    })
+    return { code: 0, stdout, stderr: String(stderr) }
+  } catch (e) {
+    if (typeof e.code !== 'number') throw e
+    return { code: e.code, stdout: e.stdout, stderr: String(e.stderr) }
   }
 }
 

@@ -151,7 +151,12 @@ pub async fn restore_live(
     let lock = restore_lock(room);
     let _serialized = lock.lock().await;
 
-    let before = snapshot(app, room, None).await?;
+    let before = snapshot(app, room, None).await.map_err(|e| match e {
+        ApiError::Internal(reason) => {
+            ApiError::RestoreFailed(format!("saving the state before the restore: {reason}"))
+        }
+        other => other,
+    })?;
     let before_state = app
         .store
         .snapshot(room, before.id)
