@@ -231,6 +231,7 @@ async fn once(
         drain_timeout: Duration::from_secs(10),
         server_pids: nodes.iter().map(|n| n.pid).collect(),
         check_convergence: true,
+        gapped_updates: 0,
     })
     .await;
     let redis_after = redis_cpu_s(&options.redis)?;

@@ -296,6 +296,7 @@ fn fanout_config(
         drain_timeout: Duration::from_secs(10),
         server_pids: vec![target.pid],
         check_convergence: true,
+        gapped_updates: 0,
     }
 }
 

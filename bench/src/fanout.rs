@@ -47,6 +47,9 @@ pub struct FanoutConfig {
     /// empty skips those numbers.
     pub server_pids: Vec<u32>,
     pub check_convergence: bool,
+    /// Updates a writer in room 0 sends, each missing its first part (see
+    /// [`crate::gapped`]); 0 runs without it.
+    pub gapped_updates: usize,
 }
 
 /// What a run measured.
@@ -93,6 +96,8 @@ pub struct FanoutReport {
     pub close_reasons: Vec<String>,
     pub rooms_converged: usize,
     pub convergence_errors: Vec<String>,
+    /// What the gapped writer sent (zero without one).
+    pub gapped: crate::gapped::GappedOutcome,
 }
 
 /// Pause before the convergence check when the clients were spread over
@@ -122,6 +127,7 @@ impl FanoutReport {
                 100.0 * self.rooms_converged as f64 / self.rooms.max(1) as f64,
             ),
             metric(KEEPS_UP, f64::from(u8::from(self.keeps_up()))),
+            metric("gapped updates sent", self.gapped.updates_sent as f64),
         ]
     }
 
@@ -246,6 +252,18 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         )));
     }
 
+    let gapped = (config.gapped_updates > 0).then(|| {
+        tokio::spawn(crate::gapped::run(
+            config.bases[0].clone(),
+            wires[0].clone(),
+            config.connect,
+            config.gapped_updates,
+            start,
+            config.duration,
+            stop_rx.clone(),
+        ))
+    });
+
     let mut sent_per_client = Vec::with_capacity(senders.len());
     let mut lag = stats::new_histogram();
     let mut send_errors = Vec::new();
@@ -267,6 +285,10 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     let own_after = procstat::sample(None)?;
 
     stop_tx.send(true).ok();
+    let gapped = match gapped {
+        Some(task) => task.await??,
+        None => crate::gapped::GappedOutcome::default(),
+    };
     let mut latency = stats::new_histogram();
     let (mut received, mut echoes, mut duplicates) = (0u64, 0u64, 0u64);
     let mut close_reasons: Vec<String> = send_errors;
@@ -357,6 +379,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         close_reasons,
         rooms_converged,
         convergence_errors,
+        gapped,
     })
 }
 

@@ -6,6 +6,7 @@ mod compare;
 mod conn;
 mod converge;
 mod fanout;
+mod gapped;
 mod idle;
 mod ingest;
 mod join_storm;
@@ -84,6 +85,10 @@ struct RunArgs {
     /// Skip the after-run convergence check.
     #[arg(long)]
     no_convergence: bool,
+    /// A writer in room 0 sends this many updates whose first part never
+    /// arrives, spread over the run, beside the honest load.
+    #[arg(long, default_value_t = 0)]
+    gapped_updates: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -205,6 +210,7 @@ async fn run(args: RunArgs) -> Result<()> {
         drain_timeout: Duration::from_secs(10),
         server_pids: args.server_pid,
         check_convergence: !args.no_convergence,
+        gapped_updates: args.gapped_updates,
     };
     let report = fanout::run(&config).await?;
     if args.json {

@@ -86,6 +86,10 @@ impl Wire {
         &self.room
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// The URL to open for this room on the server at `base` (`ws://host:port`).
     pub fn url(&self, base: &str) -> String {
         let base = base.trim_end_matches('/');
