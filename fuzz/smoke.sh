@@ -20,10 +20,11 @@ fi
 # cargo-fuzz needs nightly-only flags (sanitizers); this lets a stable
 # toolchain accept them.
 export RUSTC_BOOTSTRAP=1
-# yrs 0.28.1 leaks a whole document that holds a subdocument (a reference
-# cycle, known and reported); leak checks would flag every such input. A
-# small quarantine keeps ASan's own memory from eating the RSS limit.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:quarantine_size_mb=32}"
+# Leaks are findings: the targets refuse updates that create subdocuments
+# (as the server does by default), and every document they make is freed
+# (server/src/subdocs.rs). A small quarantine keeps ASan's own memory from
+# eating the RSS limit.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
 
 # Targets with an open finding (fuzz/open-findings/README.md) would fail
 # every run until it is fixed; they are named here and skipped loudly. The
@@ -40,15 +41,14 @@ for target in $(cargo fuzz list); do
     cp regressions/"$target"/*.bin "$corpus"/ 2>/dev/null || true
     echo "== $target: ${runs} inputs, seed 1"
     # The corpus copy keeps the committed seeds free of libFuzzer's additions.
-    # -malloc_limit_mb: any one allocation over 512 MB is a finding.
-    # -rss_limit_mb is higher because the subdocument leak above adds up
-    # over a run: 100,000 inputs reached 514 MB once when the exploration
-    # found many subdocuments. What one input may allocate is checked
-    # tighter by the targets themselves (decode_apply_update counts every
-    # allocation against the guard's estimate).
+    # -malloc_limit_mb: any one allocation over 512 MB is a finding. The
+    # run's RSS peaked at 102-184 MB before subdocuments were refused; what
+    # one input may allocate is checked tighter by the targets themselves
+    # (decode_apply_update counts every allocation against the guard's
+    # estimate).
     cargo fuzz run "$target" "$corpus" -- \
-        -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=5 -seed=1 \
-        -runs="$runs" -detect_leaks=0 -print_final_stats=1
+        -rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=5 -seed=1 \
+        -runs="$runs" -print_final_stats=1
     rm -rf "$corpus"
 done
 echo "fuzz smoke: every target run ran clean (skipped: ${skip_until_fixed:-none})"

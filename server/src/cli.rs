@@ -153,6 +153,20 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Whether updates may create subdocuments (`Y.Doc`s inside a
+    /// document). refuse: such updates close the WebSocket with 1003 and
+    /// get 400 from the API; subdocuments already stored still load.
+    /// allow: accepted; yrs 0.28.1 frees memory it still uses when a
+    /// container holding a subdocument is deleted, so allow them only when
+    /// every writer is trusted (README, Subdocuments).
+    #[arg(
+        long,
+        env = "CRDT_HUB_SUBDOCUMENTS",
+        value_enum,
+        default_value = "refuse"
+    )]
+    pub subdocuments: crate::subdocs::SubdocPolicy,
+
     /// Threads that run connections and rooms (default: one per CPU core).
     /// On a machine of one or two cores shared with other work, 1 spends a
     /// little less CPU per message: no hand-offs between workers
@@ -199,6 +213,7 @@ impl ServeArgs {
             outbox_capacity: self.max_queued_frames.max(1),
             keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
             write_timeout: self.write_timeout,
+            subdocuments: self.subdocuments,
         }
     }
 }

@@ -24,6 +24,12 @@ pub const KEEPALIVE_TIMEOUT: CloseReason = CloseReason::new(1001, "keepalive tim
 pub const PROTOCOL_ERROR: CloseReason = CloseReason::new(1002, "malformed message");
 /// 1002: an update that decodes but cannot be applied to the document.
 pub const BAD_UPDATE: CloseReason = CloseReason::new(1002, "update could not be applied");
+/// 1003: an update creates a subdocument and the server refuses them
+/// (`--subdocuments refuse`, the default). Reconnecting does not help.
+pub const SUBDOCUMENTS_REFUSED: CloseReason = CloseReason::new(
+    1003,
+    "subdocuments are not accepted by this server (--subdocuments)",
+);
 /// 1003: y-websocket speaks binary frames only.
 pub const TEXT_FRAME: CloseReason = CloseReason::new(1003, "text frames are not supported");
 /// 1009: a frame larger than `--max-message-size`.

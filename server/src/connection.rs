@@ -25,6 +25,7 @@ use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
 use crate::limits::{Admission, ConnectionRate};
 use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
+use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
 
 /// Per-connection limits and timings.
@@ -38,6 +39,8 @@ pub struct ConnectionConfig {
     /// Longest a single socket write may block (a client that stopped
     /// reading fills its TCP window and would otherwise hold the task).
     pub write_timeout: Duration,
+    /// Whether updates may create subdocuments (see [`crate::subdocs`]).
+    pub subdocuments: SubdocPolicy,
 }
 
 impl Default for ConnectionConfig {
@@ -46,6 +49,7 @@ impl Default for ConnectionConfig {
             outbox_capacity: 2048,
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
+            subdocuments: SubdocPolicy::default(),
         }
     }
 }
@@ -280,7 +284,7 @@ impl Session {
                 // read or write; the room's frames must not follow it.
                 self.inbox.stop_direct_writes();
             }
-            match parse_message(message) {
+            match parse_message(message, self.config.subdocuments) {
                 Ok(messages) => batch.extend(messages),
                 Err(reason) => break Flow::End(Some(reason)),
             }
@@ -395,12 +399,19 @@ const MAX_BURST_BYTES: usize = 64 * 1024;
 
 /// One message from the client as what the room must handle; the reason
 /// to close when it is not acceptable.
-fn parse_message(message: Message) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
+fn parse_message(
+    message: Message,
+    subdocuments: SubdocPolicy,
+) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
     match message {
-        Message::Binary(frame) => match protocol::parse_frame(&frame) {
+        Message::Binary(frame) => match protocol::parse_frame_with(&frame, subdocuments) {
             Ok(messages) => {
                 metrics::message_received(&frame);
                 Ok(messages)
+            }
+            Err(e @ protocol::ProtocolError::Subdocument { .. }) => {
+                warn!(error = %e, "an update creates a subdocument, which this server refuses (--subdocuments refuse); closing");
+                Err(close::SUBDOCUMENTS_REFUSED)
             }
             Err(e) => {
                 warn!(error = %e, cause = ?std::error::Error::source(&e), len = frame.len(), "protocol error");

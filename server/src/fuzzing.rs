@@ -25,6 +25,7 @@ use crate::decode_guard;
 use crate::protocol::{self, DocUpdate};
 use crate::room::held::HeldUpdates;
 use crate::room::{Access, Effects, PeerId, Rejected, Room, RoomError};
+use crate::subdocs::{OwnedDoc, SubdocPolicy};
 
 /// What one input did, for the regression test's assertions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +60,17 @@ pub fn seeded_doc() -> Doc {
 /// Target `frame_into_room`: one frame from a joined peer into a room, as a
 /// connection task and the room owner would handle it; then a fresh peer
 /// syncs, so that encoding whatever the frame left behind is exercised too.
+///
+/// Frames are parsed under the server's default policy, which refuses
+/// updates that create subdocuments: yrs 0.28.1 frees memory it still uses
+/// when a container holding one is deleted (see [`crate::subdocs`]), so a
+/// room that allows them is not fuzzed until yrs is fixed.
 pub fn frame_into_room(data: &[u8]) -> Outcome {
     let mut room = Room::new(seeded_doc());
     room.join(1, Access::ReadWrite);
     room.join(2, Access::ReadOnly);
-    let Ok(messages) = protocol::parse_frame(&Bytes::copy_from_slice(data)) else {
+    let frame = Bytes::copy_from_slice(data);
+    let Ok(messages) = protocol::parse_frame_with(&frame, SubdocPolicy::default()) else {
         return Outcome::Refused;
     };
     let outcome = match room.receive(1, messages) {
@@ -86,15 +93,18 @@ pub fn frame_into_room(data: &[u8]) -> Outcome {
 }
 
 /// Target `decode_apply_update`: an update through the guard, decoded and
-/// applied to a document with content.
+/// applied to a document with content. Updates that create subdocuments
+/// are refused, as the server refuses them by default (see
+/// [`frame_into_room`]).
 pub fn decode_apply_update(data: &[u8]) -> Outcome {
-    if decode_guard::check_update_v1(data).is_err() {
-        return Outcome::Refused;
+    match decode_guard::check_update_v1(data) {
+        Ok(summary) if summary.subdocs == 0 => {}
+        _ => return Outcome::Refused,
     }
     let Ok(update) = Update::decode_v1(data) else {
         return Outcome::Refused;
     };
-    let doc = seeded_doc();
+    let doc = OwnedDoc::new(seeded_doc());
     let applied = doc.transact_mut().apply_update(update);
     // Encoding the result must work whatever was applied.
     let txn = doc.transact();

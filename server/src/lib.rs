@@ -24,5 +24,6 @@ pub mod room;
 pub mod server;
 pub mod shared_socket;
 pub mod snapshot;
+pub mod subdocs;
 pub mod tls;
 pub mod units;

@@ -11,8 +11,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-
-use crate::decode_guard::{self, GuardError};
 use yrs::StateVector;
 use yrs::Update;
 use yrs::encoding::read::{self, Cursor};
@@ -21,6 +19,9 @@ use yrs::sync::protocol::{MSG_AUTH, MSG_AWARENESS, MSG_SYNC};
 use yrs::sync::{AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+
+use crate::decode_guard::{self, GuardError};
+use crate::subdocs::SubdocPolicy;
 
 /// One message a client sent, decoded and ready for the room.
 #[derive(Debug)]
@@ -88,6 +89,9 @@ pub enum ProtocolError {
         #[source]
         source: GuardError,
     },
+    /// The update creates a subdocument, and the policy refuses them.
+    #[error("message #{index} creates {count} subdocument(s)")]
+    Subdocument { index: usize, count: usize },
 }
 
 /// Splits one binary frame into its messages and decodes each.
@@ -96,16 +100,31 @@ pub enum ProtocolError {
 /// [`ProtocolError`] when any message in the frame is malformed; the whole
 /// frame is then refused (nothing of it is applied).
 pub fn parse_frame(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError> {
+    parse_frame_with(frame, SubdocPolicy::Allow)
+}
+
+/// [`parse_frame`], refusing updates that create subdocuments unless
+/// `subdocuments` allows them.
+///
+/// # Errors
+/// As [`parse_frame`], and [`ProtocolError::Subdocument`].
+pub fn parse_frame_with(
+    frame: &Bytes,
+    subdocuments: SubdocPolicy,
+) -> Result<Vec<ClientMessage>, ProtocolError> {
     if frame.is_empty() {
         return Err(ProtocolError::Empty);
     }
     // yrs has panicked on malformed input before; a panic here must cost
     // one connection, never the process or a room.
-    catch_unwind(AssertUnwindSafe(|| parse_frame_inner(frame)))
+    catch_unwind(AssertUnwindSafe(|| parse_frame_inner(frame, subdocuments)))
         .unwrap_or(Err(ProtocolError::DecoderPanic { index: 0 }))
 }
 
-fn parse_frame_inner(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError> {
+fn parse_frame_inner(
+    frame: &Bytes,
+    subdocuments: SubdocPolicy,
+) -> Result<Vec<ClientMessage>, ProtocolError> {
     // `MessageReader` decodes state vectors and awareness updates itself:
     // check every payload before it does.
     decode_guard::check_frame(frame).map_err(|e| ProtocolError::Refused {
@@ -119,8 +138,14 @@ fn parse_frame_inner(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError>
         messages.push(match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => ClientMessage::SyncStep1(sv),
             Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
-                decode_guard::check_update_v1(&bytes)
+                let summary = decode_guard::check_update_v1(&bytes)
                     .map_err(|source| ProtocolError::Refused { index, source })?;
+                if summary.subdocs > 0 && !subdocuments.allows() {
+                    return Err(ProtocolError::Subdocument {
+                        index,
+                        count: summary.subdocs,
+                    });
+                }
                 let update = Update::decode_v1(&bytes)
                     .map_err(|source| ProtocolError::BadUpdate { index, source })?;
                 ClientMessage::DocUpdate(DocUpdate {

@@ -99,12 +99,13 @@ fn compute(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreError>
         )
     };
     let target_txn = target.transact();
-    let scratch = Doc::with_options(Options {
+    // Released when done: a copy holding a subdocument would leak.
+    let scratch = crate::subdocs::OwnedDoc::new(Doc::with_options(Options {
         client_id: fresh_client_id(&current_sv, &target_txn.state_vector()),
         offset_kind: OffsetKind::Utf16,
         skip_gc: true,
         ..Options::default()
-    });
+    }));
     let update = Update::decode_v1(&state).map_err(|e| RestoreError::Copy(e.to_string()))?;
     scratch
         .transact_mut()

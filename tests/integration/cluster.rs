@@ -266,7 +266,7 @@ async fn a_killed_nodes_clients_move_to_the_others_and_nothing_is_lost() {
     // dead node's journal window.
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let stored = text_of(&stored_doc(&db.url, room).await, "t");
+        let stored = text_of(&*stored_doc(&db.url, room).await, "t");
         if stored == text {
             break;
         }

@@ -17,5 +17,6 @@ mod rooms;
 mod security;
 mod shutdown;
 mod snapshot_cli;
+mod subdocuments;
 mod sync;
 mod tls;

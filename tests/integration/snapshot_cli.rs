@@ -389,7 +389,7 @@ async fn export_then_import_reproduces_the_document(db: &Db) {
         // Importing the same file again changes nothing (a CRDT merge).
         ok(&snapshot_cli(db.url(), &["import", &copy, path]).await);
         assert_eq!(
-            fingerprint(&stored_doc(db.url(), &copy).await),
+            fingerprint(&*stored_doc(db.url(), &copy).await),
             fingerprint(&original)
         );
     }
@@ -478,7 +478,7 @@ async fn restore_without_a_server(db: &Db) {
     )
     .await);
     assert_eq!(
-        fingerprint(&stored_doc(db.url(), "notes").await),
+        fingerprint(&*stored_doc(db.url(), "notes").await),
         fingerprint(&now_doc)
     );
 
@@ -496,11 +496,11 @@ async fn restore_without_a_server(db: &Db) {
     )
     .await);
     assert_eq!(
-        fingerprint(&stored_doc(db.url(), "copy").await),
+        fingerprint(&*stored_doc(db.url(), "copy").await),
         fingerprint(&v1_doc)
     );
     assert_eq!(
-        fingerprint(&stored_doc(db.url(), "notes").await),
+        fingerprint(&*stored_doc(db.url(), "notes").await),
         fingerprint(&now_doc)
     );
 }

@@ -577,8 +577,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The document stored for `room`, rebuilt the way the server loads it.
-pub async fn stored_doc(database_url: &str, room: &str) -> Doc {
+/// The document stored for `room`, rebuilt the way the server loads it
+/// (freed with its subdocuments when dropped).
+pub async fn stored_doc(database_url: &str, room: &str) -> crdt_hub::subdocs::OwnedDoc {
     let store = crdt_store::connect(database_url).await.unwrap();
     let room = crdt_store::RoomName::parse(room).unwrap();
     crdt_hub::persist::load(&store, &room)

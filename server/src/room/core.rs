@@ -13,6 +13,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::protocol::{self, ClientMessage, DocUpdate};
 use crate::room::held::{self, HeldCaps, HeldUpdates};
+use crate::subdocs::OwnedDoc;
 
 /// Identifies one connection within the process.
 pub type PeerId = u64;
@@ -89,7 +90,7 @@ pub struct Room {
 impl Room {
     pub fn new(doc: Doc) -> Self {
         Self::with_held(StoredDoc {
-            doc,
+            doc: OwnedDoc::new(doc),
             held: HeldUpdates::default(),
         })
     }
@@ -97,7 +98,7 @@ impl Room {
     /// A room for a document read from storage, with what it holds.
     pub fn with_held(stored: StoredDoc) -> Self {
         Self {
-            awareness: Awareness::new(stored.doc),
+            awareness: Awareness::new(stored.doc.into_inner()),
             peers: HashMap::new(),
             full_state_frame: None,
             unsaved_updates: 0,
@@ -397,6 +398,17 @@ impl Room {
     }
 }
 
+/// A room goes with its document: yrs would keep a document that holds a
+/// subdocument alive forever (see [`crate::subdocs`]).
+impl Drop for Room {
+    fn drop(&mut self) {
+        let released = crate::subdocs::release(self.awareness.doc());
+        if released > 0 {
+            tracing::debug!(released, "subdocuments released with their room");
+        }
+    }
+}
+
 /// Queues the updates `effects` applied for every other peer: one frame
 /// when there is one, and several updates (a connection passes on every
 /// frame it has already read in one go) merged into one, so that a fast
@@ -448,9 +460,10 @@ pub fn server_doc() -> Doc {
 }
 
 /// A document read from storage, with the updates in it that wait for
-/// what they build on.
+/// what they build on. Freed with its subdocuments when dropped, unless a
+/// room took it over.
 pub struct StoredDoc {
-    pub doc: Doc,
+    pub doc: OwnedDoc,
     pub held: HeldUpdates,
 }
 
@@ -507,7 +520,10 @@ pub fn doc_from_updates_with<'a>(
             .map_err(|_| (index, "apply panicked".to_string()))?
             .map_err(|e| (index, e.to_string()))?;
     }
-    Ok(StoredDoc { doc, held })
+    Ok(StoredDoc {
+        doc: OwnedDoc::new(doc),
+        held,
+    })
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The msgpack backup envelope and recognising what a file holds.
 
 use serde::{Deserialize, Serialize};
-use yrs::Doc;
 
 use crate::room::core::doc_from_updates;
+use crate::subdocs::OwnedDoc;
 
 /// The `format` field of every backup: how a backup is told apart from a
 /// raw Yjs update.
@@ -81,7 +81,7 @@ impl ImportFile {
 ///
 /// # Errors
 /// Why it is not acceptable.
-pub fn validate_update(state: &[u8]) -> anyhow::Result<Doc> {
+pub fn validate_update(state: &[u8]) -> anyhow::Result<OwnedDoc> {
     if state.is_empty() {
         anyhow::bail!("it is empty");
     }

@@ -123,8 +123,14 @@ pub async fn update(app: &App, room: Room, body: Bytes) -> ApiResult {
             "the body must be a binary Yjs v1 update".into(),
         ));
     }
-    crate::decode_guard::check_update_v1(&body)
+    let summary = crate::decode_guard::check_update_v1(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not a Yjs v1 update: {e}")))?;
+    if summary.subdocs > 0 && !app.connection.subdocuments.allows() {
+        return Err(ApiError::BadRequest(format!(
+            "the update creates {} subdocument(s), which this server refuses (--subdocuments)",
+            summary.subdocs
+        )));
+    }
     DocUpdate::decode(body.clone())
         .map_err(|e| ApiError::BadRequest(format!("the body is not a Yjs v1 update: {e}")))?;
     app.journal
