@@ -114,7 +114,7 @@ impl TryFrom<RoomSummaryRow> for crate::RoomSummary {
 
     fn try_from(row: RoomSummaryRow) -> Result<Self, Self::Error> {
         Ok(crate::RoomSummary {
-            room: RoomName::parse(row.name)?,
+            room: RoomName::from_stored(row.name)?,
             updated_at: row.updated_at,
             snapshots: row.snapshots,
             size: row.size,

@@ -46,6 +46,10 @@ fn default_role() -> Role {
 pub struct Claims {
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Not before, seconds since the epoch: the token is refused until
+    /// then (within the leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Room names or glob patterns (`*`, `?`, `[…]`).
     #[serde(default)]
     pub rooms: Vec<String>,
@@ -57,10 +61,33 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Claims that grant nothing: no room, the least role.
+    pub fn none() -> Self {
+        Self {
+            exp: 0,
+            nbf: None,
+            rooms: Vec::new(),
+            role: Role::Read,
+            sub: None,
+        }
+    }
+
     /// Whether any of the token's patterns matches `room`.
+    ///
+    /// Patterns are globs over the room name as a path: `*` and `?` stop at
+    /// `/` (`team-a/*` covers `team-a/notes`, not `team-a/b/notes`), `**`
+    /// as a whole segment spans any depth (`team-a/**`), `[…]` is a set.
+    /// A character that is special (`*`, `?`, `[`) is matched literally
+    /// when written inside brackets: `[*]`. An entry that is not a valid
+    /// pattern (`a[b`) matches only the room of exactly that name.
     pub fn allows_room(&self, room: &str) -> bool {
+        const PATH: glob::MatchOptions = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
         self.rooms.iter().any(|pattern| {
-            pattern == room || glob::Pattern::new(pattern).is_ok_and(|p| p.matches(room))
+            glob::Pattern::new(pattern).map_or(pattern == room, |p| p.matches_with(room, PATH))
         })
     }
 }
@@ -72,6 +99,8 @@ pub enum AuthError {
     Missing,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
     #[error("invalid token: {0}")]
     Invalid(String),
     #[error("token does not grant access to this room")]
@@ -84,7 +113,10 @@ impl AuthError {
     /// 401 for who-are-you failures, 403 for not-allowed-here.
     pub fn status(&self) -> u16 {
         match self {
-            AuthError::Missing | AuthError::Expired | AuthError::Invalid(_) => 401,
+            AuthError::Missing
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::Invalid(_) => 401,
             AuthError::WrongRoom | AuthError::NotAdmin => 403,
         }
     }
@@ -93,6 +125,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::Invalid(_) => "invalid",
             AuthError::WrongRoom => "wrong_room",
             AuthError::NotAdmin => "not_admin",
@@ -114,6 +147,10 @@ pub enum AuthConfigError {
     #[error("the auth secret is empty")]
     EmptySecret,
 }
+
+/// Clock skew tolerated around `exp` and `nbf` unless `--auth-leeway` says
+/// otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Verifies tokens. `None` in [`crate::app::App`] means anonymous access.
 #[derive(Clone)]
@@ -167,10 +204,17 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
-        // Clocks drift a little between the issuer and us.
-        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.leeway = DEFAULT_LEEWAY.as_secs();
         validation.validate_aud = false;
         Self { key, validation }
+    }
+
+    /// Tolerates `leeway` of clock skew around `exp` and `nbf` (clocks
+    /// drift a little between the issuer and us).
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.validation.leeway = leeway.as_secs();
+        self
     }
 
     /// Checks the signature and expiry of `token`.
@@ -182,6 +226,7 @@ impl Verifier {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid(e.to_string()),
             })
     }
@@ -231,6 +276,7 @@ pub fn mint_hs256(
         .as_secs();
     let claims = Claims {
         exp,
+        nbf: None,
         rooms,
         role,
         sub: None,
@@ -270,6 +316,7 @@ mod tests {
     fn expired_tokens_are_refused() {
         let claims = Claims {
             exp: 1_000,
+            nbf: None,
             rooms: vec!["*".into()],
             role: Role::Admin,
             sub: None,
@@ -294,6 +341,72 @@ mod tests {
             Some("a.b")
         );
         assert_eq!(token_from(None, Some("x=1")), None);
+    }
+
+    fn allows(patterns: &[&str], room: &str) -> bool {
+        Claims {
+            exp: 0,
+            nbf: None,
+            rooms: patterns.iter().map(|p| p.to_string()).collect(),
+            role: Role::Read,
+            sub: None,
+        }
+        .allows_room(room)
+    }
+
+    #[test]
+    fn room_patterns_stop_at_slashes_and_escape_with_brackets() {
+        assert!(allows(&["team-a/*"], "team-a/notes"));
+        assert!(!allows(&["team-a/*"], "team-a/b/notes"), "* stops at /");
+        assert!(!allows(&["team-a/?"], "team-a//"));
+        assert!(
+            allows(&["team-a/**"], "team-a/b/c/notes"),
+            "** spans any depth"
+        );
+        assert!(!allows(&["team-a/**"], "team-b/notes"));
+        assert!(allows(&["*"], "notes") && !allows(&["*"], "a/b"));
+        // A literal special character in brackets.
+        assert!(allows(&["price[*]"], "price*"));
+        assert!(!allows(&["price[*]"], "prices"));
+        assert!(allows(&["price*"], "prices"), "unescaped, it is a pattern");
+        // Not a pattern at all: only that exact name.
+        assert!(allows(&["a[b"], "a[b"));
+        assert!(!allows(&["a[b"], "ab"));
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_are_refused_within_the_leeway() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = |nbf: u64| {
+            let claims = Claims {
+                exp: now + 3600,
+                nbf: Some(nbf),
+                rooms: vec!["*".into()],
+                role: Role::Write,
+                sub: None,
+            };
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        let verifier = Verifier::hs256("k")
+            .unwrap()
+            .with_leeway(Duration::from_secs(5));
+        assert_eq!(
+            verifier.verify(&token(now + 60)).unwrap_err(),
+            AuthError::NotYetValid
+        );
+        assert!(
+            verifier.verify(&token(now + 2)).is_ok(),
+            "within the leeway"
+        );
+        assert!(verifier.verify(&token(now - 60)).is_ok());
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct AuthArgs {
     #[arg(long, env = "CRDT_HUB_REQUIRE_AUTH")]
     pub require_auth: bool,
 
+    /// Clock skew tolerated between the token issuer and this server: a
+    /// token is accepted this long after its `exp` and this long before
+    /// its `nbf`.
+    #[arg(long, env = "CRDT_HUB_AUTH_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub auth_leeway: Duration,
+
     /// Browser origins allowed to open WebSockets, comma-separated
     /// (e.g. https://app.example.com); `*` allows any. Default: any.
     #[arg(long, env = "CRDT_HUB_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -82,6 +82,8 @@ pub enum GuardError {
     Truncated { what: &'static str, offset: usize },
     #[error("malformed variable-length integer at byte {offset}")]
     BadVarInt { offset: usize },
+    #[error("variable-length integer at byte {offset} is wider than {bits} bits")]
+    VarIntOverflow { offset: usize, bits: u32 },
     #[error("{what} count {count} at byte {offset} cannot fit in the {remaining} bytes left")]
     CountTooLarge {
         what: &'static str,
@@ -1048,33 +1050,41 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    /// yrs's `read_var::<u32>()`: shifts wrap past 32 bits, and more than
-    /// ten continuation bytes are an error.
+    /// yrs's `read_var::<u32>()`, field for field, except that a value
+    /// wider than 32 bits is refused where yrs wraps it (2^40 would read
+    /// as 256: a length or clock silently other than the sender's).
     fn var_u32(&mut self) -> Result<u32, GuardError> {
         let start = self.pos;
-        let mut num = 0u32;
-        let mut shift = 0u32;
-        loop {
-            let b = self.u8("varint")?;
-            num |= u32::wrapping_shl(u32::from(b & 0x7F), shift);
-            shift += 7;
-            if b < 0x80 {
-                return Ok(num);
-            }
-            if shift > 70 {
-                return Err(GuardError::BadVarInt { offset: start });
-            }
-        }
+        let value = self.var()?;
+        u32::try_from(value).map_err(|_| GuardError::VarIntOverflow {
+            offset: start,
+            bits: 32,
+        })
     }
 
-    /// yrs's `read_var::<u64>()` (also used for `usize`).
+    /// yrs's `read_var::<u64>()` (also used for `usize`), refusing values
+    /// wider than 64 bits.
     fn var_u64(&mut self) -> Result<u64, GuardError> {
         let start = self.pos;
-        let mut num = 0u64;
+        let value = self.var()?;
+        u64::try_from(value).map_err(|_| GuardError::VarIntOverflow {
+            offset: start,
+            bits: 64,
+        })
+    }
+
+    /// An unsigned lib0 varint as wide as it is written (yrs's loop: more
+    /// than ten continuation bytes are an error), for the callers to check
+    /// against their type's width.
+    fn var(&mut self) -> Result<u128, GuardError> {
+        let start = self.pos;
+        let mut num = 0u128;
         let mut shift = 0u32;
         loop {
             let b = self.u8("varint")?;
-            num |= u64::wrapping_shl(u64::from(b & 0x7F), shift);
+            if shift < 128 {
+                num |= u128::from(b & 0x7F) << shift;
+            }
             shift += 7;
             if b < 0x80 {
                 return Ok(num);
@@ -1371,13 +1381,34 @@ mod tests {
             ],
         ];
         for bytes in samples {
-            let ours = Reader::new(bytes).var_u32().ok();
-            let theirs: Option<u32> = Cursor::new(bytes).read_var().ok();
-            assert_eq!(ours, theirs, "{bytes:?}");
-            let ours = Reader::new(bytes).var_u64().ok();
-            let theirs: Option<u64> = Cursor::new(bytes).read_var().ok();
-            assert_eq!(ours, theirs, "{bytes:?}");
+            // Where the value fits, the same value and the same end; where
+            // it does not, yrs wraps it and the guard refuses.
+            match (
+                Reader::new(bytes).var_u32(),
+                Cursor::new(bytes).read_var::<u32>(),
+            ) {
+                (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "{bytes:?}"),
+                (Err(GuardError::VarIntOverflow { .. }), Ok(_)) => {}
+                (Err(_), Err(_)) => {}
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+            match (
+                Reader::new(bytes).var_u64(),
+                Cursor::new(bytes).read_var::<u64>(),
+            ) {
+                (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "{bytes:?}"),
+                (Err(GuardError::VarIntOverflow { .. }), Ok(_)) => {}
+                (Err(_), Err(_)) => {}
+                other => panic!("{bytes:?}: {other:?}"),
+            }
         }
+        // 2^40 as a clock or length: yrs's shifts wrap, and it reads 256.
+        let wide = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+        assert_eq!(Cursor::new(&wide[..]).read_var::<u32>().unwrap(), 256);
+        assert!(matches!(
+            Reader::new(&wide).var_u32(),
+            Err(GuardError::VarIntOverflow { bits: 32, .. })
+        ));
     }
 
     #[test]

@@ -67,7 +67,8 @@ fn verifier(args: &ServeArgs) -> anyhow::Result<Option<Arc<Verifier>>> {
             Some(Verifier::from_public_key_file(path).context("--auth-public-key")?)
         }
         (None, None) => None,
-    };
+    }
+    .map(|verifier| verifier.with_leeway(args.auth.auth_leeway));
     if verifier.is_none() {
         if args.auth.require_auth {
             anyhow::bail!(

@@ -277,8 +277,8 @@ impl RoomTask {
                     self.connections
                         .store(state.links.len(), std::sync::atomic::Ordering::Relaxed);
                     idle_since = match idle_since {
-                        Some(since) if from_bus_only && is_idle(state) => Some(since),
-                        _ => is_idle(state).then(Instant::now),
+                        Some(since) if from_bus_only && state.links.is_empty() => Some(since),
+                        _ => state.links.is_empty().then(Instant::now),
                     };
                 }
                 () = self.shutdown.cancelled(), if shutdown_deadline.is_none() => {
@@ -303,7 +303,10 @@ impl RoomTask {
                     if self.try_unload(state).await {
                         return;
                     }
-                    idle_since = is_idle(state).then(Instant::now);
+                    // Event streams keep a room loaded while they last, but
+                    // closing one sends the room nothing: without
+                    // connections, look again one idle timeout later.
+                    idle_since = state.links.is_empty().then(Instant::now);
                 }
             }
             self.send_ready_frames(state);

@@ -29,6 +29,9 @@ pub async fn stream(
     last_event_id: Option<String>,
 ) -> ApiResult {
     let room = room?;
+    // Reading never creates a room: a stream for a room that exists
+    // nowhere would load an empty one and hold it in memory.
+    super::rooms::require_room(app, &room).await?;
     let RoomReply::Events(subscription) =
         app.rooms.request(&room, || RoomRequest::Subscribe).await?
     else {

@@ -7,6 +7,7 @@ pub mod restore;
 mod rooms;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use crdt_store::{RoomName, StoreError};
 use warp::http::StatusCode;
@@ -16,6 +17,7 @@ use warp::{Filter, Rejection};
 
 use super::{json_error, room_from_path};
 use crate::app::App;
+use crate::auth::{self, Claims};
 use crate::room::RoomUnavailable;
 
 /// The OpenAPI description, embedded so the binary can serve it.
@@ -44,6 +46,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("room {0} not found")]
     RoomNotFound(RoomName),
+    /// The caller's token does not cover a room the request touches
+    /// besides the one in the path (the gate checked that one).
+    #[error("token does not grant access to room {0}")]
+    Forbidden(RoomName),
     #[error("{0}")]
     NotFound(String),
     #[error("room is unavailable: {0}")]
@@ -66,6 +72,7 @@ impl ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::RoomNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) | ApiError::RestoreFailed(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -99,6 +106,44 @@ impl ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Who is calling. The gate in front of the API has already checked the
+/// token and the room in the path; a request that touches other rooms (a
+/// restore `into` another room, the room listing) checks those here.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is off: every room.
+    Anyone,
+    /// The rooms the token names.
+    Token(Arc<Claims>),
+}
+
+impl Caller {
+    pub fn may(&self, room: &RoomName) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(claims) => claims.allows_room(room.as_str()),
+        }
+    }
+}
+
+/// The request's [`Caller`]. A token that does not verify (the gate let
+/// nothing like it through) covers no room: fail closed.
+fn caller(app: App) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(super::raw_query())
+        .map(
+            move |authorization: Option<String>, query: Option<String>| {
+                let Some(verifier) = &app.auth else {
+                    return Caller::Anyone;
+                };
+                let claims = auth::token_from(authorization.as_deref(), query.as_deref())
+                    .and_then(|token| verifier.verify(&token).ok())
+                    .unwrap_or_else(Claims::none);
+                Caller::Token(Arc::new(claims))
+            },
+        )
+}
+
 fn finish(result: ApiResult) -> Response {
     result.unwrap_or_else(ApiError::into_response)
 }
@@ -126,13 +171,15 @@ fn room_route(
 
 /// Every `/api` route.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_caller = caller(app.clone());
     let with_app = warp::any().map(move || app.clone());
     let max_body = u64::try_from(MAX_UPDATE_BODY).unwrap_or(u64::MAX);
 
     let list = warp::path!("api" / "rooms")
         .and(warp::get())
+        .and(with_caller.clone())
         .and(with_app.clone())
-        .then(|app: App| async move { finish(rooms::list(&app).await) });
+        .then(|caller: Caller, app: App| async move { finish(rooms::list(&app, &caller).await) });
     let openapi = warp::path!("api" / "openapi.yaml")
         .and(warp::get())
         .map(|| {
@@ -185,10 +232,11 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
     let restore = room_route("restore")
         .and(warp::post())
         .and(restore::small_body())
+        .and(with_caller)
         .and(with_app)
-        .then(
-            |room, body, app: App| async move { finish(restore::restore(&app, room, body).await) },
-        );
+        .then(|room, body, caller: Caller, app: App| async move {
+            finish(restore::restore(&app, &caller, room, body).await)
+        });
 
     list.or(openapi)
         .unify()

@@ -24,7 +24,7 @@ use warp::reply::Reply;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Transact};
 
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, Caller};
 use crate::app::App;
 use crate::room::core::doc_from_updates;
 use crate::room::{RoomReply, RoomRequest};
@@ -93,7 +93,12 @@ where
 
 /// `POST /api/rooms/{room}/restore` with `{"version": ID}` or
 /// `{"version": ID, "into": "other-room"}`.
-pub async fn restore(app: &App, room: Room, body: Result<Bytes, ApiError>) -> ApiResult {
+pub async fn restore(
+    app: &App,
+    caller: &Caller,
+    room: Room,
+    body: Result<Bytes, ApiError>,
+) -> ApiResult {
     let source = room?;
     let body = body?;
     let body: RestoreBody = serde_json::from_slice(&body).map_err(|e| {
@@ -106,6 +111,11 @@ pub async fn restore(app: &App, room: Room, body: Result<Bytes, ApiError>) -> Ap
             .map_err(|e| ApiError::BadRequest(format!("invalid room name in \"into\": {e}")))?,
         None => source.clone(),
     };
+    // The gate checked the room in the path; `into` writes another.
+    if !caller.may(&room) {
+        crate::metrics::auth_refused("wrong_room");
+        return Err(ApiError::Forbidden(room));
+    }
     let restored = restore_live(app, &source, body.version, &room).await?;
     tracing::info!(
         room = %room,

@@ -10,18 +10,21 @@ use warp::reply::Reply;
 use yrs::StateVector;
 use yrs::updates::decoder::Decode;
 
-use super::{ApiError, ApiResult, Query};
+use super::{ApiError, ApiResult, Caller, Query};
 use crate::app::App;
 use crate::protocol::DocUpdate;
 use crate::room::{RoomReply, RoomRequest, RoomUnavailable};
 
 type Room = Result<RoomName, ApiError>;
 
-/// `GET /api/rooms`: rooms in memory (with connections) and in storage.
-pub async fn list(app: &App) -> ApiResult {
+/// `GET /api/rooms`: rooms in memory (with connections) and in storage,
+/// those the caller's token covers.
+pub async fn list(app: &App, caller: &Caller) -> ApiResult {
     let mut loaded = app.rooms.loaded();
+    loaded.retain(|(room, _)| caller.may(room));
     loaded.sort();
-    let stored = app.store.rooms().await?;
+    let mut stored = app.store.rooms().await?;
+    stored.retain(|summary| caller.may(&summary.room));
     let mut names: Vec<&RoomName> = loaded.iter().map(|(name, _)| name).collect();
     names.extend(stored.iter().map(|s| &s.room));
     names.sort();
@@ -51,7 +54,7 @@ pub async fn list(app: &App) -> ApiResult {
 
 /// The room must be in memory or in storage; the API never conjures one
 /// by reading it.
-async fn require_room(app: &App, room: &RoomName) -> Result<(), ApiError> {
+pub(super) async fn require_room(app: &App, room: &RoomName) -> Result<(), ApiError> {
     if app.rooms.is_loaded(room) || app.store.room_summary(room).await?.is_some() {
         Ok(())
     } else {
