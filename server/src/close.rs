@@ -32,6 +32,9 @@ pub const SUBDOCUMENTS_REFUSED: CloseReason = CloseReason::new(
 );
 /// 1003: y-websocket speaks binary frames only.
 pub const TEXT_FRAME: CloseReason = CloseReason::new(1003, "text frames are not supported");
+/// 1008: a message arrived in more frames than [`crate::frames::MAX_FRAGMENTS`].
+pub const TOO_FRAGMENTED: CloseReason =
+    CloseReason::new(1008, "policy violation: message in too many frames");
 /// 1009: a frame larger than `--max-message-size`.
 pub const MESSAGE_TOO_BIG: CloseReason = CloseReason::new(1009, "message too big");
 /// 1011: the room failed internally and is being reloaded; reconnect.

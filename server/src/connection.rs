@@ -260,12 +260,17 @@ impl Session {
                     warn!(error = %e, "frame too large");
                     break Flow::End(Some(close::MESSAGE_TOO_BIG));
                 }
+                Some(Err(e)) if is_too_fragmented(&e) => {
+                    warn!(error = %e, "message in too many frames; closing");
+                    break Flow::End(Some(close::TOO_FRAGMENTED));
+                }
                 Some(Err(e)) => {
                     debug!(error = %e, "read failed");
                     break Flow::End(None);
                 }
             };
-            match self.rate.admit(message.len()) {
+            let wire_frames = self.ws.get_mut().take_frames().max(1);
+            match self.rate.admit(wire_frames, message.len()) {
                 Admission::Go => {}
                 Admission::Pause(wait) => {
                     metrics::rate_limited("connection_paused");
@@ -467,4 +472,11 @@ async fn close_socket(ws: &mut Socket, reason: CloseReason) {
 /// Whether a read error is tungstenite refusing a frame over the size limit.
 fn is_too_big(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Capacity(_))
+}
+
+/// Whether a read error is [`crate::frames`] refusing a message of too
+/// many fragments.
+fn is_too_fragmented(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Io(e)
+        if e.get_ref().is_some_and(|inner| inner.is::<crate::frames::TooManyFragments>()))
 }

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod connection;
 pub mod decode_guard;
 pub mod doc_json;
+pub mod frames;
 pub mod fuzzing;
 pub mod http;
 pub mod limits;

@@ -192,12 +192,17 @@ pub enum Admission {
 }
 
 impl ConnectionRate {
-    /// Accounts for one message of `len` bytes.
-    pub fn admit(&mut self, len: usize) -> Admission {
+    /// Accounts for one message of `len` bytes that arrived in `frames`
+    /// WebSocket frames: every frame counts against the message rate, so
+    /// fragmenting a message buys nothing.
+    pub fn admit(&mut self, frames: u32, len: usize) -> Admission {
         let now = self.clock.now();
         let mut wait = Duration::ZERO;
-        if let Err(not_until) = self.messages.check() {
-            wait = wait.max(not_until.wait_time_from(now));
+        match self.messages.check_n(nonzero(frames)) {
+            Ok(Ok(())) => {}
+            Ok(Err(not_until)) => wait = wait.max(not_until.wait_time_from(now)),
+            // More frames than the whole burst: it can never pass.
+            Err(_) => return Admission::Close,
         }
         let cells = nonzero(u32::try_from(len).unwrap_or(u32::MAX));
         match self.bytes.check_n(cells) {
@@ -235,9 +240,22 @@ mod tests {
         });
         let mut rate = limits.for_connection();
         for _ in 0..20 {
-            assert_eq!(rate.admit(10), Admission::Go);
+            assert_eq!(rate.admit(1, 10), Admission::Go);
         }
-        assert!(matches!(rate.admit(10), Admission::Pause(_)));
+        assert!(matches!(rate.admit(1, 10), Admission::Pause(_)));
+    }
+
+    #[test]
+    fn every_frame_of_a_fragmented_message_counts() {
+        let limits = Limits::new(LimitsConfig {
+            messages_per_second: 10,
+            message_burst: 20,
+            ..LimitsConfig::default()
+        });
+        let mut rate = limits.for_connection();
+        assert_eq!(rate.admit(15, 10), Admission::Go);
+        assert!(matches!(rate.admit(10, 10), Admission::Pause(_)));
+        assert_eq!(rate.admit(21, 10), Admission::Close, "more than the burst");
     }
 
     #[test]
@@ -249,10 +267,10 @@ mod tests {
             ..LimitsConfig::default()
         });
         let mut rate = limits.for_connection();
-        assert_eq!(rate.admit(1), Admission::Go);
-        assert!(matches!(rate.admit(1), Admission::Pause(_)));
+        assert_eq!(rate.admit(1, 1), Admission::Go);
+        assert!(matches!(rate.admit(1, 1), Admission::Pause(_)));
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(rate.admit(1), Admission::Close);
+        assert_eq!(rate.admit(1, 1), Admission::Close);
     }
 
     #[test]

@@ -247,3 +247,29 @@ async fn a_varint_too_wide_for_its_field_closes_the_connection() {
     hostile.ws.send(Message::binary(frame)).await.unwrap();
     assert_eq!(hostile.close_code().await, Some(1002));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_never_ends_is_closed_and_fragments_count_against_the_rate() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _dir) = start(&[]).await;
+    let mut honest = YClient::connect(&server.url("calm")).await;
+    let mut hostile = YClient::connect(&server.url("fragments")).await;
+    // Zero-length frames of a binary message that never gets its FIN:
+    // six bytes each (header and mask), nothing for the message limits.
+    let mut frames = vec![0x02, 0x80, 1, 2, 3, 4];
+    for _ in 0..5_000 {
+        frames.extend_from_slice(&[0x00, 0x80, 1, 2, 3, 4]);
+    }
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = hostile.ws.get_mut() else {
+        unreachable!("plain TCP on loopback");
+    };
+    tcp.write_all(&frames).await.unwrap();
+    assert_eq!(hostile.close_code().await, Some(1008));
+
+    // The room next door never noticed.
+    honest.insert("t", 0, "still here").await;
+    let mut reader = YClient::connect(&server.url("calm")).await;
+    reader
+        .until("the honest edit", |c| c.text("t") == "still here")
+        .await;
+}

@@ -20,10 +20,11 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use crate::frames::CountedIo;
 use crate::shared_socket::SocketIo;
 
 /// The socket type every connection task works with.
-pub type Socket = WebSocketStream<SocketIo>;
+pub type Socket = WebSocketStream<CountedIo>;
 
 /// hyper's upgrade handle, made cloneable so a warp filter can extract it.
 #[derive(Clone)]
@@ -96,6 +97,13 @@ impl WsUpgrade {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let (io, already_read) = SocketIo::from_upgraded(upgraded);
+                    let io = match CountedIo::new(io, &already_read) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refused before the first message");
+                            return;
+                        }
+                    };
                     let socket = WebSocketStream::from_partially_read(
                         io,
                         already_read,
