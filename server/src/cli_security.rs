@@ -49,6 +49,13 @@ pub struct LimitArgs {
     #[arg(long, env = "CRDT_HUB_MAX_CONNECTIONS", default_value = "50000")]
     pub max_connections: usize,
 
+    /// A client whose updates a room refuses (too large for --max-doc-size,
+    /// a subdocument, bytes that do not apply) waits 1 s before it may open
+    /// that room again, twice as long after each further refusal, up to
+    /// this; meanwhile its upgrades get 429 with Retry-After.
+    #[arg(long, env = "CRDT_HUB_REFUSAL_MAX_DELAY", default_value = "60s", value_parser = parse_duration)]
+    pub refusal_max_delay: Duration,
+
     /// Connections one room accepts; more get 503 (or close 1013).
     #[arg(
         long,
@@ -124,6 +131,7 @@ impl LimitArgs {
             api_requests_per_second: self.rate_api_per_ip,
             api_burst: self.rate_api_burst_per_ip,
             max_connections: self.max_connections,
+            refusal_max_delay: self.refusal_max_delay,
         }
     }
 }

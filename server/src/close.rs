@@ -14,6 +14,14 @@ impl CloseReason {
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
     }
+
+    /// Whether the client was closed for what it sent, which it will send
+    /// again when it reconnects (a stock y-websocket client resends its
+    /// whole document): malformed or unappliable updates (1002),
+    /// unsupported data (1003), too large (1009).
+    pub fn refuses_content(self) -> bool {
+        matches!(self.code, 1002 | 1003 | 1009)
+    }
 }
 
 /// 1001: the server is shutting down; reconnect (to it or another node).

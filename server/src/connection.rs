@@ -19,11 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
-use crate::limits::{Admission, ConnectionRate};
+use crate::limits::{Admission, ConnectionRate, Limits};
 use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
@@ -71,6 +71,8 @@ pub struct Admitted {
     /// Its place under `--max-connections`, given back when it closes.
     pub slot: OwnedSemaphorePermit,
     pub rate: ConnectionRate,
+    /// Where a refusal of its updates is recorded (see [`crate::refusals`]).
+    pub limits: Arc<Limits>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -94,6 +96,7 @@ pub fn serve(
         peer_addr,
         slot,
         rate,
+        limits,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
     let (link, inbox) = crate::room::link(config.outbox_capacity, ws.get_ref().shared());
@@ -103,6 +106,7 @@ pub fn serve(
         peer,
         config,
         rate,
+        refusals: peer_addr.map(|addr| (addr.ip(), limits)),
     };
     let joining = Joining {
         rooms,
@@ -128,6 +132,8 @@ struct Session {
     peer: PeerId,
     config: Arc<ConnectionConfig>,
     rate: ConnectionRate,
+    /// The client's address and where refusals of its updates go.
+    refusals: Option<(std::net::IpAddr, Arc<Limits>)>,
 }
 
 impl Session {
@@ -155,6 +161,7 @@ impl Session {
             access,
             link,
         } = joining;
+        let name = room.clone();
         let joined = Box::pin(rooms.join(&room, self.peer, access, link)).await;
         let room = match joined {
             Ok(handle) => handle,
@@ -177,6 +184,16 @@ impl Session {
         Box::pin(room.leave(self.peer)).await;
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
+        if reason.refuses_content()
+            && let Some((ip, limits)) = &self.refusals
+        {
+            let wait = limits.refusals.record(*ip, &name);
+            info!(
+                code = reason.code,
+                wait_ms = wait.as_millis() as u64,
+                "updates refused; this address waits before reopening the room"
+            );
+        }
         Box::pin(close_socket(&mut self.ws, reason)).await;
         Some(reason.code)
     }

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod persist;
 pub mod protocol;
+pub mod refusals;
 pub mod restore;
 pub mod room;
 pub mod server;

@@ -34,6 +34,9 @@ pub struct LimitsConfig {
     pub api_burst: u32,
     /// Open WebSocket connections, over all rooms.
     pub max_connections: usize,
+    /// Longest a client address waits before reopening a room after its
+    /// updates there were refused again and again (see [`crate::refusals`]).
+    pub refusal_max_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -49,6 +52,7 @@ impl Default for LimitsConfig {
             api_requests_per_second: 100,
             api_burst: 200,
             max_connections: 50_000,
+            refusal_max_delay: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Limits {
     /// connection (it was 42 % of the CPU of a fast ingest).
     clock: DefaultClock,
     connection_slots: Arc<Semaphore>,
+    /// Addresses whose updates a room refused, and until when they wait.
+    pub refusals: crate::refusals::RepeatRefusals,
     new_connections: DefaultKeyedRateLimiter<IpAddr>,
     api_requests: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -90,6 +96,7 @@ impl Limits {
         let clock = DefaultClock::default();
         Self {
             connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            refusals: crate::refusals::RepeatRefusals::new(config.refusal_max_delay),
             new_connections: RateLimiter::dashmap_with_clock(
                 quota(
                     config.connections_per_ip_per_second,

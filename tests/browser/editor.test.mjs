@@ -403,3 +403,35 @@ test('versions: the page token goes along as a bearer token; without admin right
   // The browser logs the refused request itself; nothing else may go wrong.
   assert.deepEqual(page.problems.filter(p => !/status of 403/.test(p)), [])
 })
+
+test('an edit the server refuses as too large stops the reconnect loop and says why', async () => {
+  const strict = await startServer(['--max-doc-size', '64KiB'])
+  try {
+    const room = uniqueRoom('too-large')
+    const page = await openPage(browser, strict)
+    pages.push(page)
+    page.sockets = []
+    page.on('websocket', ws => page.sockets.push(ws.url()))
+    await page.goto(`${strict.url}/?room=${encodeURIComponent(room)}`)
+    await page.locator('.cm-content').waitFor()
+    await waitConnected(page)
+    await page.evaluate(() => {
+      const { view } = window.crdtHub
+      view.dispatch({ changes: { from: 0, insert: 'x'.repeat(100 * 1024) } })
+    })
+    await waitFor(async () => (await statusPhase(page)) === 'refused',
+      async () => `"Refused", status is "${await statusText(page)}"`)
+    const note = await page.locator('#sync-note').textContent()
+    assert.match(note, /refused your last edit/)
+    assert.match(note, /document size limit/)
+    // No loop of reconnects and re-uploads.
+    const sockets = page.sockets.length
+    await delay(3000)
+    assert.equal(page.sockets.length, sockets, 'the page kept reconnecting')
+    assert.equal(await page.locator('#toggle-online').textContent(), 'Try again')
+    assert.equal((await editorText(page)).length, 100 * 1024, 'the edit stays in the editor')
+    await fs.promises.writeFile(path.join(ARTIFACTS, 'refused-too-large.png'), await page.screenshot())
+  } finally {
+    await strict.stop()
+  }
+})

@@ -83,12 +83,12 @@ export function uniqueRoom (prefix) {
  * Starts `crdt-hub serve` on 127.0.0.1:0 with a fresh SQLite database and
  * resolves once it logged its `listening … addr=HOST:PORT` line.
  */
-export async function startServer () {
+export async function startServer (extraArgs = []) {
   if (!fs.existsSync(SERVER_BIN)) {
     throw new Error(`server binary not found at ${SERVER_BIN}: run \`cargo build -p crdt-hub\` or set CRDT_HUB_BIN`)
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-browser-'))
-  const args = ['serve', '--bind', '127.0.0.1:0', '--database-url', `sqlite://${path.join(dir, 'x.db')}`]
+  const args = ['serve', '--bind', '127.0.0.1:0', '--database-url', `sqlite://${path.join(dir, 'x.db')}`, ...extraArgs]
   const child = spawn(SERVER_BIN, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' }

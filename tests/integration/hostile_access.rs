@@ -273,3 +273,34 @@ async fn a_message_that_never_ends_is_closed_and_fragments_count_against_the_rat
         .until("the honest edit", |c| c.text("t") == "still here")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_update_makes_its_sender_wait_longer_each_time() {
+    let (server, _dir) = start(&["--max-doc-size", "64KiB"]).await;
+    let upgrade_status = || {
+        let url = server.url("big");
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    assert!(r.headers().contains_key("retry-after"));
+                    r.status().as_u16()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let too_large = "x".repeat(100 * 1024);
+    for wait in [Duration::from_secs(1), Duration::from_secs(2)] {
+        let mut client = YClient::connect(&server.url("big")).await;
+        client.insert("t", 0, &too_large).await;
+        assert_eq!(client.close_code().await, Some(1009));
+        drop(client);
+        // Reconnecting at once, as y-websocket does, costs a 429 and no upload.
+        assert_eq!(upgrade_status().await, 429);
+        tokio::time::sleep(wait / 2).await;
+        assert_eq!(upgrade_status().await, 429, "half the wait");
+        tokio::time::sleep(wait / 2 + Duration::from_millis(300)).await;
+        assert_eq!(upgrade_status().await, 101, "after the wait");
+    }
+}

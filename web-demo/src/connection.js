@@ -9,6 +9,13 @@ import { WebsocketProvider } from 'y-websocket'
  * @typedef {{ phase: Phase, unsent: number, wantOnline: boolean, refusal: { code: number, reason: string } | null }} Status
  */
 
+/**
+ * Close codes for an edit the server refused for what it is: malformed or
+ * not applicable (1002), unsupported such as a subdocument (1003), too
+ * large (1009). Reconnecting would send the same edit again.
+ */
+export const REFUSED_CONTENT = new Set([1002, 1003, 1009])
+
 export class Connection {
   /**
    * @param {string} url ws(s)://host of the server
@@ -46,8 +53,17 @@ export class Connection {
       }
       this.changed()
     })
-    this.provider.on('connection-close', () => {
-      if (this.provider.shouldConnect) this.lostConnection = true
+    this.provider.on('connection-close', event => {
+      if (REFUSED_CONTENT.has(event?.code)) {
+        // The server refused an edit of ours for what it is (too large,
+        // a subdocument, malformed): reconnecting would only send it again
+        // (and the server makes a repeat wait longer each time). Stop, and
+        // say why; the edit stays here.
+        this.refusal = { code: event.code, reason: String(event.reason || '') }
+        this.provider.disconnect()
+      } else if (this.provider.shouldConnect) {
+        this.lostConnection = true
+      }
       this.changed()
     })
     this.provider.on('closed', close => {

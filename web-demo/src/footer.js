@@ -1,6 +1,8 @@
 // The line under the editor: what happens to your edits right now, and how
 // long the document is.
 
+import { REFUSED_CONTENT } from './connection.js'
+
 const NOTES = {
   connecting: 'Connecting to the server…',
   syncing: 'Catching up with the room…',
@@ -22,7 +24,9 @@ export function mountFooter (root, session) {
   const note = root.querySelector('#sync-note')
   const words = root.querySelector('#word-count')
   session.connection.subscribe(({ phase, refusal }) => {
-    note.textContent = NOTES[phase] + (refusal?.reason ? ` Reason: ${refusal.reason}` : '')
+    note.textContent = phase === 'refused' && REFUSED_CONTENT.has(refusal?.code)
+      ? `The server refused your last edit${refusal.reason ? ` (${refusal.reason})` : ''}. It is kept here, unsent: undo it, then press “Try again”.`
+      : NOTES[phase] + (refusal?.reason ? ` Reason: ${refusal.reason}` : '')
   })
   let scheduled = false
   const update = () => {

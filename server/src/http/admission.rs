@@ -53,6 +53,12 @@ pub fn admit_upgrade(
         }
     };
     if let Some(addr) = addr {
+        app.limits.refusals.check(addr.ip(), room).map_err(|wait| {
+            too_many(
+                "this room refused your last updates (see the close reason); wait before reconnecting",
+                RetryAfter(wait),
+            )
+        })?;
         app.limits
             .admit_connection(addr.ip())
             .map_err(|retry| too_many("too many new connections from this address", retry))?;

@@ -157,6 +157,7 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
         peer_addr: request.addr,
         slot: admission.slot,
         rate: app.limits.for_connection(),
+        limits: app.limits.clone(),
     };
     let config = websocket::socket_config(app.max_message_size);
     ws.on_upgrade(config, move |socket| {
