@@ -29,6 +29,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// As tokens spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
     pub fn access(self) -> Access {
         match self {
             Role::Read => Access::ReadOnly,
@@ -105,8 +114,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("token does not grant access to this room")]
     WrongRoom,
-    #[error("this endpoint needs a token with the admin role")]
-    NotAdmin,
+    #[error("this endpoint needs a token with the {} role or higher", .0.name())]
+    Role(Role),
 }
 
 impl AuthError {
@@ -117,7 +126,7 @@ impl AuthError {
             | AuthError::Expired
             | AuthError::NotYetValid
             | AuthError::Invalid(_) => 401,
-            AuthError::WrongRoom | AuthError::NotAdmin => 403,
+            AuthError::WrongRoom | AuthError::Role(_) => 403,
         }
     }
 
@@ -128,7 +137,7 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::Invalid(_) => "invalid",
             AuthError::WrongRoom => "wrong_room",
-            AuthError::NotAdmin => "not_admin",
+            AuthError::Role(_) => "role",
         }
     }
 }

@@ -52,7 +52,8 @@ pub struct LimitArgs {
     /// A client whose updates a room refuses (too large for --max-doc-size,
     /// a subdocument, bytes that do not apply) waits 1 s before it may open
     /// that room again, twice as long after each further refusal, up to
-    /// this; meanwhile its upgrades get 429 with Retry-After.
+    /// this; meanwhile its upgrades get 429 with Retry-After. The wait is
+    /// per client address: behind a proxy that hides them, 0 turns it off.
     #[arg(long, env = "CRDT_HUB_REFUSAL_MAX_DELAY", default_value = "60s", value_parser = parse_duration)]
     pub refusal_max_delay: Duration,
 

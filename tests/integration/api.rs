@@ -288,6 +288,87 @@ async fn the_event_stream_delivers_updates_made_over_websocket() {
     server.stop().await;
 }
 
+/// What `openapi.yaml` says of one operation.
+#[derive(Debug, Default)]
+struct SpecOperation {
+    /// `x-crdt-hub-role`, if any.
+    role: Option<String>,
+    /// `security: []`: public.
+    public: bool,
+    responses: Vec<String>,
+}
+
+/// Each operation `openapi.yaml` declares, by (method, path).
+fn spec_operations() -> Vec<((String, String), SpecOperation)> {
+    let spec = crdt_hub::http::api::OPENAPI_YAML;
+    let mut operations: Vec<((String, String), SpecOperation)> = Vec::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in spec.lines() {
+        if line == "paths:" {
+            in_paths = true;
+            continue;
+        }
+        if in_paths && !line.starts_with(' ') && !line.is_empty() {
+            break;
+        }
+        if let Some(p) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !p.starts_with(' ')
+        {
+            path = Some(p.to_string());
+        } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+            && ["get", "post", "put", "delete", "patch"].contains(&method)
+        {
+            operations.push((
+                (method.to_string(), path.clone().unwrap()),
+                SpecOperation::default(),
+            ));
+        } else if let Some((_, operation)) = operations.last_mut() {
+            if let Some(role) = line.strip_prefix("      x-crdt-hub-role: ") {
+                operation.role = Some(role.to_string());
+            } else if line == "      security: []" {
+                operation.public = true;
+            } else if let Some(code) = line
+                .strip_prefix("        \"")
+                .and_then(|l| l.strip_suffix("\":"))
+            {
+                operation.responses.push(code.to_string());
+            }
+        }
+    }
+    operations
+}
+
+#[test]
+fn the_spec_declares_each_routes_role_and_its_refusals() {
+    let operations = spec_operations();
+    for route in crdt_hub::http::api::ROUTES {
+        let (_, operation) = operations
+            .iter()
+            .find(|((m, p), _)| m == route.method && p == route.path)
+            .unwrap_or_else(|| panic!("{} {} is not in openapi.yaml", route.method, route.path));
+        match route.role {
+            Some(role) => {
+                assert_eq!(
+                    operation.role.as_deref(),
+                    Some(role.name()),
+                    "{}",
+                    route.path
+                );
+                for code in ["401", "403", "429"] {
+                    assert!(
+                        operation.responses.iter().any(|c| c == code),
+                        "{} {} does not declare {code}",
+                        route.method,
+                        route.path
+                    );
+                }
+            }
+            None => assert!(operation.public, "{} is public", route.path),
+        }
+    }
+}
+
 /// The (method, path) pairs `openapi.yaml` declares.
 fn spec_routes() -> Vec<(String, String)> {
     let spec = crdt_hub::http::api::OPENAPI_YAML;
@@ -322,7 +403,7 @@ async fn the_served_routes_match_openapi_yaml() {
     let mut declared = spec_routes();
     let mut served: Vec<(String, String)> = crdt_hub::http::api::ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|r| (r.method.to_string(), r.path.to_string()))
         .chain(
             [("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")]
                 .map(|(m, p)| (m.into(), p.into())),

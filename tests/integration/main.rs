@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod api_roles;
 mod bad_input;
 mod cluster;
 mod convergence_props;

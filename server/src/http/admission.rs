@@ -3,8 +3,8 @@
 //!
 //! Order for an upgrade: Origin (403), token (401/403), the client's
 //! connection rate (429), the server's connection cap (503), the room's
-//! connection cap (503). For the API: token with the admin role (401/403),
-//! the client's request rate (429).
+//! connection cap (503). For the API: the client's request rate (429), then
+//! a token with the route's role and the room (401/403).
 
 use std::net::SocketAddr;
 
@@ -13,9 +13,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::json_error;
+use super::{api, json_error, room_from_path};
 use crate::app::App;
-use crate::auth::{self, AuthError, Claims, Role};
+use crate::auth::{self, AuthError, Claims};
 use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::room::Access;
@@ -47,7 +47,7 @@ pub fn admit_upgrade(
         Some(_) => {
             let claims = authenticate(app, headers, query)?;
             if !claims.allows_room(room.as_str()) {
-                return Err(refuse(AuthError::WrongRoom));
+                return Err(refuse_for(AuthError::WrongRoom, &claims, Some(room)));
             }
             claims.role.access()
         }
@@ -76,19 +76,26 @@ pub fn admit_upgrade(
     Ok(Admission { access, slot })
 }
 
-/// Checks an `/api` request: a token with the admin role that covers the
-/// room in the path (if any), within the client's request rate.
+/// An `/api` request, as the gate sees it.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    /// Percent-encoded, as received.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    pub addr: Option<SocketAddr>,
+}
+
+/// Checks an `/api` request against its route in [`api::ROUTES`]: within
+/// the client's request rate, and with authentication on, a token whose
+/// role is at least the route's and whose rooms cover the room in the path.
+/// A request for no route in the table is refused (404) when
+/// authentication is on: a route cannot be served without a role.
 ///
 /// # Errors
 /// The HTTP response to send instead.
-pub fn admit_api(
-    app: &App,
-    room: Option<&RoomName>,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    addr: Option<SocketAddr>,
-) -> Result<(), Refusal> {
-    if let Some(addr) = addr {
+pub fn admit_api(app: &App, request: &ApiRequest<'_>) -> Result<(), Refusal> {
+    if let Some(addr) = request.addr {
         app.limits
             .admit_api_request(addr.ip())
             .map_err(|retry| too_many("too many API requests from this address", retry))?;
@@ -96,14 +103,27 @@ pub fn admit_api(
     if app.auth.is_none() {
         return Ok(());
     }
-    let claims = authenticate(app, headers, query)?;
-    if claims.role != Role::Admin {
-        return Err(refuse(AuthError::NotAdmin));
+    let Some((route, room)) = api::ApiRoute::find(request.method, request.path) else {
+        return Err(Box::new(json_error(StatusCode::NOT_FOUND, "not found")));
+    };
+    let Some(needed) = route.role else {
+        return Ok(());
+    };
+    let room = room.map(room_from_path).transpose().map_err(|e| {
+        Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid room name: {e}"),
+        ))
+    })?;
+    let claims = authenticate(app, request.headers, request.query)?;
+    let refused = |error: AuthError| refuse_for(error, &claims, room.as_ref());
+    if claims.role < needed {
+        return Err(refused(AuthError::Role(needed)));
     }
-    if let Some(room) = room
+    if let Some(room) = &room
         && !claims.allows_room(room.as_str())
     {
-        return Err(refuse(AuthError::WrongRoom));
+        return Err(refused(AuthError::WrongRoom));
     }
     Ok(())
 }
@@ -139,6 +159,18 @@ fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
             &format!("origin {origin} is not allowed (--allowed-origins)"),
         )))
     }
+}
+
+/// A refusal of a request whose token verified: logged with who it was.
+fn refuse_for(error: AuthError, claims: &Claims, room: Option<&RoomName>) -> Refusal {
+    tracing::info!(
+        reason = error.metric_label(),
+        sub = claims.sub.as_deref().unwrap_or("-"),
+        role = ?claims.role,
+        room = room.map_or("-", RoomName::as_str),
+        "refused: {error}"
+    );
+    refuse(error)
 }
 
 fn refuse(error: AuthError) -> Refusal {

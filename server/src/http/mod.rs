@@ -56,23 +56,27 @@ pub fn routes(
     // Refuses API requests that fail authentication or their rate, and
     // lets the others through to the API routes.
     let api_gate = warp::path("api")
+        .and(warp::method())
         .and(warp::path::full())
         .and(raw_query())
         .and(warp::header::headers_cloned())
         .and(peer_addr)
         .and(with_app.clone())
         .and_then(
-            |path: warp::path::FullPath,
+            |method: warp::http::Method,
+             path: warp::path::FullPath,
              query: Option<String>,
              headers: HeaderMap,
              addr: Option<SocketAddr>,
              app: App| async move {
-                let room = path
-                    .as_str()
-                    .strip_prefix("/api/rooms/")
-                    .map(|rest| rest.split('/').next().unwrap_or(rest))
-                    .and_then(|room| room_from_path(room).ok());
-                match admission::admit_api(&app, room.as_ref(), &headers, query.as_deref(), addr) {
+                let request = admission::ApiRequest {
+                    method: method.as_str(),
+                    path: path.as_str(),
+                    headers: &headers,
+                    query: query.as_deref(),
+                    addr,
+                };
+                match admission::admit_api(&app, &request) {
                     Ok(()) => Err(warp::reject::not_found()),
                     Err(refusal) => Ok(*refusal),
                 }

@@ -17,27 +17,78 @@ use warp::{Filter, Rejection};
 
 use super::{json_error, room_from_path};
 use crate::app::App;
-use crate::auth::{self, Claims};
+use crate::auth::{self, Claims, Role};
 use crate::room::RoomUnavailable;
 
 /// The OpenAPI description, embedded so the binary can serve it.
 pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
 
-/// Every route the API serves, as `(method, OpenAPI path)`: kept beside the
-/// routes so the spec test can compare the two.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/api/rooms"),
-    ("get", "/api/rooms/{room}"),
-    ("delete", "/api/rooms/{room}"),
-    ("get", "/api/rooms/{room}/state"),
-    ("post", "/api/rooms/{room}/update"),
-    ("get", "/api/rooms/{room}/json"),
-    ("get", "/api/rooms/{room}/events"),
-    ("post", "/api/rooms/{room}/snapshot"),
-    ("get", "/api/rooms/{room}/snapshots"),
-    ("post", "/api/rooms/{room}/restore"),
-    ("get", "/api/openapi.yaml"),
+/// One route of the API, and who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRoute {
+    /// Lower-case, as in `openapi.yaml`.
+    pub method: &'static str,
+    /// The OpenAPI path; `{room}` is one percent-encoded segment.
+    pub path: &'static str,
+    /// The least role whose token may call it (with authentication on);
+    /// `None`: anyone.
+    pub role: Option<Role>,
+}
+
+const fn route(method: &'static str, path: &'static str, role: Option<Role>) -> ApiRoute {
+    ApiRoute { method, path, role }
+}
+
+/// Every route the API serves. The gate in front of the API authorizes
+/// through this table and refuses any `/api` request that matches no entry
+/// (so a route cannot be added without a role), the role-matrix test runs
+/// every entry with every role, and the spec test compares it with
+/// `openapi.yaml`.
+pub const ROUTES: &[ApiRoute] = &[
+    route("get", "/api/rooms", Some(Role::Read)),
+    route("get", "/api/rooms/{room}", Some(Role::Read)),
+    route("delete", "/api/rooms/{room}", Some(Role::Admin)),
+    route("get", "/api/rooms/{room}/state", Some(Role::Read)),
+    route("post", "/api/rooms/{room}/update", Some(Role::Write)),
+    route("get", "/api/rooms/{room}/json", Some(Role::Read)),
+    route("get", "/api/rooms/{room}/events", Some(Role::Read)),
+    route("post", "/api/rooms/{room}/snapshot", Some(Role::Admin)),
+    route("get", "/api/rooms/{room}/snapshots", Some(Role::Read)),
+    route("post", "/api/rooms/{room}/restore", Some(Role::Admin)),
+    route("get", "/api/openapi.yaml", None),
 ];
+
+impl ApiRoute {
+    /// The route `method` and `path` (a request's, percent-encoded) are
+    /// for, and the room segment it names, if any.
+    pub fn find<'a>(method: &str, path: &'a str) -> Option<(&'static ApiRoute, Option<&'a str>)> {
+        ROUTES.iter().find_map(|route| {
+            if !route.method.eq_ignore_ascii_case(method) {
+                return None;
+            }
+            route.matches(path).map(|room| (route, room))
+        })
+    }
+
+    /// `Some(room)` when `path` is this route's (with the room segment if
+    /// it has one).
+    fn matches<'a>(&self, path: &'a str) -> Option<Option<&'a str>> {
+        let mut room = None;
+        let mut theirs = path.split('/');
+        for ours in self.path.split('/') {
+            let segment = theirs.next()?;
+            if ours == "{room}" {
+                if segment.is_empty() {
+                    return None;
+                }
+                room = Some(segment);
+            } else if ours != segment {
+                return None;
+            }
+        }
+        theirs.next().is_none().then_some(room)
+    }
+}
 
 /// Why an API request failed; each becomes a JSON error with its status.
 #[derive(Debug, thiserror::Error)]
