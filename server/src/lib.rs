@@ -3,6 +3,7 @@
 //! yrs, fanned out to the room's other peers and persisted through
 //! `crdt-store`.
 
+pub mod accept_backoff;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod nofile;
 pub mod persist;
 pub mod protocol;
 pub mod restore;

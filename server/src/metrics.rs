@@ -190,6 +190,10 @@ fn describe() {
         "crdt_hub_auth_refusals_total",
         "Requests refused by authentication, by reason."
     );
+    describe_counter!(
+        "crdt_hub_accept_errors_total",
+        "Failed accepts on the listening socket (mostly out of file descriptors); the loop backs off."
+    );
 }
 
 pub fn connection_opened() {
@@ -334,4 +338,8 @@ pub fn rate_limited(kind: &'static str) {
 
 pub fn auth_refused(reason: &'static str) {
     counter!("crdt_hub_auth_refusals_total", "reason" => reason).increment(1);
+}
+
+pub fn accept_failed() {
+    counter!("crdt_hub_accept_errors_total").increment(1);
 }

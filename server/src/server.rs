@@ -8,8 +8,9 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
+use crate::accept_backoff::AcceptBackoff;
 use crate::app::App;
 use crate::http::websocket::PendingUpgrade;
 use crate::http::{self, PeerAddr};
@@ -54,18 +55,22 @@ pub async fn run(
         .layer(tower_http::compression::CompressionLayer::new())
         .service(warp::service(routes));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let delay = backoff.failed(&e);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = &mut shutdown => break,
+                        }
                         continue;
                     }
                 };
+                backoff.succeeded();
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let shutdown = app.shutdown.clone();
