@@ -46,7 +46,7 @@ impl AcceptBackoff {
             .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
         {
             let hint = if is_out_of_descriptors(error) {
-                "out of file descriptors: raise the hard RLIMIT_NOFILE (LimitNOFILE= in systemd, ulimit -Hn)"
+                "out of file descriptors: raise the hard RLIMIT_NOFILE (LimitNOFILE= in systemd, ulimit -Hn) or lower --max-connections-per-ip"
             } else {
                 "retrying"
             };

@@ -101,6 +101,14 @@ pub struct LimitArgs {
     /// Burst of HTTP API requests from one IP address.
     #[arg(long, env = "CRDT_HUB_RATE_API_BURST_PER_IP", default_value = "200")]
     pub rate_api_burst_per_ip: u32,
+
+    /// Open TCP connections from one IP address (IPv6: one /64), counted
+    /// from accept, before any HTTP is read, and kept by WebSockets; more
+    /// are closed at once. Bounds the file descriptors one address can
+    /// hold. Behind a proxy every client shares the proxy's address: raise
+    /// it, or limit per client in the proxy.
+    #[arg(long, env = "CRDT_HUB_MAX_CONNECTIONS_PER_IP", default_value = "256")]
+    pub max_connections_per_ip: usize,
 }
 
 impl LimitArgs {
@@ -118,6 +126,7 @@ impl LimitArgs {
             api_requests_per_second: self.rate_api_per_ip,
             api_burst: self.rate_api_burst_per_ip,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
+use crate::ip_connections::IpSlot;
 use crate::limits::{Admission, ConnectionRate};
 use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
 use crate::subdocs::SubdocPolicy;
@@ -70,6 +71,9 @@ pub struct Admitted {
     pub peer_addr: Option<SocketAddr>,
     /// Its place under `--max-connections`, given back when it closes.
     pub slot: OwnedSemaphorePermit,
+    /// Its socket's place under `--max-connections-per-ip`, taken at
+    /// accept and given back when the socket closes.
+    pub ip_slot: Option<IpSlot>,
     pub rate: ConnectionRate,
 }
 
@@ -93,6 +97,7 @@ pub fn serve(
         access,
         peer_addr,
         slot,
+        ip_slot,
         rate,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
@@ -110,7 +115,9 @@ pub fn serve(
         access,
         link,
     };
-    session.serve(joining, slot, shutdown).instrument(span)
+    session
+        .serve(joining, (slot, ip_slot), shutdown)
+        .instrument(span)
 }
 
 /// What it takes to join the room.
@@ -134,15 +141,16 @@ impl Session {
     async fn serve(
         mut self,
         joining: Joining,
-        slot: OwnedSemaphorePermit,
+        slots: (OwnedSemaphorePermit, Option<IpSlot>),
         shutdown: CancellationToken,
     ) {
         debug!("connected");
         metrics::connection_opened();
         let code = self.serve_room(joining, &shutdown).await;
         metrics::connection_closed(code);
-        // Its place under `--max-connections` is given back only now.
-        drop(slot);
+        // Its places under `--max-connections` and
+        // `--max-connections-per-ip` are given back only now.
+        drop(slots);
         debug!("disconnected");
     }
 

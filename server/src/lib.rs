@@ -15,6 +15,7 @@ pub mod decode_guard;
 pub mod doc_json;
 pub mod fuzzing;
 pub mod http;
+pub mod ip_connections;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -14,6 +14,8 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::ip_connections::IpConnections;
+
 /// Every limit, as configured.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -34,6 +36,9 @@ pub struct LimitsConfig {
     pub api_burst: u32,
     /// Open WebSocket connections, over all rooms.
     pub max_connections: usize,
+    /// Open TCP connections from one client address (IPv6: one /64),
+    /// counted from accept, before any HTTP is read.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -49,6 +54,7 @@ impl Default for LimitsConfig {
             api_requests_per_second: 100,
             api_burst: 200,
             max_connections: 50_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct Limits {
     /// connection (it was 42 % of the CPU of a fast ingest).
     clock: DefaultClock,
     connection_slots: Arc<Semaphore>,
+    /// Open TCP connections per client address.
+    pub ip_connections: Arc<IpConnections>,
     new_connections: DefaultKeyedRateLimiter<IpAddr>,
     api_requests: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -90,6 +98,7 @@ impl Limits {
         let clock = DefaultClock::default();
         Self {
             connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            ip_connections: IpConnections::new(config.max_connections_per_ip),
             new_connections: RateLimiter::dashmap_with_clock(
                 quota(
                     config.connections_per_ip_per_second,
