@@ -249,6 +249,8 @@ mod tests {
         assert_eq!(args.header_read_timeout, Duration::from_secs(5));
         let limits = args.limits.limits_config(args.max_message_size);
         assert_eq!(limits.max_connections_per_ip, 256);
+        assert_eq!(limits.max_body_size, 64 << 20);
+        assert_eq!(limits.max_body_bytes_in_flight, 256 << 20);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::body_budget::BodyBudget;
 use crate::ip_connections::IpConnections;
 
 /// Every limit, as configured.
@@ -39,6 +40,12 @@ pub struct LimitsConfig {
     /// Open TCP connections from one client address (IPv6: one /64),
     /// counted from accept, before any HTTP is read.
     pub max_connections_per_ip: usize,
+    /// Largest request body (`POST …/update`).
+    pub max_body_size: usize,
+    /// Request body bytes held at once over the whole server.
+    pub max_body_bytes_in_flight: usize,
+    /// How long a body that does not fit in the above waits before 503.
+    pub body_wait: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -55,6 +62,9 @@ impl Default for LimitsConfig {
             api_burst: 200,
             max_connections: 50_000,
             max_connections_per_ip: 256,
+            max_body_size: 64 << 20,
+            max_body_bytes_in_flight: 256 << 20,
+            body_wait: crate::body_budget::DEFAULT_WAIT,
         }
     }
 }
@@ -77,6 +87,8 @@ pub struct Limits {
     connection_slots: Arc<Semaphore>,
     /// Open TCP connections per client address.
     pub ip_connections: Arc<IpConnections>,
+    /// Request body bytes in flight.
+    pub bodies: Arc<BodyBudget>,
     new_connections: DefaultKeyedRateLimiter<IpAddr>,
     api_requests: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -99,6 +111,11 @@ impl Limits {
         Self {
             connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
             ip_connections: IpConnections::new(config.max_connections_per_ip),
+            bodies: BodyBudget::new(
+                config.max_body_bytes_in_flight,
+                config.max_body_size,
+                config.body_wait,
+            ),
             new_connections: RateLimiter::dashmap_with_clock(
                 quota(
                     config.connections_per_ip_per_second,

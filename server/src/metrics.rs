@@ -194,6 +194,11 @@ fn describe() {
         "crdt_hub_accept_errors_total",
         "Failed accepts on the listening socket (mostly out of file descriptors); the loop backs off."
     );
+    describe_gauge!(
+        "crdt_hub_body_bytes_in_flight",
+        Unit::Bytes,
+        "Request body bytes reserved by requests being read or handled (--max-body-bytes-in-flight)."
+    );
 }
 
 pub fn connection_opened() {
@@ -342,4 +347,12 @@ pub fn auth_refused(reason: &'static str) {
 
 pub fn accept_failed() {
     counter!("crdt_hub_accept_errors_total").increment(1);
+}
+
+pub fn body_bytes_reserved(bytes: usize) {
+    gauge!("crdt_hub_body_bytes_in_flight").increment(bytes as f64);
+}
+
+pub fn body_bytes_released(bytes: usize) {
+    gauge!("crdt_hub_body_bytes_in_flight").decrement(bytes as f64);
 }

@@ -1,8 +1,9 @@
-//! Hostile networks (issue 27, item 2), replayed on loopback against the
-//! real binary: idle and trickling sockets, and one address opening more
-//! sockets than the server has file descriptors. The attacker speaks from
-//! 127.0.0.2 (all of 127/8 is loopback on Linux: binding a socket to it
-//! needs no setup), the honest clients from 127.0.0.1.
+//! Hostile networks (issue 27, items 2 and 6), replayed on loopback against
+//! the real binary or the in-process server: idle and trickling sockets,
+//! one address opening more sockets than the server has file descriptors,
+//! and large request bodies. The attacker speaks from 127.0.0.2 (all of
+//! 127/8 is loopback on Linux: binding a socket to it needs no setup), the
+//! honest clients from 127.0.0.1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{ServerProcess, YClient, http_get, sqlite_url, temp_dir};
+use crate::support::{
+    ServerOptions, ServerProcess, TestServer, YClient, http_get, http_request, sqlite_url, temp_dir,
+};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -278,6 +281,320 @@ async fn over_the_per_ip_cap_a_socket_is_closed_at_once_while_others_get_in() {
     }
     drop(honest);
     drop(upgraded);
+    let (status, logs) = server.terminate().await;
+    assert!(status.success(), "{logs}");
+}
+
+/// One HTTP/1.1 response read off a raw socket: status, head, body.
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+}
+
+/// Reads one response (an interim `100 Continue` included) off `stream`.
+async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(crate::support::TIMEOUT, stream.read(&mut buffer))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a response: {bytes:?}");
+        bytes.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let mut response = RawResponse {
+        status,
+        head,
+        body: bytes[head_end..].to_vec(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while response.body.len() < length {
+        let n = tokio::time::timeout(crate::support::TIMEOUT, stream.read(&mut buffer))
+            .await
+            .expect("the body in time")
+            .expect("read");
+        assert!(n > 0, "closed in the body");
+        response.body.extend_from_slice(&buffer[..n]);
+    }
+    response
+}
+
+/// A Yjs v1 update of exactly `bytes` bytes (one long text insert).
+fn big_update(bytes: usize) -> Vec<u8> {
+    use yrs::{ReadTxn, StateVector, Text, Transact};
+    let encode = |chars: usize| {
+        let doc = yrs::Doc::with_client_id(1);
+        let text = doc.get_or_insert_text("big");
+        text.insert(&mut doc.transact_mut(), 0, &"x".repeat(chars));
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    let overhead = encode(bytes).len() - bytes;
+    let update = encode(bytes - overhead);
+    assert_eq!(update.len(), bytes);
+    update
+}
+
+/// Item 6: past `--max-body-size` a body gets 413 (it got 405) without a
+/// byte of it read, a chunked body gets 411, and one within the limit is
+/// applied as before.
+#[tokio::test]
+async fn an_oversized_body_gets_413_and_a_chunked_one_411() {
+    let server = TestServer::start_with(ServerOptions {
+        limits: crdt_hub::limits::LimitsConfig {
+            max_body_size: 1 << 20,
+            ..crdt_hub::limits::LimitsConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/rooms/big/update HTTP/1.1\r\nHost: crdt-hub\r\nContent-Length: {}\r\n\r\n",
+        (1 << 20) + 1
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 413, "{}", response.head);
+    let error: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("1048576"),
+        "{error}"
+    );
+
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/rooms/big/update HTTP/1.1\r\nHost: crdt-hub\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 411, "{}", response.head);
+
+    let update = big_update(1_000);
+    let response = http_request(server.addr, "POST", "/api/rooms/big/update", &[], update).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["changed"], true);
+    assert_eq!(server.app.limits.bodies.in_flight(), 0);
+    server.stop().await;
+}
+
+/// Item 6: eight concurrent 8 MiB bodies against a 16 MiB in-flight bound.
+/// Two are read at a time; the others wait, and those still waiting after
+/// a second get 503 with Retry-After without a byte of their body read
+/// (they sent `Expect: 100-continue`). The server never held more than
+/// 16 MiB of bodies, and holds none afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bodies_stay_within_the_in_flight_bound() {
+    let server = TestServer::start_with(ServerOptions {
+        limits: crdt_hub::limits::LimitsConfig {
+            max_body_bytes_in_flight: 16 << 20,
+            ..crdt_hub::limits::LimitsConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let update = Arc::new(big_update(8 << 20));
+
+    let mut posts = Vec::new();
+    for _ in 0..8 {
+        let update = update.clone();
+        let addr = server.addr;
+        posts.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /api/rooms/bodies/update HTTP/1.1\r\nHost: crdt-hub\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+                update.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let first = read_response(&mut stream).await;
+            if first.status != 100 {
+                return (first, false);
+            }
+            // Admitted: send the body slowly (about 2 s), so the others
+            // must wait for it.
+            for chunk in update.chunks(1 << 20) {
+                stream.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (read_response(&mut stream).await, true)
+        }));
+    }
+    let mut applied = 0;
+    let mut busy = 0;
+    for post in posts {
+        let (response, sent_body) = post.await.unwrap();
+        match response.status {
+            200 => {
+                assert!(sent_body);
+                applied += 1;
+            }
+            503 => {
+                assert!(!sent_body, "refused before its body was read");
+                assert_eq!(response.header("retry-after"), Some("1"));
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.head),
+        }
+    }
+    let bodies = &server.app.limits.bodies;
+    eprintln!(
+        "{applied} applied, {busy} refused with 503; at most {} bytes of bodies held",
+        bodies.peak()
+    );
+    assert!(applied >= 2, "two bodies fit at once");
+    assert!(busy >= 1, "bodies past the bound were refused");
+    assert_eq!(applied + busy, 8);
+    assert!(
+        bodies.peak() <= 16 << 20,
+        "held {} bytes of bodies at once",
+        bodies.peak()
+    );
+    assert_eq!(bodies.in_flight(), 0);
+    server.stop().await;
+}
+
+/// The status of the response on `stream`, or `None` when the server
+/// closed or reset the socket first (a body refused unread, while the
+/// client was still sending it).
+async fn status_or_reset(stream: &mut TcpStream) -> Option<u16> {
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !bytes.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(crate::support::TIMEOUT, stream.read(&mut buffer))
+            .await
+            .expect("a response in time")
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&bytes)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib << 10)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Item 6 in memory, against the real binary: eight clients send 8 MiB
+/// bodies at once, straight away (no `Expect`), with a 16 MiB in-flight
+/// bound. The process's peak grows by about the bound, not by the 64 MiB
+/// sent (plus a copy, as before), and its resident memory comes back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_flood_is_bounded_in_memory_and_the_memory_comes_back() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(
+        &sqlite_url(dir.path()),
+        &["--max-body-bytes-in-flight", "16MiB"],
+    )
+    .await;
+    let pid = server.pid();
+    // A first request, so that what every request allocates once is there.
+    let (status, _) = http_get(server.addr, "/api/rooms").await;
+    assert_eq!(status, 200);
+    let (before, peak_before) = rss(pid);
+
+    // Not an update (the decode guard refuses 0xff… at once): this
+    // measures the bodies, not the documents they would make.
+    let body = Arc::new(vec![0xffu8; 8 << 20]);
+    let mut posts = Vec::new();
+    for _ in 0..8 {
+        let body = body.clone();
+        let addr = server.addr;
+        posts.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /api/rooms/flood/update HTTP/1.1\r\nHost: crdt-hub\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            // A refused client's body is not read: the server may close
+            // (or reset) the socket while it is still being written.
+            let _ = stream.write_all(&body).await;
+            status_or_reset(&mut stream).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for post in posts {
+        statuses.push(post.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| matches!(s, Some(400 | 503) | None)),
+        "read and refused by the decode guard, or refused unread: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&Some(400)),
+        "some bodies were read: {statuses:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, peak) = rss(pid);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    eprintln!(
+        "RSS {:.1} MiB before, peak {:.1} MiB (was {:.1}), {:.1} MiB after; {statuses:?}",
+        mib(before),
+        mib(peak),
+        mib(peak_before),
+        mib(after)
+    );
+    assert!(
+        peak <= before.max(peak_before) + (32 << 20),
+        "the peak grew past the 16 MiB bound (plus slack): {:.1} → {:.1} MiB",
+        mib(before),
+        mib(peak)
+    );
+    assert!(
+        after <= before + (8 << 20),
+        "memory stayed held: {:.1} MiB before, {:.1} MiB after",
+        mib(before),
+        mib(after)
+    );
     let (status, logs) = server.terminate().await;
     assert!(status.success(), "{logs}");
 }
