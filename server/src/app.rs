@@ -17,6 +17,8 @@ pub struct HttpLimits {
     pub timeout: std::time::Duration,
     /// Requests handled at once; more wait their turn.
     pub concurrency: usize,
+    /// Longest a client may take to send a request head; `None`: forever.
+    pub header_read_timeout: Option<std::time::Duration>,
 }
 
 impl Default for HttpLimits {
@@ -24,6 +26,7 @@ impl Default for HttpLimits {
         Self {
             timeout: std::time::Duration::from_secs(30),
             concurrency: 512,
+            header_read_timeout: Some(std::time::Duration::from_secs(5)),
         }
     }
 }

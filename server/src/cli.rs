@@ -145,6 +145,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub http_timeout: Duration,
 
+    /// Longest a client may take to send a request's head (request line
+    /// and headers), from its connection or its previous request; then the
+    /// socket is closed. Keeps idle and trickling sockets from holding file
+    /// descriptors. 0 turns it off.
+    #[arg(long, env = "CRDT_HUB_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// HTTP requests handled at once; more wait their turn.
     #[arg(long, env = "CRDT_HUB_HTTP_CONCURRENCY", default_value = "512")]
     pub http_concurrency: usize,
@@ -197,6 +204,7 @@ impl ServeArgs {
         HttpLimits {
             timeout: self.http_timeout,
             concurrency: self.http_concurrency.max(1),
+            header_read_timeout: Some(self.header_read_timeout).filter(|t| !t.is_zero()),
         }
     }
 
@@ -238,6 +246,11 @@ mod tests {
         assert_eq!(args.max_message_size, 16 << 20);
         assert_eq!(args.room_idle_timeout, Duration::from_secs(60));
         assert_eq!(args.worker_threads, None);
+        assert_eq!(args.header_read_timeout, Duration::from_secs(5));
+        let limits = args.limits.limits_config(args.max_message_size);
+        assert_eq!(limits.max_connections_per_ip, 256);
+        assert_eq!(limits.max_body_size, 64 << 20);
+        assert_eq!(limits.max_body_bytes_in_flight, 256 << 20);
     }
 
     #[test]

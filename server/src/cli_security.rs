@@ -115,6 +115,30 @@ pub struct LimitArgs {
     /// Burst of HTTP API requests from one IP address.
     #[arg(long, env = "CRDT_HUB_RATE_API_BURST_PER_IP", default_value = "200")]
     pub rate_api_burst_per_ip: u32,
+
+    /// Open TCP connections from one IP address (IPv6: one /64), counted
+    /// from accept, before any HTTP is read, and kept by WebSockets; more
+    /// are closed at once. Bounds the file descriptors one address can
+    /// hold. Behind a proxy every client shares the proxy's address: raise
+    /// it, or limit per client in the proxy.
+    #[arg(long, env = "CRDT_HUB_MAX_CONNECTIONS_PER_IP", default_value = "256")]
+    pub max_connections_per_ip: usize,
+
+    /// Largest request body (POST /api/rooms/{room}/update); larger get 413.
+    /// Bodies must carry a Content-Length (chunked: 411).
+    #[arg(long, env = "CRDT_HUB_MAX_BODY_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_body_size: usize,
+
+    /// Request body bytes held at once over the whole server. A body that
+    /// does not fit waits up to 1 s for others to finish, then gets 503
+    /// with Retry-After. --max-body-size is lowered to it.
+    #[arg(
+        long,
+        env = "CRDT_HUB_MAX_BODY_BYTES_IN_FLIGHT",
+        default_value = "256MiB",
+        value_parser = parse_size
+    )]
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl LimitArgs {
@@ -133,6 +157,10 @@ impl LimitArgs {
             api_burst: self.rate_api_burst_per_ip,
             max_connections: self.max_connections,
             refusal_max_delay: self.refusal_max_delay,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_body_size: self.max_body_size,
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight,
+            ..LimitsConfig::default()
         }
     }
 }

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
+use crate::ip_connections::IpSlot;
 use crate::limits::{Admission, ConnectionRate, Limits};
 use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
 use crate::subdocs::SubdocPolicy;
@@ -70,6 +71,9 @@ pub struct Admitted {
     pub peer_addr: Option<SocketAddr>,
     /// Its place under `--max-connections`, given back when it closes.
     pub slot: OwnedSemaphorePermit,
+    /// Its socket's place under `--max-connections-per-ip`, taken at
+    /// accept and given back when the socket closes.
+    pub ip_slot: Option<IpSlot>,
     pub rate: ConnectionRate,
     /// Where a refusal of its updates is recorded (see [`crate::refusals`]).
     pub limits: Arc<Limits>,
@@ -95,6 +99,7 @@ pub fn serve(
         access,
         peer_addr,
         slot,
+        ip_slot,
         rate,
         limits,
     } = admitted;
@@ -114,7 +119,9 @@ pub fn serve(
         access,
         link,
     };
-    session.serve(joining, slot, shutdown).instrument(span)
+    session
+        .serve(joining, (slot, ip_slot), shutdown)
+        .instrument(span)
 }
 
 /// What it takes to join the room.
@@ -140,15 +147,16 @@ impl Session {
     async fn serve(
         mut self,
         joining: Joining,
-        slot: OwnedSemaphorePermit,
+        slots: (OwnedSemaphorePermit, Option<IpSlot>),
         shutdown: CancellationToken,
     ) {
         debug!("connected");
         metrics::connection_opened();
         let code = self.serve_room(joining, &shutdown).await;
         metrics::connection_closed(code);
-        // Its place under `--max-connections` is given back only now.
-        drop(slot);
+        // Its places under `--max-connections` and
+        // `--max-connections-per-ip` are given back only now.
+        drop(slots);
         debug!("disconnected");
     }
 

@@ -3,8 +3,10 @@
 //! yrs, fanned out to the room's other peers and persisted through
 //! `crdt-store`.
 
+pub mod accept_backoff;
 pub mod app;
 pub mod auth;
+pub mod body_budget;
 pub mod cli;
 pub mod cli_security;
 pub mod close;
@@ -15,9 +17,11 @@ pub mod doc_json;
 pub mod frames;
 pub mod fuzzing;
 pub mod http;
+pub mod ip_connections;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod nofile;
 pub mod persist;
 pub mod protocol;
 pub mod refusals;

@@ -14,6 +14,9 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::body_budget::BodyBudget;
+use crate::ip_connections::IpConnections;
+
 /// Every limit, as configured.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -37,6 +40,15 @@ pub struct LimitsConfig {
     /// Longest a client address waits before reopening a room after its
     /// updates there were refused again and again (see [`crate::refusals`]).
     pub refusal_max_delay: Duration,
+    /// Open TCP connections from one client address (IPv6: one /64),
+    /// counted from accept, before any HTTP is read.
+    pub max_connections_per_ip: usize,
+    /// Largest request body (`POST …/update`).
+    pub max_body_size: usize,
+    /// Request body bytes held at once over the whole server.
+    pub max_body_bytes_in_flight: usize,
+    /// How long a body that does not fit in the above waits before 503.
+    pub body_wait: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -53,6 +65,10 @@ impl Default for LimitsConfig {
             api_burst: 200,
             max_connections: 50_000,
             refusal_max_delay: Duration::from_secs(60),
+            max_connections_per_ip: 256,
+            max_body_size: 64 << 20,
+            max_body_bytes_in_flight: 256 << 20,
+            body_wait: crate::body_budget::DEFAULT_WAIT,
         }
     }
 }
@@ -75,6 +91,10 @@ pub struct Limits {
     connection_slots: Arc<Semaphore>,
     /// Addresses whose updates a room refused, and until when they wait.
     pub refusals: crate::refusals::RepeatRefusals,
+    /// Open TCP connections per client address.
+    pub ip_connections: Arc<IpConnections>,
+    /// Request body bytes in flight.
+    pub bodies: Arc<BodyBudget>,
     new_connections: DefaultKeyedRateLimiter<IpAddr>,
     api_requests: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -97,6 +117,12 @@ impl Limits {
         Self {
             connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
             refusals: crate::refusals::RepeatRefusals::new(config.refusal_max_delay),
+            ip_connections: IpConnections::new(config.max_connections_per_ip),
+            bodies: BodyBudget::new(
+                config.max_body_bytes_in_flight,
+                config.max_body_size,
+                config.body_wait,
+            ),
             new_connections: RateLimiter::dashmap_with_clock(
                 quota(
                     config.connections_per_ip_per_second,

@@ -83,6 +83,8 @@ fn verifier(args: &ServeArgs) -> anyhow::Result<Option<Arc<Verifier>>> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before any socket or database file is opened: each takes a descriptor.
+    crdt_hub::nofile::raise_and_log();
     let url = &args.database.database_url;
     let store = crdt_store::connect(url)
         .await

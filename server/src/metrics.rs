@@ -190,6 +190,15 @@ fn describe() {
         "crdt_hub_auth_refusals_total",
         "Requests refused by authentication, by reason."
     );
+    describe_counter!(
+        "crdt_hub_accept_errors_total",
+        "Failed accepts on the listening socket (mostly out of file descriptors); the loop backs off."
+    );
+    describe_gauge!(
+        "crdt_hub_body_bytes_in_flight",
+        Unit::Bytes,
+        "Request body bytes reserved by requests being read or handled (--max-body-bytes-in-flight)."
+    );
 }
 
 pub fn connection_opened() {
@@ -334,4 +343,16 @@ pub fn rate_limited(kind: &'static str) {
 
 pub fn auth_refused(reason: &'static str) {
     counter!("crdt_hub_auth_refusals_total", "reason" => reason).increment(1);
+}
+
+pub fn accept_failed() {
+    counter!("crdt_hub_accept_errors_total").increment(1);
+}
+
+pub fn body_bytes_reserved(bytes: usize) {
+    gauge!("crdt_hub_body_bytes_in_flight").increment(bytes as f64);
+}
+
+pub fn body_bytes_released(bytes: usize) {
+    gauge!("crdt_hub_body_bytes_in_flight").decrement(bytes as f64);
 }

@@ -13,6 +13,7 @@ mod fuzz_regressions;
 mod gap_props;
 mod gaps;
 mod hostile_access;
+mod hostile_network;
 mod metrics;
 mod restore;
 mod rooms;

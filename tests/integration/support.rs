@@ -173,7 +173,28 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(database_url: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_crdt-hub")),
+            database_url,
+            extra,
+        )
+        .await
+    }
+
+    /// Starts the binary with its file descriptor limit (soft and hard) set
+    /// to `nofile`, through util-linux's `prlimit`, which then execs it (the
+    /// child's pid is the server's).
+    pub async fn start_with_nofile(database_url: &str, extra: &[&str], nofile: u64) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_crdt-hub"));
+        Self::spawn(command, database_url, extra).await
+    }
+
+    async fn spawn(mut command: Command, database_url: &str, extra: &[&str]) -> Self {
+        let mut child = command
             .args([
                 "serve",
                 "--bind",
@@ -222,6 +243,20 @@ impl ServerProcess {
 
     pub fn url(&self, room: &str) -> String {
         format!("ws://{}/{}", self.addr, room)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Whether a line of the server's log so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
     }
 
     /// Sends SIGTERM and waits for the exit status; returns it with the
@@ -277,6 +312,15 @@ impl YClient {
         Self::connect_full(url, Doc::new(), headers).await
     }
 
+    /// Connects over a TCP stream the caller opened (say, bound to another
+    /// loopback address).
+    pub async fn connect_over(url: &str, stream: TcpStream) -> Self {
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("WebSocket handshake");
+        Self::start_sync(ws, Doc::new()).await
+    }
+
     async fn connect_full(url: &str, doc: Doc, headers: &[(&str, &str)]) -> Self {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = url.into_client_request().unwrap();
@@ -294,6 +338,11 @@ impl YClient {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
             .await
             .expect("connect");
+        Self::start_sync(ws, doc).await
+    }
+
+    /// Sends SyncStep1, as y-websocket does on connect.
+    async fn start_sync(ws: Socket, doc: Doc) -> Self {
         let mut client = Self {
             ws,
             awareness: Awareness::new(doc),

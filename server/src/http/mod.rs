@@ -16,6 +16,7 @@ use warp::{Filter, Rejection};
 
 use crate::app::App;
 use crate::connection;
+use crate::ip_connections::IpSlot;
 
 pub use room_path::{BadRoomPath, room_from_path};
 
@@ -36,6 +37,7 @@ pub fn routes(
         .and(raw_query())
         .and(warp::header::headers_cloned())
         .and(peer_addr)
+        .and(warp::ext::optional::<IpSlot>())
         .and(with_app.clone())
         .map(
             |ws: websocket::WsUpgrade,
@@ -43,12 +45,14 @@ pub fn routes(
              query: Option<String>,
              headers: HeaderMap,
              addr: Option<SocketAddr>,
+             ip_slot: Option<IpSlot>,
              app: App| {
                 let request = UpgradeRequest {
                     path: path.as_str(),
                     query: query.as_deref(),
                     headers: &headers,
                     addr,
+                    ip_slot,
                 };
                 upgrade(ws, request, app)
             },
@@ -143,6 +147,9 @@ struct UpgradeRequest<'a> {
     query: Option<&'a str>,
     headers: &'a HeaderMap,
     addr: Option<SocketAddr>,
+    /// The socket's place under `--max-connections-per-ip`, which the
+    /// WebSocket keeps for its life.
+    ip_slot: Option<IpSlot>,
 }
 
 fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> Response {
@@ -160,6 +167,7 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
         access: admission.access,
         peer_addr: request.addr,
         slot: admission.slot,
+        ip_slot: request.ip_slot,
         rate: app.limits.for_connection(),
         limits: app.limits.clone(),
     };

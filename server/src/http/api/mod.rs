@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use crdt_store::{RoomName, StoreError};
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
@@ -18,6 +18,7 @@ use warp::{Filter, Rejection};
 use super::{json_error, room_from_path};
 use crate::app::App;
 use crate::auth::{self, Claims, Role};
+use crate::body_budget::BodyError;
 use crate::room::RoomUnavailable;
 
 /// The OpenAPI description, embedded so the binary can serve it.
@@ -111,6 +112,10 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request body refused before it was read (411, 413, 503) or that
+    /// could not be read (400).
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// A restore that could not be computed or applied: nothing changed.
     /// The reason is about the documents, not the system, so the caller
     /// gets it.
@@ -125,6 +130,7 @@ impl ApiError {
             ApiError::RoomNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Body(e) => e.status(),
             ApiError::Store(_) | ApiError::Internal(_) | ApiError::RestoreFailed(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -224,7 +230,6 @@ fn room_route(
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_caller = caller(app.clone());
     let with_app = warp::any().map(move || app.clone());
-    let max_body = u64::try_from(MAX_UPDATE_BODY).unwrap_or(u64::MAX);
 
     let list = warp::path!("api" / "rooms")
         .and(warp::get())
@@ -255,12 +260,17 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .then(|room, query: Query, app: App| async move {
             finish(rooms::state(&app, room, query).await)
         });
+    // The body is admitted by the handler, not by a filter: a filter's
+    // rejection falls through to the routes after it, and the client got
+    // their 405 instead of 413 (issue 27, item 6).
     let update = room_route("update")
         .and(warp::post())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
         .and(with_app.clone())
-        .then(|room, body, app: App| async move { finish(rooms::update(&app, room, body).await) });
+        .then(|room, headers: HeaderMap, body, app: App| async move {
+            finish(update_with_body(&app, room, &headers, body).await)
+        });
     let json = room_route("json")
         .and(warp::get())
         .and(with_app.clone())
@@ -311,8 +321,26 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .unify()
 }
 
-/// Largest update body the API accepts.
-const MAX_UPDATE_BODY: usize = 64 << 20;
+/// `POST …/update`: reserves the body's bytes in the server's budget
+/// (`--max-body-bytes-in-flight`), reads it, applies it, and only then
+/// gives the bytes back.
+async fn update_with_body<S, B>(
+    app: &App,
+    room: Result<RoomName, ApiError>,
+    headers: &HeaderMap,
+    body: S,
+) -> ApiResult
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    let room = room?;
+    let permit = app.limits.bodies.admit(headers).await?;
+    let body = permit.read(body).await?;
+    let result = rooms::update(app, Ok(room), body).await;
+    drop(permit);
+    result
+}
 
 /// Query parameters the API understands.
 #[derive(Debug, Default, serde::Deserialize)]
