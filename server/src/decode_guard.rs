@@ -84,6 +84,8 @@ pub enum GuardError {
     BadVarInt { offset: usize },
     #[error("variable-length integer at byte {offset} is wider than {bits} bits")]
     VarIntOverflow { offset: usize, bits: u32 },
+    #[error("{len} bytes follow the update's end at byte {offset}")]
+    TrailingBytes { offset: usize, len: usize },
     #[error("{what} count {count} at byte {offset} cannot fit in the {remaining} bytes left")]
     CountTooLarge {
         what: &'static str,
@@ -133,6 +135,8 @@ pub struct FrameRejected {
 /// What a checked update holds, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateSummary {
+    /// Bytes the update takes (up to the end of its delete set).
+    pub len: usize,
     pub clients: usize,
     pub structs: usize,
     pub delete_ranges: usize,
@@ -272,11 +276,31 @@ pub fn check_awareness_update_v1(bytes: &[u8]) -> Result<(), GuardError> {
     Ok(())
 }
 
-/// Checks a Yjs v1 document update (see the module documentation).
+/// Checks a Yjs v1 document update (see the module documentation). Bytes
+/// after the update's end are refused: yrs ignores them, no Yjs encoder
+/// writes any, and a 63 MiB body behind a valid update would otherwise be
+/// stored whole.
 ///
 /// # Errors
 /// [`GuardError`] for the first problem found.
 pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, GuardError> {
+    let summary = check_update_prefix_v1(bytes)?;
+    if summary.len < bytes.len() {
+        return Err(GuardError::TrailingBytes {
+            offset: summary.len,
+            len: bytes.len() - summary.len,
+        });
+    }
+    Ok(summary)
+}
+
+/// [`check_update_v1`] for the update that starts `bytes`, whatever
+/// follows it: for data stored before trailing bytes were refused, which
+/// must still load. [`UpdateSummary::len`] says where the update ends.
+///
+/// # Errors
+/// [`GuardError`] for the first problem found in the update.
+pub fn check_update_prefix_v1(bytes: &[u8]) -> Result<UpdateSummary, GuardError> {
     let mut costs = Costs::default();
     let walk = Walk::run(bytes, &mut costs)?;
     let mut estimated = costs.cost;
@@ -304,6 +328,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, GuardError> {
         }
     }
     Ok(UpdateSummary {
+        len: walk.end,
         clients: walk.clients,
         structs: walk.structs,
         delete_ranges: walk.delete_ranges,
@@ -461,6 +486,8 @@ struct Walk<'a> {
     subdocs: usize,
     /// Where the delete set starts.
     delete_set_at: usize,
+    /// Where the update ends (what follows, yrs ignores).
+    end: usize,
 }
 
 /// The memory and copy work applying an update costs.
@@ -502,6 +529,7 @@ impl<'a> Walk<'a> {
             types: 0,
             subdocs: 0,
             delete_set_at: 0,
+            end: 0,
         };
         walk.structs_and_deletes(visitor)?;
         Ok(walk)
@@ -546,7 +574,9 @@ impl<'a> Walk<'a> {
                 visitor.on_delete_range(client, clock, len);
             }
         }
-        // yrs ignores whatever follows the delete set.
+        // yrs ignores whatever follows the delete set (see
+        // `check_update_v1`).
+        self.end = self.r.pos;
         Ok(())
     }
 
@@ -1423,6 +1453,32 @@ mod tests {
         assert_eq!(err.index, 1);
         assert!(matches!(err.source, GuardError::Truncated { .. }));
         check_frame(&[9, 2, 0xAA, 0xBB]).unwrap();
+    }
+
+    #[test]
+    fn bytes_after_the_update_are_refused_but_stored_ones_load() {
+        let doc = Doc::with_client_id(4);
+        let text = doc.get_or_insert_text("t");
+        let update = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "kept");
+            txn.encode_update_v1()
+        };
+        let mut padded = update.clone();
+        padded.extend_from_slice(&[0xAB; 1000]);
+        assert!(matches!(
+            check_update_v1(&padded),
+            Err(GuardError::TrailingBytes { len: 1000, .. })
+        ));
+        assert_eq!(check_update_prefix_v1(&padded).unwrap().len, update.len());
+        assert_eq!(check_update_v1(&update).unwrap().len, update.len());
+        // What an earlier version stored with such a tail still loads.
+        let stored = crate::room::core::doc_from_updates([padded.as_slice()]).unwrap();
+        let loaded = stored.doc.get_or_insert_text("t");
+        assert_eq!(
+            yrs::GetString::get_string(&loaded, &stored.doc.transact()),
+            "kept"
+        );
     }
 
     #[test]
