@@ -25,8 +25,8 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use room_name::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};
 pub use types::{
-    LoggedUpdate, NewSnapshot, PendingUpdate, RoomSummary, Snapshot, SnapshotId, SnapshotInfo,
-    StoredRoom, UpdateId,
+    LoggedUpdate, NewSnapshot, PendingUpdate, Revocation, RevocationKind, RoomSummary, Snapshot,
+    SnapshotId, SnapshotInfo, StoredRoom, UpdateId,
 };
 
 /// What the rooms need from storage.
@@ -91,6 +91,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the room, its log and its snapshots. Returns whether anything
     /// was stored.
     async fn delete_room(&self, room: &RoomName) -> Result<bool, StoreError>;
+
+    /// Records a revocation, or moves the `until` of the same one.
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError>;
+
+    /// The revocations still in force at `now` (and forgets the others).
+    async fn revocations(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Revocation>, StoreError>;
 
     /// Applies the embedded migrations that are not applied yet.
     async fn migrate(&self) -> Result<(), StoreError>;

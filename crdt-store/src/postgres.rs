@@ -307,6 +307,38 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn revoke(&self, revocation: &crate::Revocation) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, until, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, value) DO UPDATE SET until = excluded.until",
+        )
+        .bind(revocation.kind.as_str())
+        .bind(&revocation.value)
+        .bind(revocation.until)
+        .bind(revocation.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn revocations(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::Revocation>, StoreError> {
+        sqlx::query("DELETE FROM revocations WHERE until <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<crate::rows::RevocationRow> =
+            sqlx::query_as("SELECT kind, value, until, created_at FROM revocations")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(crate::rows::RevocationRow::into_revocation)
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -122,3 +122,25 @@ impl TryFrom<RoomSummaryRow> for crate::RoomSummary {
         })
     }
 }
+
+/// A row of `revocations`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RevocationRow {
+    pub kind: String,
+    pub value: String,
+    pub until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RevocationRow {
+    /// `None` for a kind this version does not know (a newer server wrote
+    /// it): ignored rather than failing every refresh.
+    pub fn into_revocation(self) -> Option<crate::Revocation> {
+        Some(crate::Revocation {
+            kind: crate::RevocationKind::parse(&self.kind)?,
+            value: self.value,
+            until: self.until,
+            created_at: self.created_at,
+        })
+    }
+}

@@ -107,3 +107,40 @@ pub struct RoomSummary {
     /// count) plus those in log entries after it.
     pub updates: i64,
 }
+
+/// What a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationKind {
+    /// Every token of one subject (`sub` claim).
+    Sub,
+    /// One token (`jti` claim).
+    Jti,
+}
+
+impl RevocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Sub => "sub",
+            RevocationKind::Jti => "jti",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "sub" => Some(RevocationKind::Sub),
+            "jti" => Some(RevocationKind::Jti),
+            _ => None,
+        }
+    }
+}
+
+/// Access that ends before the token says: no session may use a token of
+/// this subject, or this token, until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    pub kind: RevocationKind,
+    pub value: String,
+    pub until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}

@@ -164,6 +164,7 @@ contract_tests!(
     odd_room_names_round_trip,
     concurrent_writers_lose_nothing,
     reopening_keeps_data,
+    revocations_last_until_their_time_and_survive_reopening,
 );
 
 // ---------------------------------------------------------------------------
@@ -838,6 +839,48 @@ mod contract {
         let after = store.load(&r).await.unwrap();
         assert_eq!(after.updates.len(), 1, "the log entry was not deleted");
         assert_eq!(store.snapshots(&r).await.unwrap().len(), 1);
+    }
+
+    pub async fn revocations_last_until_their_time_and_survive_reopening(
+        Ctx { store, url }: Ctx,
+    ) {
+        use crdt_store::{Revocation, RevocationKind};
+        let now = chrono::Utc::now();
+        let revocation = |kind, value: &str, minutes: i64| Revocation {
+            kind,
+            value: value.to_string(),
+            until: now + chrono::Duration::minutes(minutes),
+            created_at: now,
+        };
+        assert!(store.revocations(now).await.unwrap().is_empty());
+        store
+            .revoke(&revocation(RevocationKind::Sub, "alice", 60))
+            .await
+            .unwrap();
+        store
+            .revoke(&revocation(RevocationKind::Jti, "token-1", 1))
+            .await
+            .unwrap();
+        // The same one again moves its time.
+        store
+            .revoke(&revocation(RevocationKind::Sub, "alice", 120))
+            .await
+            .unwrap();
+        let mut active = store.revocations(now).await.unwrap();
+        active.sort_by(|a, b| a.value.cmp(&b.value));
+        assert_eq!(active.len(), 2);
+        assert_eq!(active[0].value, "alice");
+        assert_eq!(
+            active[0].until.timestamp(),
+            (now + chrono::Duration::minutes(120)).timestamp()
+        );
+        // Another process sees them; past its time one is gone for good.
+        let reopened = crdt_store::connect(&url).await.unwrap();
+        let later = now + chrono::Duration::minutes(5);
+        let active = reopened.revocations(later).await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].kind, RevocationKind::Sub);
+        assert_eq!(store.revocations(now).await.unwrap().len(), 1, "pruned");
     }
 
     pub async fn delete_room_removes_everything(Ctx { store, .. }: Ctx) {

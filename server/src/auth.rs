@@ -64,9 +64,12 @@ pub struct Claims {
     pub rooms: Vec<String>,
     #[serde(default = "default_role")]
     pub role: Role,
-    /// Who the token is for; logged, not checked.
+    /// Who the token is for: logged, and revocable (`/api/revocations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The token's own id, revocable on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Claims {
@@ -78,7 +81,14 @@ impl Claims {
             rooms: Vec::new(),
             role: Role::Read,
             sub: None,
+            jti: None,
         }
+    }
+
+    /// When a session opened with this token must end: `exp`, give or
+    /// take the verifier's leeway (the same slack the upgrade got).
+    pub fn session_deadline(&self, leeway: Duration) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.exp) + leeway
     }
 
     /// Whether any of the token's patterns matches `room`.
@@ -226,6 +236,10 @@ impl Verifier {
         self
     }
 
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
+    }
+
     /// Checks the signature and expiry of `token`.
     ///
     /// # Errors
@@ -265,6 +279,20 @@ fn url_query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// 64 random bits for token ids, from the standard library's per-process
+/// random hasher keys (no dependency for this).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+    );
+    hasher.finish()
+}
+
 /// Mints an HS256 token (for `crdt-hub token`).
 ///
 /// # Errors
@@ -275,6 +303,21 @@ pub fn mint_hs256(
     role: Role,
     ttl: Duration,
 ) -> Result<String, AuthConfigError> {
+    mint_hs256_for(secret, rooms, role, ttl, None)
+}
+
+/// [`mint_hs256`] for a subject (`sub`), with a fresh `jti` so that this
+/// one token can be revoked.
+///
+/// # Errors
+/// As [`mint_hs256`].
+pub fn mint_hs256_for(
+    secret: &str,
+    rooms: Vec<String>,
+    role: Role,
+    ttl: Duration,
+    sub: Option<String>,
+) -> Result<String, AuthConfigError> {
     if secret.is_empty() {
         return Err(AuthConfigError::EmptySecret);
     }
@@ -283,12 +326,21 @@ pub fn mint_hs256(
         .unwrap_or_default()
         .saturating_add(ttl)
         .as_secs();
+    let jti = format!(
+        "{:016x}{:016x}",
+        rand_u64(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+    );
     let claims = Claims {
         exp,
         nbf: None,
         rooms,
         role,
-        sub: None,
+        sub,
+        jti: Some(jti),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -329,6 +381,7 @@ mod tests {
             rooms: vec!["*".into()],
             role: Role::Admin,
             sub: None,
+            jti: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -359,6 +412,7 @@ mod tests {
             rooms: patterns.iter().map(|p| p.to_string()).collect(),
             role: Role::Read,
             sub: None,
+            jti: None,
         }
         .allows_room(room)
     }
@@ -396,6 +450,7 @@ mod tests {
                 rooms: vec!["*".into()],
                 role: Role::Write,
                 sub: None,
+                jti: None,
             };
             jsonwebtoken::encode(
                 &Header::new(Algorithm::HS256),

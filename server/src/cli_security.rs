@@ -207,4 +207,9 @@ pub struct TokenArgs {
     /// How long the token is valid.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
+
+    /// Who the token is for (its `sub` claim): shown in the server's logs,
+    /// and how `POST /api/revocations` ends every session of one person.
+    #[arg(long)]
+    pub sub: Option<String>,
 }

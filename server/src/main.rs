@@ -53,7 +53,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
-    let token = crdt_hub::auth::mint_hs256(&args.auth_secret, args.rooms, args.role, args.ttl)
+    let token = crdt_hub::auth::mint_hs256_for(
+        &args.auth_secret,
+        args.rooms,
+        args.role,
+        args.ttl,
+        args.sub,
+    )
         .context("minting the token")?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
