@@ -139,16 +139,20 @@ impl Session {
     ) {
         debug!("connected");
         metrics::connection_opened();
-        let code = self.serve_room(joining, &shutdown).await;
-        metrics::connection_closed(code);
+        let closed = self.serve_room(joining, &shutdown).await;
+        metrics::connection_closed(closed);
         // Its place under `--max-connections` is given back only now.
         drop(slot);
         debug!("disconnected");
     }
 
-    /// Joins the room and serves the client in it; returns the close code
-    /// the server sent, if it sent one.
-    async fn serve_room(&mut self, joining: Joining, shutdown: &CancellationToken) -> Option<u16> {
+    /// Joins the room and serves the client in it; returns why the server
+    /// closed it, if the server did.
+    async fn serve_room(
+        &mut self,
+        joining: Joining,
+        shutdown: &CancellationToken,
+    ) -> Option<CloseReason> {
         let Joining {
             rooms,
             room,
@@ -167,7 +171,7 @@ impl Session {
                     | RoomUnavailable::Deleting => close::LOAD_FAILED,
                 };
                 Box::pin(close_socket(&mut self.ws, reason)).await;
-                return Some(reason.code);
+                return Some(reason);
             }
         };
         let reason = self.run(&room, shutdown).await;
@@ -177,8 +181,10 @@ impl Session {
         Box::pin(room.leave(self.peer)).await;
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
-        Box::pin(close_socket(&mut self.ws, reason)).await;
-        Some(reason.code)
+        if reason.is_sent() {
+            Box::pin(close_socket(&mut self.ws, reason)).await;
+        }
+        Some(reason)
     }
 
     /// Runs until the socket ends; returns the close frame to send, if any.
@@ -211,9 +217,16 @@ impl Session {
                         Next::Close(reason) => return Some(reason),
                         Next::RoomGone => return None,
                     };
-                    if let Err(e) = written {
-                        debug!(error = %e, "write failed");
-                        return None;
+                    match written {
+                        Ok(()) => {}
+                        Err(WriteError::TimedOut) => {
+                            debug!("write timed out; dropping the socket");
+                            return Some(close::WRITE_TIMEOUT);
+                        }
+                        Err(WriteError::Failed(e)) => {
+                            debug!(error = %e, "write failed");
+                            return None;
+                        }
                     }
                     self.inbox.written();
                 }
@@ -228,8 +241,10 @@ impl Session {
                         debug!("no sign of life within the keepalive window");
                         return Some(close::KEEPALIVE_TIMEOUT);
                     }
-                    if Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await.map_or(true, |r| r.is_err()) {
-                        return None;
+                    match Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        Err(_) => return Some(close::WRITE_TIMEOUT),
                     }
                 }
             }
@@ -309,7 +324,7 @@ impl Session {
     /// once: a backed-up client costs one syscall per batch, not per frame.
     /// Each write step has its own deadline (`write_timeout`), so a large
     /// document streams to a slow but live client instead of timing out.
-    async fn write_frames(&mut self, first: Bytes) -> Result<(), String> {
+    async fn write_frames(&mut self, first: Bytes) -> Result<(), WriteError> {
         let mut sent = metrics::SentFrames::default();
         let result = self.write_batch(first, &mut sent).await;
         sent.record();
@@ -320,7 +335,7 @@ impl Session {
         &mut self,
         first: Bytes,
         sent: &mut metrics::SentFrames,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(frame) = next.take() {
@@ -346,7 +361,7 @@ impl Session {
     /// in fragments, each flushed before the next is written: the
     /// WebSocket layer copies what it sends into its own buffer, and a
     /// thousand clients joining a 5 MB room must not each hold a 5 MB copy.
-    async fn write_fragmented(&mut self, frame: Bytes) -> Result<(), String> {
+    async fn write_fragmented(&mut self, frame: Bytes) -> Result<(), WriteError> {
         self.step(Step::Flush).await?;
         let mut offset = 0;
         while offset < frame.len() {
@@ -364,7 +379,7 @@ impl Session {
         Ok(())
     }
 
-    async fn step(&mut self, step: Step) -> Result<(), String> {
+    async fn step(&mut self, step: Step) -> Result<(), WriteError> {
         let operation = async {
             match step {
                 Step::Feed(message) => self.ws.feed(message).await,
@@ -373,10 +388,22 @@ impl Session {
         };
         match timeout(self.config.write_timeout, operation).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("write timed out".into()),
+            Ok(Err(e)) => Err(WriteError::Failed(e)),
+            Err(_) => Err(WriteError::TimedOut),
         }
     }
+}
+
+/// Why a write to the client did not complete.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// One step took longer than `write_timeout`: the client stopped
+    /// reading. Counted as a close of its own ([`close::WRITE_TIMEOUT`]).
+    #[error("write timed out")]
+    TimedOut,
+    /// The socket failed: the client is gone.
+    #[error(transparent)]
+    Failed(tungstenite::Error),
 }
 
 enum Step {

@@ -110,7 +110,7 @@ fn describe() {
     );
     describe_counter!(
         "crdt_hub_connections_closed_total",
-        "Connections closed by the server, by close code (protocol errors are 1002/1003/1009, slow consumers 1013)."
+        "Connections closed by the server, by close code and reason: one reason per kind of close (slow_consumer, rate_limited, protocol_error, ...; README, Protocol and close codes), and write_timeout under code 1006 for a socket dropped because it took no bytes for --write-timeout."
     );
     describe_gauge!("crdt_hub_rooms", "Rooms loaded in memory.");
     describe_counter!(
@@ -197,10 +197,17 @@ pub fn connection_opened() {
     gauge!("crdt_hub_connections").increment(1.0);
 }
 
-pub fn connection_closed(code: Option<u16>) {
+/// A connection ended; `closed` is why, when the server closed it (with a
+/// close frame, or by dropping a socket whose writes timed out).
+pub fn connection_closed(closed: Option<crate::close::CloseReason>) {
     gauge!("crdt_hub_connections").decrement(1.0);
-    if let Some(code) = code {
-        counter!("crdt_hub_connections_closed_total", "code" => code.to_string()).increment(1);
+    if let Some(closed) = closed {
+        counter!(
+            "crdt_hub_connections_closed_total",
+            "code" => closed.code.to_string(),
+            "reason" => closed.label
+        )
+        .increment(1);
     }
 }
 

@@ -75,13 +75,13 @@ async fn metrics_follow_connections_edits_and_storage() {
     assert!(sample(addr, "crdt_hub_flush_batch_updates_sum").await >= applies);
     assert!(sample(addr, "crdt_hub_flush_seconds_count").await >= 1.0);
 
-    // A protocol error is counted by its close code.
+    // A protocol error is counted by its close code and reason.
     let mut bad = YClient::connect(&server.url("m")).await;
     bad.send_raw(vec![0, 2, 10, 1]).await;
     assert_eq!(bad.close_code().await, Some(1002));
     wait_for(
         addr,
-        "crdt_hub_connections_closed_total{code=\"1002\"}",
+        "crdt_hub_connections_closed_total{code=\"1002\",reason=\"protocol_error\"}",
         1.0,
     )
     .await;
