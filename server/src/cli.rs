@@ -214,6 +214,7 @@ impl ServeArgs {
             keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
             write_timeout: self.write_timeout,
             subdocuments: self.subdocuments,
+            awareness: self.limits.awareness_state_limits(),
         }
     }
 }

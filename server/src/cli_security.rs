@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::auth::Role;
+use crate::awareness_guard::{MAX_CHECKABLE_DEPTH, StateLimits};
 use crate::limits::LimitsConfig;
 use crate::units::{parse_duration, parse_size};
 
@@ -60,6 +61,17 @@ pub struct LimitArgs {
     #[arg(long, env = "CRDT_HUB_MAX_DOC_SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_doc_size: usize,
 
+    /// Longest awareness state (one client's presence, as JSON) a client
+    /// may send; a longer one closes its connection with 1009.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub max_awareness_bytes: usize,
+
+    /// Deepest nesting of arrays and objects in an awareness state (at
+    /// most 128); a deeper one, or one that is not JSON, closes its
+    /// connection with 1002.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_DEPTH", default_value = "64")]
+    pub max_awareness_depth: usize,
+
     /// Messages per second one connection may send (sustained).
     #[arg(long, env = "CRDT_HUB_RATE_MESSAGES", default_value = "200")]
     pub rate_messages: u32,
@@ -104,6 +116,14 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// Bounds on each awareness state.
+    pub fn awareness_state_limits(&self) -> StateLimits {
+        StateLimits {
+            max_bytes: self.max_awareness_bytes,
+            max_depth: self.max_awareness_depth.clamp(1, MAX_CHECKABLE_DEPTH),
+        }
+    }
+
     pub fn limits_config(&self, max_message_size: usize) -> LimitsConfig {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         LimitsConfig {

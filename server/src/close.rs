@@ -42,6 +42,14 @@ pub const PROTOCOL_ERROR: CloseReason =
 /// 1002: an update that decodes but cannot be applied to the document.
 pub const BAD_UPDATE: CloseReason =
     CloseReason::new(1002, "update could not be applied", "bad_update");
+/// 1002: an awareness state that is not JSON or nests too deep
+/// (`--max-awareness-depth`): no Yjs client writes one, and every client
+/// that parsed it would fail.
+pub const BAD_AWARENESS: CloseReason = CloseReason::new(
+    1002,
+    "awareness state is not JSON or nests too deep",
+    "bad_awareness",
+);
 /// 1003: an update creates a subdocument and the server refuses them
 /// (`--subdocuments refuse`, the default). Reconnecting does not help.
 pub const SUBDOCUMENTS_REFUSED: CloseReason = CloseReason::new(
@@ -55,6 +63,12 @@ pub const TEXT_FRAME: CloseReason =
 /// 1009: a frame larger than `--max-message-size`.
 pub const MESSAGE_TOO_BIG: CloseReason =
     CloseReason::new(1009, "message too big", "message_too_big");
+/// 1009: an awareness state longer than `--max-awareness-bytes`.
+pub const AWARENESS_TOO_LARGE: CloseReason = CloseReason::new(
+    1009,
+    "awareness state too large (--max-awareness-bytes)",
+    "awareness_too_large",
+);
 /// 1011: the room failed internally and is being reloaded; reconnect.
 pub const ROOM_FAILED: CloseReason =
     CloseReason::new(1011, "room failed; reconnect to resync", "room_failed");

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::awareness_guard::{StateError, StateLimits};
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
 use crate::limits::{Admission, ConnectionRate};
@@ -41,6 +42,9 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// Whether updates may create subdocuments (see [`crate::subdocs`]).
     pub subdocuments: SubdocPolicy,
+    /// Bounds on each awareness state a client sends (see
+    /// [`crate::awareness_guard`]).
+    pub awareness: StateLimits,
 }
 
 impl Default for ConnectionConfig {
@@ -50,6 +54,7 @@ impl Default for ConnectionConfig {
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
             subdocuments: SubdocPolicy::default(),
+            awareness: StateLimits::default(),
         }
     }
 }
@@ -299,7 +304,11 @@ impl Session {
                 // read or write; the room's frames must not follow it.
                 self.inbox.stop_direct_writes();
             }
-            match parse_message(message, self.config.subdocuments) {
+            let rules = protocol::FrameRules {
+                subdocuments: self.config.subdocuments,
+                awareness: self.config.awareness,
+            };
+            match parse_message(message, rules) {
                 Ok(messages) => batch.extend(messages),
                 Err(reason) => break Flow::End(Some(reason)),
             }
@@ -428,10 +437,10 @@ const MAX_BURST_BYTES: usize = 64 * 1024;
 /// to close when it is not acceptable.
 fn parse_message(
     message: Message,
-    subdocuments: SubdocPolicy,
+    rules: protocol::FrameRules,
 ) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
     match message {
-        Message::Binary(frame) => match protocol::parse_frame_with(&frame, subdocuments) {
+        Message::Binary(frame) => match protocol::parse_frame_with(&frame, rules) {
             Ok(messages) => {
                 metrics::message_received(&frame);
                 Ok(messages)
@@ -439,6 +448,13 @@ fn parse_message(
             Err(e @ protocol::ProtocolError::Subdocument { .. }) => {
                 warn!(error = %e, "an update creates a subdocument, which this server refuses (--subdocuments refuse); closing");
                 Err(close::SUBDOCUMENTS_REFUSED)
+            }
+            Err(protocol::ProtocolError::Awareness { source, .. }) => {
+                warn!(error = %source, cause = ?std::error::Error::source(&source), "awareness state refused; closing");
+                Err(match source {
+                    StateError::TooLarge { .. } => close::AWARENESS_TOO_LARGE,
+                    StateError::TooDeep { .. } | StateError::NotJson { .. } => close::BAD_AWARENESS,
+                })
             }
             Err(e) => {
                 warn!(error = %e, cause = ?std::error::Error::source(&e), len = frame.len(), "protocol error");

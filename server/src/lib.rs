@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod awareness_guard;
 pub mod cli;
 pub mod cli_security;
 pub mod close;

@@ -11,6 +11,7 @@ mod durability;
 mod fuzz_regressions;
 mod gap_props;
 mod gaps;
+mod hostile_awareness;
 mod metrics;
 mod restore;
 mod rooms;

@@ -8,7 +8,7 @@ use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir}
 
 /// The value of one sample (`name` with its labels exactly as rendered),
 /// or 0 when absent.
-async fn sample(addr: SocketAddr, series: &str) -> f64 {
+pub async fn sample(addr: SocketAddr, series: &str) -> f64 {
     let response = http_request(addr, "GET", "/metrics", &[], vec![]).await;
     assert_eq!(response.status, 200);
     let text = String::from_utf8_lossy(&response.body).into_owned();
