@@ -189,6 +189,7 @@ impl ServeArgs {
             max_rooms: self.limits.max_rooms.max(1),
             max_document_bytes: self.limits.max_doc_size as u64,
             fanout_window: self.fanout_window.min(Duration::from_secs(1)),
+            presence: self.limits.presence_caps(),
             ..RoomConfig::default()
         }
     }

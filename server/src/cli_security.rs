@@ -9,6 +9,7 @@ use clap::Args;
 use crate::auth::Role;
 use crate::awareness_guard::{MAX_CHECKABLE_DEPTH, StateLimits};
 use crate::limits::LimitsConfig;
+use crate::room::presence::PresenceCaps;
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Clone, Args)]
@@ -72,6 +73,18 @@ pub struct LimitArgs {
     #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_DEPTH", default_value = "64")]
     pub max_awareness_depth: usize,
 
+    /// Awareness client ids one connection may set in its room (a browser
+    /// tab sets one; y-websocket one per document). Entries for more are
+    /// ignored, not forwarded.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_CLIENTS", default_value = "4")]
+    pub max_awareness_clients: usize,
+
+    /// Bytes of awareness states one room's connections may hold in all
+    /// (on this node): what a joiner is sent at most. A state that would
+    /// pass it is ignored.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_ROOM_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_awareness_room_bytes: usize,
+
     /// Messages per second one connection may send (sustained).
     #[arg(long, env = "CRDT_HUB_RATE_MESSAGES", default_value = "200")]
     pub rate_messages: u32,
@@ -121,6 +134,15 @@ impl LimitArgs {
         StateLimits {
             max_bytes: self.max_awareness_bytes,
             max_depth: self.max_awareness_depth.clamp(1, MAX_CHECKABLE_DEPTH),
+        }
+    }
+
+    /// What one room's connections may hold of awareness.
+    pub fn presence_caps(&self) -> PresenceCaps {
+        PresenceCaps {
+            clients_per_connection: self.max_awareness_clients.max(1),
+            // At least one connection's largest state fits.
+            room_bytes: self.max_awareness_room_bytes.max(self.max_awareness_bytes),
         }
     }
 

@@ -187,6 +187,10 @@ fn describe() {
         "Requests and messages refused or delayed by rate limits, by kind."
     );
     describe_counter!(
+        "crdt_hub_awareness_ignored_total",
+        "Awareness entries from clients ignored (not forwarded), by reason: not_owner (another connection's client id), client_cap (--max-awareness-clients), room_bytes (--max-awareness-room-bytes)."
+    );
+    describe_counter!(
         "crdt_hub_auth_refusals_total",
         "Requests refused by authentication, by reason."
     );
@@ -337,6 +341,20 @@ pub fn document_bytes(delta: i64) {
 
 pub fn rate_limited(kind: &'static str) {
     counter!("crdt_hub_rate_limited_total", "kind" => kind).increment(1);
+}
+
+/// Awareness entries a room ignored, by reason.
+pub fn awareness_ignored(ignored: &crate::room::presence::Ignored) {
+    for (reason, count) in [
+        ("not_owner", ignored.not_owner),
+        ("client_cap", ignored.client_cap),
+        ("room_bytes", ignored.room_bytes),
+    ] {
+        if count > 0 {
+            counter!("crdt_hub_awareness_ignored_total", "reason" => reason)
+                .increment(count as u64);
+        }
+    }
 }
 
 pub fn auth_refused(reason: &'static str) {

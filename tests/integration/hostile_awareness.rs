@@ -6,13 +6,16 @@
 use std::time::{Duration, Instant};
 
 use crdt_hub::auth::{Role, mint_hs256};
+use futures_util::StreamExt;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 use yrs::block::ClientID;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{AwarenessUpdate, Message as YMessage};
+use yrs::updates::decoder::Decode;
 
 use crate::metrics::sample;
-use crate::support::{ServerProcess, YClient, sqlite_url, temp_dir};
+use crate::support::{ServerProcess, TIMEOUT, YClient, sqlite_url, temp_dir};
 
 const SECRET: &str = "hostile-awareness-secret";
 
@@ -59,6 +62,43 @@ async fn announce(client: &mut YClient, state: Value) {
 fn name_of(client: &YClient, id: ClientID) -> Option<String> {
     let state = client.awareness.state::<Value>(id)?;
     Some(state["user"]["name"].as_str()?.to_string())
+}
+
+/// Reads (and drops) what a fresh client is sent until the answer to its
+/// sync step 1: its greeting (with the room's awareness) comes before it.
+async fn skip_greeting(client: &mut YClient) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, client.ws.next())
+            .await
+            .expect("the sync answer")
+            .expect("socket open")
+            .expect("socket open")
+            .into_data();
+        if frame.starts_with(&[0, 1]) {
+            return;
+        }
+    }
+}
+
+/// Waits until the server has handled everything `client` sent: it answers
+/// an awareness query only after the frames before it. The client must
+/// have had its greeting ([`skip_greeting`]), and nobody else in the room
+/// may change their presence meanwhile.
+async fn barrier(client: &mut YClient) {
+    use futures_util::SinkExt;
+    client.ws.send(Message::binary(vec![3u8])).await.unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, client.ws.next())
+            .await
+            .expect("the awareness answer")
+            .expect("socket open")
+            .expect("socket open");
+        if frame.into_data().first() == Some(&1) {
+            return;
+        }
+    }
 }
 
 /// Two honest clients in a room of their own: one edits, and the time
@@ -122,6 +162,187 @@ impl Bystanders {
             self.slowest
         );
     }
+}
+
+/// The server's resident memory, from /proc.
+fn rss_bytes(server: &ServerProcess) -> u64 {
+    let pid = server.child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// What a joiner of `url` is greeted with: the awareness frame's bytes and
+/// states, and how long its document sync took.
+async fn join_and_measure(url: &str) -> (usize, usize, Duration) {
+    let started = Instant::now();
+    let mut joiner = YClient::connect(url).await;
+    let (mut bytes, mut states) = (0, 0);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, joiner.ws.next())
+            .await
+            .expect("the sync answer")
+            .unwrap()
+            .unwrap()
+            .into_data();
+        match frame.first() {
+            Some(1) => {
+                bytes += frame.len();
+                let Ok(YMessage::Awareness(update)) = YMessage::decode_v1(&frame) else {
+                    panic!("a malformed awareness frame");
+                };
+                states += update.clients.len();
+            }
+            // Sync step 2: the document is there.
+            Some(0) if frame.get(1) == Some(&1) => return (bytes, states, started.elapsed()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fake_client_ids_is_capped_and_joiners_sync_at_once() {
+    let (server, _dir) = start().await;
+    let room = "docs/flood";
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut honest = YClient::connect(&url(&server, room, Role::Write)).await;
+    skip_greeting(&mut honest).await;
+    honest.insert("t", 0, "the document").await;
+    announce(&mut honest, serde_json::json!({"user": {"name": "ann"}})).await;
+    barrier(&mut honest).await;
+    let before = rss_bytes(&server);
+
+    // 2,000 client ids with 8 KB states, 50 per message, twice (the
+    // second round renews them with a higher clock): 32 MB, about the
+    // default rate limits' burst.
+    let mut attacker = YClient::connect(&url(&server, room, Role::Read)).await;
+    skip_greeting(&mut attacker).await;
+    let flood = async move {
+        let state = format!(r#"{{"user":{{"name":"{}"}}}}"#, "x".repeat(8_000));
+        for clock in 1..=2 {
+            for first in (0..2000u64).step_by(50) {
+                let entries = (first..first + 50).map(|id| (1_000_000 + id, clock, state.clone()));
+                attacker.send_raw(awareness_frame(entries)).await;
+            }
+        }
+        barrier(&mut attacker).await;
+        attacker
+    };
+    let started = Instant::now();
+    let attacker = bystanders.keep_editing_while(flood).await;
+    let flood_took = started.elapsed();
+    bystanders.assert_kept_syncing();
+    let after = rss_bytes(&server);
+
+    let (bytes, states, sync) = join_and_measure(&url(&server, room, Role::Read)).await;
+    eprintln!(
+        "flood of 2,000 ids x 8 KB x 2 rounds took {flood_took:?}; server RSS {} -> {} MiB; \
+         a joiner got {states} states in {bytes} bytes and synced in {sync:?}",
+        before >> 20,
+        after >> 20
+    );
+    // The attacker's first four ids and ann; nothing else.
+    assert_eq!(states, 5, "states in a joiner's greeting");
+    assert!(bytes < 5 * 8_100, "{bytes} bytes of awareness greeting");
+    assert!(sync < Duration::from_secs(2), "joiner synced in {sync:?}");
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "the server grew by {} MiB",
+        after.saturating_sub(before) >> 20
+    );
+    let ignored = sample(
+        server.addr,
+        "crdt_hub_awareness_ignored_total{reason=\"client_cap\"}",
+    )
+    .await;
+    assert_eq!(ignored, 2.0 * (2000.0 - 4.0));
+    // The attacker stays connected (a reader may share presence), capped.
+    assert!(attacker.closed.is_none());
+    let (status, logs) = server.terminate().await;
+    assert!(status.success(), "{logs}");
+    assert_eq!(
+        logs.matches("awareness entries ignored").count(),
+        1,
+        "logged once per connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofer_can_neither_rename_nor_remove_another_connections_presence() {
+    let (server, _dir) = start().await;
+    let room = "docs/spoof";
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut victim = YClient::connect(&url(&server, room, Role::Write)).await;
+    let mut observer = YClient::connect(&url(&server, room, Role::Write)).await;
+    announce(&mut victim, serde_json::json!({"user": {"name": "victim"}})).await;
+    let id = victim.awareness.client_id();
+    observer
+        .until("the victim's presence", |c| {
+            name_of(c, id).as_deref() == Some("victim")
+        })
+        .await;
+
+    // Renamed with a far higher clock, then removed; from a reader.
+    let mut spoofer = YClient::connect(&url(&server, room, Role::Read)).await;
+    skip_greeting(&mut spoofer).await;
+    let fake = r#"{"user":{"name":"renamed by a spoofer"}}"#.to_string();
+    let spoof = async move {
+        spoofer
+            .send_raw(awareness_frame([(id.get(), 1000, fake)]))
+            .await;
+        spoofer
+            .send_raw(awareness_frame([(id.get(), 1001, "null".to_string())]))
+            .await;
+        barrier(&mut spoofer).await;
+        spoofer
+    };
+    let spoofer = bystanders.keep_editing_while(spoof).await;
+    bystanders.assert_kept_syncing();
+    assert!(spoofer.closed.is_none());
+
+    // The victim renews its presence (clock 2) and the observer takes it:
+    // had the observer received the spoofed clock 1000, it would ignore 2.
+    announce(
+        &mut victim,
+        serde_json::json!({"user": {"name": "victim, renewed"}}),
+    )
+    .await;
+    observer
+        .until("the victim's renewal", |c| {
+            name_of(c, id).as_deref() == Some("victim, renewed")
+        })
+        .await;
+    // The victim's own client never adopted the fake state either.
+    victim.pump_for(Duration::from_millis(200)).await;
+    let own: Value = victim.awareness.local_state().unwrap();
+    assert_eq!(own["user"]["name"], "victim, renewed");
+    // A joiner sees the victim as it set itself.
+    let mut joiner = YClient::connect(&url(&server, room, Role::Read)).await;
+    joiner
+        .until("the victim's presence", |c| name_of(c, id).is_some())
+        .await;
+    assert_eq!(name_of(&joiner, id).as_deref(), Some("victim, renewed"));
+    let ignored = sample(
+        server.addr,
+        "crdt_hub_awareness_ignored_total{reason=\"not_owner\"}",
+    )
+    .await;
+    assert_eq!(ignored, 2.0);
+
+    // Once the victim leaves, its presence goes (as before).
+    drop(victim);
+    observer
+        .until("the victim's removal", |c| {
+            c.awareness.state::<Value>(id).is_none()
+        })
+        .await;
+    server.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

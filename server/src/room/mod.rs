@@ -8,6 +8,7 @@ mod gaps;
 pub mod held;
 mod owner;
 pub mod peer;
+pub mod presence;
 mod registry;
 pub mod request;
 

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
 use super::peer::PeerLink;
+use super::presence::PresenceCaps;
 use super::registry::Rooms;
 use super::request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
@@ -52,6 +53,9 @@ pub struct RoomConfig {
     /// The longest a busy room holds a frame for company (see
     /// [`FanoutWindow`]); zero sends each frame at once.
     pub fanout_window: Duration,
+    /// What one connection, and the room's connections in all, may hold
+    /// of awareness (see [`super::presence`]).
+    pub presence: PresenceCaps,
 }
 
 impl Default for RoomConfig {
@@ -68,6 +72,7 @@ impl Default for RoomConfig {
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
             fanout_window: Duration::from_millis(5),
+            presence: PresenceCaps::default(),
         }
     }
 }
@@ -200,7 +205,7 @@ impl RoomTask {
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
-            room: Room::with_held(loaded.doc),
+            room: Room::with_held(loaded.doc).with_presence_caps(self.config.presence),
             links: HashMap::new(),
             document_bytes,
             base: loaded.base,
@@ -587,6 +592,15 @@ impl RoomTask {
                 effects,
             }) => (*effects, Some(e)),
         };
+        if let Some(ignored) = &effects.awareness_ignored {
+            warn!(
+                peer,
+                not_owner = ignored.not_owner,
+                client_cap = ignored.client_cap,
+                room_bytes = ignored.room_bytes,
+                "awareness entries ignored: another connection's client id, or past --max-awareness-clients / --max-awareness-room-bytes (logged once per connection; counted in crdt_hub_awareness_ignored_total)"
+            );
+        }
         if effects.refused_read_only > 0 {
             debug!(
                 peer,
