@@ -25,7 +25,9 @@ use crate::awareness_guard::{StateError, StateLimits};
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
 use crate::limits::{Admission, ConnectionRate};
-use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
+use crate::room::{
+    Access, Next, OutboxLimits, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms,
+};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
 
@@ -34,6 +36,10 @@ use crate::{metrics, protocol};
 pub struct ConnectionConfig {
     /// Frames queued for one client before it counts as too slow.
     pub outbox_capacity: usize,
+    /// Bytes waiting for one client (behind the frame it is being sent)
+    /// before it counts as too slow: a reader that drains steadily but more
+    /// slowly than its room changes would otherwise pin 2048 large updates.
+    pub outbox_max_bytes: usize,
     /// A ping is sent this often; a client silent for two intervals is
     /// considered dead.
     pub keepalive_interval: Duration,
@@ -51,6 +57,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             outbox_capacity: 2048,
+            outbox_max_bytes: 64 << 20,
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
             subdocuments: SubdocPolicy::default(),
@@ -101,7 +108,11 @@ pub fn serve(
         rate,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
-    let (link, inbox) = crate::room::link(config.outbox_capacity, ws.get_ref().shared());
+    let limits = OutboxLimits {
+        frames: config.outbox_capacity,
+        bytes: config.outbox_max_bytes,
+    };
+    let (link, inbox) = crate::room::link(limits, ws.get_ref().shared());
     let session = Session {
         ws,
         inbox,

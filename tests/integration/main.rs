@@ -12,6 +12,7 @@ mod fuzz_regressions;
 mod gap_props;
 mod gaps;
 mod hostile_awareness;
+mod hostile_outbox;
 mod metrics;
 mod restore;
 mod rooms;

@@ -14,6 +14,6 @@ pub mod request;
 
 pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
-pub use peer::{Next, PeerInbox, PeerLink, link};
+pub use peer::{Next, OutboxLimits, PeerInbox, PeerLink, QueueFull, link};
 pub use registry::{RoomHandle, Rooms};
 pub use request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

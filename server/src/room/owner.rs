@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
-use super::peer::PeerLink;
+use super::peer::{PeerLink, QueueFull};
 use super::presence::PresenceCaps;
 use super::registry::Rooms;
 use super::request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
@@ -645,8 +645,8 @@ impl RoomTask {
             state.ready.clear();
             let link = &state.links[&sender];
             for frame in effects.to_sender {
-                if !out.send(link, &frame) {
-                    out.slow.push(sender);
+                if let Err(full) = out.send(link, &frame) {
+                    out.slow.push((sender, full));
                     break;
                 }
             }
@@ -679,11 +679,13 @@ impl RoomTask {
         }
     }
 
-    fn evict_slow(&self, state: &mut Loaded, slow: Vec<PeerId>) {
-        for peer in slow {
+    fn evict_slow(&self, state: &mut Loaded, slow: Vec<(PeerId, QueueFull)>) {
+        for (peer, full) in slow {
             warn!(
                 peer,
-                "peer too slow: outbound queue full; closing it so it resyncs"
+                queued_frames = full.frames,
+                queued_bytes = full.bytes,
+                "peer too slow: outbound queue full (--max-queued-frames / --max-queued-bytes); closing it so it resyncs"
             );
             self.evict(state, peer, close::SLOW_CONSUMER);
         }
@@ -902,8 +904,10 @@ const KEPT_READY_CAPACITY: usize = 16;
 fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: &mut Outgoing) {
     if let [(from, frame)] = frames {
         for (&peer, link) in links {
-            if *from != Some(peer) && !out.send(link, frame) {
-                out.slow.push(peer);
+            if *from != Some(peer)
+                && let Err(full) = out.send(link, frame)
+            {
+                out.slow.push((peer, full));
             }
         }
         return;
@@ -917,8 +921,10 @@ fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: 
                 .filter(|(from, _)| *from != Some(peer))
                 .map(|(_, frame)| frame),
         );
-        if !batch.is_empty() && !out.send_all(link, &batch) {
-            out.slow.push(peer);
+        if !batch.is_empty()
+            && let Err(full) = out.send_all(link, &batch)
+        {
+            out.slow.push((peer, full));
         }
     }
 }
@@ -928,27 +934,23 @@ fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: 
 /// write).
 #[derive(Default)]
 struct Outgoing {
-    slow: Vec<PeerId>,
+    slow: Vec<(PeerId, QueueFull)>,
     written: crate::metrics::SentFrames,
 }
 
 impl Outgoing {
-    /// Sends `frame` to `link`; false when the peer's queue is full.
-    fn send(&mut self, link: &PeerLink, frame: &Bytes) -> bool {
+    /// Sends `frame` to `link`; refused when the peer's queue is full.
+    fn send(&mut self, link: &PeerLink, frame: &Bytes) -> Result<(), QueueFull> {
         self.send_all(link, &[frame])
     }
 
-    /// Sends `frames` to `link`; false when the peer's queue is full.
-    fn send_all(&mut self, link: &PeerLink, frames: &[&Bytes]) -> bool {
-        match link.send_all(frames) {
-            Ok(direct) => {
-                for frame in &frames[..direct] {
-                    self.written.add(frame);
-                }
-                true
-            }
-            Err(_) => false,
+    /// Sends `frames` to `link`; refused when the peer's queue is full.
+    fn send_all(&mut self, link: &PeerLink, frames: &[&Bytes]) -> Result<(), QueueFull> {
+        let direct = link.send_all(frames)?;
+        for frame in &frames[..direct] {
+            self.written.add(frame);
         }
+        Ok(())
     }
 }
 
