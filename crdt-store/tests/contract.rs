@@ -841,9 +841,7 @@ mod contract {
         assert_eq!(store.snapshots(&r).await.unwrap().len(), 1);
     }
 
-    pub async fn revocations_last_until_their_time_and_survive_reopening(
-        Ctx { store, url }: Ctx,
-    ) {
+    pub async fn revocations_last_until_their_time_and_survive_reopening(Ctx { store, url }: Ctx) {
         use crdt_store::{Revocation, RevocationKind};
         let now = chrono::Utc::now();
         let revocation = |kind, value: &str, minutes: i64| Revocation {

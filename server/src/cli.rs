@@ -100,6 +100,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_MAX_QUEUED_FRAMES", default_value = "2048")]
     pub max_queued_frames: usize,
 
+    /// Bytes waiting for one client, behind the frame it is being sent,
+    /// before it counts as too slow and is closed with 1013 (it reconnects
+    /// and resyncs; nothing is dropped). Raised to at least
+    /// --max-message-size.
+    #[arg(long, env = "CRDT_HUB_MAX_QUEUED_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub max_queued_bytes: usize,
+
     /// A busy room holds a frame for up to this long when its recent pace
     /// says the next will come by then, and sends them together, several
     /// frames per socket write (only for the next frame, not the one
@@ -196,6 +203,7 @@ impl ServeArgs {
             max_rooms: self.limits.max_rooms.max(1),
             max_document_bytes: self.limits.max_doc_size as u64,
             fanout_window: self.fanout_window.min(Duration::from_secs(1)),
+            presence: self.limits.presence_caps(),
             ..RoomConfig::default()
         }
     }
@@ -219,9 +227,12 @@ impl ServeArgs {
     pub fn connection_config(&self) -> ConnectionConfig {
         ConnectionConfig {
             outbox_capacity: self.max_queued_frames.max(1),
+            // One largest update must always be able to wait.
+            outbox_max_bytes: self.max_queued_bytes.max(self.max_message_size),
             keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
             write_timeout: self.write_timeout,
             subdocuments: self.subdocuments,
+            awareness: self.limits.awareness_state_limits(),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::auth::Role;
+use crate::awareness_guard::{MAX_CHECKABLE_DEPTH, StateLimits};
 use crate::limits::LimitsConfig;
+use crate::room::presence::PresenceCaps;
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Clone, Args)]
@@ -73,6 +75,29 @@ pub struct LimitArgs {
     /// its client closed with 1009.
     #[arg(long, env = "CRDT_HUB_MAX_DOC_SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_doc_size: usize,
+
+    /// Longest awareness state (one client's presence, as JSON) a client
+    /// may send; a longer one closes its connection with 1009.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub max_awareness_bytes: usize,
+
+    /// Deepest nesting of arrays and objects in an awareness state (at
+    /// most 128); a deeper one, or one that is not JSON, closes its
+    /// connection with 1002.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_DEPTH", default_value = "64")]
+    pub max_awareness_depth: usize,
+
+    /// Awareness client ids one connection may set in its room (a browser
+    /// tab sets one; y-websocket one per document). Entries for more are
+    /// ignored, not forwarded.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_CLIENTS", default_value = "4")]
+    pub max_awareness_clients: usize,
+
+    /// Bytes of awareness states one room's connections may hold in all
+    /// (on this node): what a joiner is sent at most. A state that would
+    /// pass it is ignored.
+    #[arg(long, env = "CRDT_HUB_MAX_AWARENESS_ROOM_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_awareness_room_bytes: usize,
 
     /// Messages per second one connection may send (sustained).
     #[arg(long, env = "CRDT_HUB_RATE_MESSAGES", default_value = "200")]
@@ -142,6 +167,23 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// Bounds on each awareness state.
+    pub fn awareness_state_limits(&self) -> StateLimits {
+        StateLimits {
+            max_bytes: self.max_awareness_bytes,
+            max_depth: self.max_awareness_depth.clamp(1, MAX_CHECKABLE_DEPTH),
+        }
+    }
+
+    /// What one room's connections may hold of awareness.
+    pub fn presence_caps(&self) -> PresenceCaps {
+        PresenceCaps {
+            clients_per_connection: self.max_awareness_clients.max(1),
+            // At least one connection's largest state fits.
+            room_bytes: self.max_awareness_room_bytes.max(self.max_awareness_bytes),
+        }
+    }
+
     pub fn limits_config(&self, max_message_size: usize) -> LimitsConfig {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         LimitsConfig {

@@ -21,11 +21,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::awareness_guard::{StateError, StateLimits};
 use crate::close::{self, CloseReason};
 use crate::http::websocket::Socket;
 use crate::ip_connections::IpSlot;
 use crate::limits::{Admission, ConnectionRate, Limits};
-use crate::room::{Access, Next, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms};
+use crate::room::{
+    Access, Next, OutboxLimits, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms,
+};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
 
@@ -34,6 +37,10 @@ use crate::{metrics, protocol};
 pub struct ConnectionConfig {
     /// Frames queued for one client before it counts as too slow.
     pub outbox_capacity: usize,
+    /// Bytes waiting for one client (behind the frame it is being sent)
+    /// before it counts as too slow: a reader that drains steadily but more
+    /// slowly than its room changes would otherwise pin 2048 large updates.
+    pub outbox_max_bytes: usize,
     /// A ping is sent this often; a client silent for two intervals is
     /// considered dead.
     pub keepalive_interval: Duration,
@@ -42,15 +49,20 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// Whether updates may create subdocuments (see [`crate::subdocs`]).
     pub subdocuments: SubdocPolicy,
+    /// Bounds on each awareness state a client sends (see
+    /// [`crate::awareness_guard`]).
+    pub awareness: StateLimits,
 }
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             outbox_capacity: 2048,
+            outbox_max_bytes: 64 << 20,
             keepalive_interval: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
             subdocuments: SubdocPolicy::default(),
+            awareness: StateLimits::default(),
         }
     }
 }
@@ -104,7 +116,11 @@ pub fn serve(
         limits,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
-    let (link, inbox) = crate::room::link(config.outbox_capacity, ws.get_ref().shared());
+    let outbox = OutboxLimits {
+        frames: config.outbox_capacity,
+        bytes: config.outbox_max_bytes,
+    };
+    let (link, inbox) = crate::room::link(outbox, ws.get_ref().shared());
     let session = Session {
         ws,
         inbox,
@@ -152,17 +168,21 @@ impl Session {
     ) {
         debug!("connected");
         metrics::connection_opened();
-        let code = self.serve_room(joining, &shutdown).await;
-        metrics::connection_closed(code);
+        let closed = self.serve_room(joining, &shutdown).await;
+        metrics::connection_closed(closed);
         // Its places under `--max-connections` and
         // `--max-connections-per-ip` are given back only now.
         drop(slots);
         debug!("disconnected");
     }
 
-    /// Joins the room and serves the client in it; returns the close code
-    /// the server sent, if it sent one.
-    async fn serve_room(&mut self, joining: Joining, shutdown: &CancellationToken) -> Option<u16> {
+    /// Joins the room and serves the client in it; returns why the server
+    /// closed it, if the server did.
+    async fn serve_room(
+        &mut self,
+        joining: Joining,
+        shutdown: &CancellationToken,
+    ) -> Option<CloseReason> {
         let Joining {
             rooms,
             room,
@@ -182,7 +202,7 @@ impl Session {
                     | RoomUnavailable::Deleting => close::LOAD_FAILED,
                 };
                 Box::pin(close_socket(&mut self.ws, reason)).await;
-                return Some(reason.code);
+                return Some(reason);
             }
         };
         let reason = self.run(&room, shutdown).await;
@@ -202,8 +222,10 @@ impl Session {
                 "updates refused; this address waits before reopening the room"
             );
         }
-        Box::pin(close_socket(&mut self.ws, reason)).await;
-        Some(reason.code)
+        if reason.is_sent() {
+            Box::pin(close_socket(&mut self.ws, reason)).await;
+        }
+        Some(reason)
     }
 
     /// Runs until the socket ends; returns the close frame to send, if any.
@@ -236,9 +258,16 @@ impl Session {
                         Next::Close(reason) => return Some(reason),
                         Next::RoomGone => return None,
                     };
-                    if let Err(e) = written {
-                        debug!(error = %e, "write failed");
-                        return None;
+                    match written {
+                        Ok(()) => {}
+                        Err(WriteError::TimedOut) => {
+                            debug!("write timed out; dropping the socket");
+                            return Some(close::WRITE_TIMEOUT);
+                        }
+                        Err(WriteError::Failed(e)) => {
+                            debug!(error = %e, "write failed");
+                            return None;
+                        }
                     }
                     self.inbox.written();
                 }
@@ -253,8 +282,10 @@ impl Session {
                         debug!("no sign of life within the keepalive window");
                         return Some(close::KEEPALIVE_TIMEOUT);
                     }
-                    if Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await.map_or(true, |r| r.is_err()) {
-                        return None;
+                    match Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        Err(_) => return Some(close::WRITE_TIMEOUT),
                     }
                 }
             }
@@ -314,7 +345,11 @@ impl Session {
                 // read or write; the room's frames must not follow it.
                 self.inbox.stop_direct_writes();
             }
-            match parse_message(message, self.config.subdocuments) {
+            let rules = protocol::FrameRules {
+                subdocuments: self.config.subdocuments,
+                awareness: self.config.awareness,
+            };
+            match parse_message(message, rules) {
                 Ok(messages) => batch.extend(messages),
                 Err(reason) => break Flow::End(Some(reason)),
             }
@@ -339,7 +374,7 @@ impl Session {
     /// once: a backed-up client costs one syscall per batch, not per frame.
     /// Each write step has its own deadline (`write_timeout`), so a large
     /// document streams to a slow but live client instead of timing out.
-    async fn write_frames(&mut self, first: Bytes) -> Result<(), String> {
+    async fn write_frames(&mut self, first: Bytes) -> Result<(), WriteError> {
         let mut sent = metrics::SentFrames::default();
         let result = self.write_batch(first, &mut sent).await;
         sent.record();
@@ -350,7 +385,7 @@ impl Session {
         &mut self,
         first: Bytes,
         sent: &mut metrics::SentFrames,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(frame) = next.take() {
@@ -376,7 +411,7 @@ impl Session {
     /// in fragments, each flushed before the next is written: the
     /// WebSocket layer copies what it sends into its own buffer, and a
     /// thousand clients joining a 5 MB room must not each hold a 5 MB copy.
-    async fn write_fragmented(&mut self, frame: Bytes) -> Result<(), String> {
+    async fn write_fragmented(&mut self, frame: Bytes) -> Result<(), WriteError> {
         self.step(Step::Flush).await?;
         let mut offset = 0;
         while offset < frame.len() {
@@ -394,7 +429,7 @@ impl Session {
         Ok(())
     }
 
-    async fn step(&mut self, step: Step) -> Result<(), String> {
+    async fn step(&mut self, step: Step) -> Result<(), WriteError> {
         let operation = async {
             match step {
                 Step::Feed(message) => self.ws.feed(message).await,
@@ -403,10 +438,22 @@ impl Session {
         };
         match timeout(self.config.write_timeout, operation).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("write timed out".into()),
+            Ok(Err(e)) => Err(WriteError::Failed(e)),
+            Err(_) => Err(WriteError::TimedOut),
         }
     }
+}
+
+/// Why a write to the client did not complete.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// One step took longer than `write_timeout`: the client stopped
+    /// reading. Counted as a close of its own ([`close::WRITE_TIMEOUT`]).
+    #[error("write timed out")]
+    TimedOut,
+    /// The socket failed: the client is gone.
+    #[error(transparent)]
+    Failed(tungstenite::Error),
 }
 
 enum Step {
@@ -431,10 +478,10 @@ const MAX_BURST_BYTES: usize = 64 * 1024;
 /// to close when it is not acceptable.
 fn parse_message(
     message: Message,
-    subdocuments: SubdocPolicy,
+    rules: protocol::FrameRules,
 ) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
     match message {
-        Message::Binary(frame) => match protocol::parse_frame_with(&frame, subdocuments) {
+        Message::Binary(frame) => match protocol::parse_frame_with(&frame, rules) {
             Ok(messages) => {
                 metrics::message_received(&frame);
                 Ok(messages)
@@ -442,6 +489,13 @@ fn parse_message(
             Err(e @ protocol::ProtocolError::Subdocument { .. }) => {
                 warn!(error = %e, "an update creates a subdocument, which this server refuses (--subdocuments refuse); closing");
                 Err(close::SUBDOCUMENTS_REFUSED)
+            }
+            Err(protocol::ProtocolError::Awareness { source, .. }) => {
+                warn!(error = %source, cause = ?std::error::Error::source(&source), "awareness state refused; closing");
+                Err(match source {
+                    StateError::TooLarge { .. } => close::AWARENESS_TOO_LARGE,
+                    StateError::TooDeep { .. } | StateError::NotJson { .. } => close::BAD_AWARENESS,
+                })
             }
             Err(e) => {
                 warn!(error = %e, cause = ?std::error::Error::source(&e), len = frame.len(), "protocol error");

@@ -25,7 +25,7 @@ use crate::decode_guard;
 use crate::protocol::{self, DocUpdate};
 use crate::room::held::HeldUpdates;
 use crate::room::{Access, Effects, PeerId, Rejected, Room, RoomError};
-use crate::subdocs::{OwnedDoc, SubdocPolicy};
+use crate::subdocs::OwnedDoc;
 
 /// What one input did, for the regression test's assertions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub fn frame_into_room(data: &[u8]) -> Outcome {
     room.join(1, Access::ReadWrite);
     room.join(2, Access::ReadOnly);
     let frame = Bytes::copy_from_slice(data);
-    let Ok(messages) = protocol::parse_frame_with(&frame, SubdocPolicy::default()) else {
+    let Ok(messages) = protocol::parse_frame_with(&frame, protocol::FrameRules::default()) else {
         return Outcome::Refused;
     };
     let outcome = match room.receive(1, messages) {

@@ -6,6 +6,7 @@
 pub mod accept_backoff;
 pub mod app;
 pub mod auth;
+pub mod awareness_guard;
 pub mod body_budget;
 pub mod cli;
 pub mod cli_security;

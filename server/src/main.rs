@@ -60,7 +60,7 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         args.ttl,
         args.sub,
     )
-        .context("minting the token")?;
+    .context("minting the token")?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
 }

@@ -110,7 +110,7 @@ fn describe() {
     );
     describe_counter!(
         "crdt_hub_connections_closed_total",
-        "Connections closed by the server, by close code (protocol errors are 1002/1003/1009, slow consumers 1013)."
+        "Connections closed by the server, by close code and reason: one reason per kind of close (slow_consumer, rate_limited, protocol_error, ...; README, Protocol and close codes), and write_timeout under code 1006 for a socket dropped because it took no bytes for --write-timeout."
     );
     describe_gauge!("crdt_hub_rooms", "Rooms loaded in memory.");
     describe_counter!(
@@ -187,6 +187,10 @@ fn describe() {
         "Requests and messages refused or delayed by rate limits, by kind."
     );
     describe_counter!(
+        "crdt_hub_awareness_ignored_total",
+        "Awareness entries from clients ignored (not forwarded), by reason: not_owner (another connection's client id), client_cap (--max-awareness-clients), room_bytes (--max-awareness-room-bytes)."
+    );
+    describe_counter!(
         "crdt_hub_auth_refusals_total",
         "Requests refused by authentication, by reason."
     );
@@ -206,10 +210,17 @@ pub fn connection_opened() {
     gauge!("crdt_hub_connections").increment(1.0);
 }
 
-pub fn connection_closed(code: Option<u16>) {
+/// A connection ended; `closed` is why, when the server closed it (with a
+/// close frame, or by dropping a socket whose writes timed out).
+pub fn connection_closed(closed: Option<crate::close::CloseReason>) {
     gauge!("crdt_hub_connections").decrement(1.0);
-    if let Some(code) = code {
-        counter!("crdt_hub_connections_closed_total", "code" => code.to_string()).increment(1);
+    if let Some(closed) = closed {
+        counter!(
+            "crdt_hub_connections_closed_total",
+            "code" => closed.code.to_string(),
+            "reason" => closed.label
+        )
+        .increment(1);
     }
 }
 
@@ -339,6 +350,20 @@ pub fn document_bytes(delta: i64) {
 
 pub fn rate_limited(kind: &'static str) {
     counter!("crdt_hub_rate_limited_total", "kind" => kind).increment(1);
+}
+
+/// Awareness entries a room ignored, by reason.
+pub fn awareness_ignored(ignored: &crate::room::presence::Ignored) {
+    for (reason, count) in [
+        ("not_owner", ignored.not_owner),
+        ("client_cap", ignored.client_cap),
+        ("room_bytes", ignored.room_bytes),
+    ] {
+        if count > 0 {
+            counter!("crdt_hub_awareness_ignored_total", "reason" => reason)
+                .increment(count as u64);
+        }
+    }
 }
 
 pub fn auth_refused(reason: &'static str) {

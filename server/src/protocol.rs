@@ -20,6 +20,7 @@ use yrs::sync::{AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 
+use crate::awareness_guard::{self, StateError, StateLimits};
 use crate::decode_guard::{self, GuardError};
 use crate::subdocs::SubdocPolicy;
 
@@ -92,38 +93,64 @@ pub enum ProtocolError {
     /// The update creates a subdocument, and the policy refuses them.
     #[error("message #{index} creates {count} subdocument(s)")]
     Subdocument { index: usize, count: usize },
+    /// An awareness state is not JSON, or is too long or too deep (see
+    /// [`crate::awareness_guard`]).
+    #[error("message #{index} carries an awareness state the server refuses")]
+    Awareness {
+        index: usize,
+        #[source]
+        source: StateError,
+    },
 }
 
-/// Splits one binary frame into its messages and decodes each.
+/// What the server accepts in a client's frame beyond well-formed bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameRules {
+    /// Whether updates may create subdocuments.
+    pub subdocuments: SubdocPolicy,
+    /// Bounds on each awareness state.
+    pub awareness: StateLimits,
+}
+
+/// Splits one binary frame into its messages and decodes each, accepting
+/// subdocuments and awareness states within the default limits.
 ///
 /// # Errors
 /// [`ProtocolError`] when any message in the frame is malformed; the whole
 /// frame is then refused (nothing of it is applied).
 pub fn parse_frame(frame: &Bytes) -> Result<Vec<ClientMessage>, ProtocolError> {
-    parse_frame_with(frame, SubdocPolicy::Allow)
+    parse_frame_with(
+        frame,
+        FrameRules {
+            subdocuments: SubdocPolicy::Allow,
+            ..FrameRules::default()
+        },
+    )
 }
 
-/// [`parse_frame`], refusing updates that create subdocuments unless
-/// `subdocuments` allows them.
+/// [`parse_frame`] under `rules`: updates that create subdocuments are
+/// refused unless they allow them, and every awareness state must pass
+/// [`awareness_guard::check_update`].
 ///
 /// # Errors
-/// As [`parse_frame`], and [`ProtocolError::Subdocument`].
+/// As [`parse_frame`], [`ProtocolError::Subdocument`] and
+/// [`ProtocolError::Awareness`].
 pub fn parse_frame_with(
     frame: &Bytes,
-    subdocuments: SubdocPolicy,
+    rules: FrameRules,
 ) -> Result<Vec<ClientMessage>, ProtocolError> {
     if frame.is_empty() {
         return Err(ProtocolError::Empty);
     }
     // yrs has panicked on malformed input before; a panic here must cost
     // one connection, never the process or a room.
-    catch_unwind(AssertUnwindSafe(|| parse_frame_inner(frame, subdocuments)))
+    catch_unwind(AssertUnwindSafe(|| parse_frame_inner(frame, rules)))
         .unwrap_or(Err(ProtocolError::DecoderPanic { index: 0 }))
 }
 
 fn parse_frame_inner(
     frame: &Bytes,
-    subdocuments: SubdocPolicy,
+    rules: FrameRules,
 ) -> Result<Vec<ClientMessage>, ProtocolError> {
     // `MessageReader` decodes state vectors and awareness updates itself:
     // check every payload before it does.
@@ -140,7 +167,7 @@ fn parse_frame_inner(
             Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
                 let summary = decode_guard::check_update_v1(&bytes)
                     .map_err(|source| ProtocolError::Refused { index, source })?;
-                if summary.subdocs > 0 && !subdocuments.allows() {
+                if summary.subdocs > 0 && !rules.subdocuments.allows() {
                     return Err(ProtocolError::Subdocument {
                         index,
                         count: summary.subdocs,
@@ -153,7 +180,11 @@ fn parse_frame_inner(
                     encoded: Bytes::from(bytes),
                 })
             }
-            Message::Awareness(update) => ClientMessage::Awareness(update),
+            Message::Awareness(update) => {
+                awareness_guard::check_update(&update, rules.awareness)
+                    .map_err(|source| ProtocolError::Awareness { index, source })?;
+                ClientMessage::Awareness(update)
+            }
             Message::AwarenessQuery => ClientMessage::AwarenessQuery,
             Message::Auth(_) => ClientMessage::Ignored { tag: MSG_AUTH },
             Message::Custom(tag, _) => ClientMessage::Ignored { tag },
@@ -251,6 +282,30 @@ mod tests {
         let frame = Bytes::from_static(&[9, 2, 0xAA, 0xBB]);
         let messages = parse_frame(&frame).unwrap();
         assert!(matches!(messages[0], ClientMessage::Ignored { tag: 9 }));
+    }
+
+    #[test]
+    fn a_frame_with_a_state_that_is_not_json_is_refused_whole() {
+        use yrs::block::ClientID;
+        use yrs::sync::awareness::AwarenessUpdateEntry;
+        let awareness = |json: &str| {
+            let entry = AwarenessUpdateEntry {
+                clock: 1,
+                json: json.into(),
+            };
+            let update = AwarenessUpdate {
+                clients: [(ClientID::new(5), entry)].into(),
+            };
+            encode_awareness(&update)
+        };
+        let mut frame = encode_update(&text_update("hi")).to_vec();
+        frame.extend_from_slice(&awareness("not json {"));
+        assert!(matches!(
+            parse_frame(&Bytes::from(frame)),
+            Err(ProtocolError::Awareness { index: 1, .. })
+        ));
+        let fine = parse_frame(&awareness(r#"{"user":{"name":"ann"}}"#)).unwrap();
+        assert!(matches!(fine[0], ClientMessage::Awareness(_)));
     }
 
     #[test]

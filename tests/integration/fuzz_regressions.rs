@@ -128,7 +128,10 @@ fn real_yjs_bytes_in_the_seed_corpus_go_through() {
             _ => matches!(
                 crdt_hub::protocol::parse_frame_with(
                     &bytes::Bytes::from(bytes),
-                    crdt_hub::subdocs::SubdocPolicy::Refuse
+                    crdt_hub::protocol::FrameRules {
+                        subdocuments: crdt_hub::subdocs::SubdocPolicy::Refuse,
+                        ..Default::default()
+                    }
                 ),
                 Err(crdt_hub::protocol::ProtocolError::Subdocument { .. })
             ),

@@ -226,6 +226,7 @@ async fn patterns_stop_at_slashes_names_cannot_hide_and_nbf_holds() {
             rooms: vec!["**".into()],
             role: Role::Write,
             sub: None,
+            jti: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )

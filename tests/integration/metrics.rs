@@ -8,7 +8,7 @@ use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir}
 
 /// The value of one sample (`name` with its labels exactly as rendered),
 /// or 0 when absent.
-async fn sample(addr: SocketAddr, series: &str) -> f64 {
+pub async fn sample(addr: SocketAddr, series: &str) -> f64 {
     let response = http_request(addr, "GET", "/metrics", &[], vec![]).await;
     assert_eq!(response.status, 200);
     let text = String::from_utf8_lossy(&response.body).into_owned();
@@ -75,13 +75,13 @@ async fn metrics_follow_connections_edits_and_storage() {
     assert!(sample(addr, "crdt_hub_flush_batch_updates_sum").await >= applies);
     assert!(sample(addr, "crdt_hub_flush_seconds_count").await >= 1.0);
 
-    // A protocol error is counted by its close code.
+    // A protocol error is counted by its close code and reason.
     let mut bad = YClient::connect(&server.url("m")).await;
     bad.send_raw(vec![0, 2, 10, 1]).await;
     assert_eq!(bad.close_code().await, Some(1002));
     wait_for(
         addr,
-        "crdt_hub_connections_closed_total{code=\"1002\"}",
+        "crdt_hub_connections_closed_total{code=\"1002\",reason=\"protocol_error\"}",
         1.0,
     )
     .await;

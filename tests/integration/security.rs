@@ -81,6 +81,7 @@ async fn tokens_decide_who_enters_which_room() {
             rooms: vec!["docs/*".into()],
             role: Role::Write,
             sub: None,
+            jti: None,
         };
         encode(
             &Header::default(),

@@ -1,17 +1,19 @@
-//! Awareness states that clients of other nodes set: applied to the room's
-//! `Awareness`, forwarded to local peers, and removed when their node stops
-//! renewing them (it died; its clients' removals never came).
+//! Awareness states that clients of other nodes set: applied to the room
+//! (where they cannot take a client id a local peer owns, nor a local peer
+//! theirs: [`crate::room::presence`]), forwarded to local peers, and
+//! removed when their node stops renewing them (it died; its clients'
+//! removals never came).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use yrs::block::ClientID;
-use yrs::sync::{Awareness, Message};
+use yrs::sync::Message;
 use yrs::updates::decoder::Decode;
 
-use crate::protocol;
+use crate::room::Room;
 
 /// When each remote client's awareness state was last renewed.
 #[derive(Debug, Default)]
@@ -22,61 +24,32 @@ pub struct RemoteAwareness {
 impl RemoteAwareness {
     /// Applies an awareness frame published by another node; returns the
     /// frame telling local peers what changed, if anything did.
-    pub fn apply(
-        &mut self,
-        awareness: &mut Awareness,
-        frame: &[u8],
-        now: Instant,
-    ) -> Option<Bytes> {
+    pub fn apply(&mut self, room: &mut Room, frame: &[u8], now: Instant) -> Option<Bytes> {
         let Ok(Message::Awareness(update)) = Message::decode_v1(frame) else {
             return None;
         };
-        let summary = awareness.apply_update_summary(update).ok()??;
-        for client in summary.added.iter().chain(&summary.updated) {
+        let applied = room.apply_remote_awareness(update);
+        for client in &applied.set {
             self.seen.insert(*client, now);
         }
-        for client in &summary.removed {
+        for client in &applied.removed {
             self.seen.remove(client);
         }
-        let changed = summary.all_changes();
-        if changed.is_empty() {
-            return None;
-        }
-        let update = awareness.update_with_clients(changed).ok()?;
-        Some(protocol::encode_awareness(&update))
+        applied.frame
     }
 
-    /// Removes remote states not renewed within `timeout` (clients of a
-    /// local peer are never touched); returns the removal frame for local
-    /// peers.
-    pub fn expire(
-        &mut self,
-        awareness: &mut Awareness,
-        local: &HashSet<ClientID>,
-        now: Instant,
-        timeout: Duration,
-    ) -> Option<Bytes> {
-        let expired: Vec<ClientID> = self
-            .seen
-            .iter()
-            .filter(|(client, seen)| {
-                now.duration_since(**seen) >= timeout || local.contains(client)
-            })
-            .map(|(client, _)| *client)
-            .collect();
-        let mut removed = Vec::new();
-        for client in expired {
-            self.seen.remove(&client);
-            if !local.contains(&client) {
-                awareness.remove_state(client);
-                removed.push(client);
+    /// Removes remote states not renewed within `timeout`; returns the
+    /// removal frame for local peers.
+    pub fn expire(&mut self, room: &mut Room, now: Instant, timeout: Duration) -> Option<Bytes> {
+        let mut expired = Vec::new();
+        self.seen.retain(|client, seen| {
+            let keep = now.duration_since(*seen) < timeout;
+            if !keep {
+                expired.push(*client);
             }
-        }
-        if removed.is_empty() {
-            return None;
-        }
-        let update = awareness.update_with_clients(removed).ok()?;
-        Some(protocol::encode_awareness(&update))
+            keep
+        });
+        room.expire_remote_awareness(expired)
     }
 
     pub fn len(&self) -> usize {
@@ -91,7 +64,11 @@ impl RemoteAwareness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol;
+    use crate::room::Access;
+    use crate::room::presence::Owner;
     use yrs::Doc;
+    use yrs::sync::Awareness;
 
     fn frame_from(awareness: &Awareness, client: ClientID) -> Bytes {
         protocol::encode_awareness(&awareness.update_with_clients([client]).unwrap())
@@ -99,25 +76,23 @@ mod tests {
 
     #[test]
     fn applies_renews_and_expires() {
-        let remote_doc = Doc::with_client_id(7);
-        let mut remote = Awareness::new(remote_doc);
+        let mut remote = Awareness::new(Doc::with_client_id(7));
         remote
             .set_local_state(serde_json::json!({"user": "ann"}))
             .unwrap();
         let me = remote.client_id();
 
-        let mut local = Awareness::new(Doc::with_client_id(1));
+        let mut room = Room::new(Doc::new());
         let mut tracker = RemoteAwareness::default();
         let start = Instant::now();
-        let forwarded = tracker.apply(&mut local, &frame_from(&remote, me), start);
+        let forwarded = tracker.apply(&mut room, &frame_from(&remote, me), start);
         assert!(forwarded.is_some());
-        assert!(local.state::<serde_json::Value>(me).is_some());
+        assert_eq!(room.presence().state(me), Some(r#"{"user":"ann"}"#));
 
         let timeout = Duration::from_secs(30);
-        let none = HashSet::new();
         assert!(
             tracker
-                .expire(&mut local, &none, start + Duration::from_secs(20), timeout)
+                .expire(&mut room, start + Duration::from_secs(20), timeout)
                 .is_none()
         );
         // Renewed (same state, higher clock) at 20 s: still there at 40 s.
@@ -125,40 +100,57 @@ mod tests {
             .set_local_state(serde_json::json!({"user": "ann"}))
             .unwrap();
         tracker.apply(
-            &mut local,
+            &mut room,
             &frame_from(&remote, me),
             start + Duration::from_secs(20),
         );
         assert!(
             tracker
-                .expire(&mut local, &none, start + Duration::from_secs(40), timeout)
+                .expire(&mut room, start + Duration::from_secs(40), timeout)
                 .is_none()
         );
-        let removal = tracker.expire(&mut local, &none, start + Duration::from_secs(51), timeout);
+        let removal = tracker.expire(&mut room, start + Duration::from_secs(51), timeout);
         assert!(removal.is_some());
-        assert!(local.state::<serde_json::Value>(me).is_none());
+        assert!(room.presence().state(me).is_none());
+        assert_eq!(room.presence().owner(me), None, "the id is free again");
         assert!(tracker.is_empty());
     }
 
     #[test]
-    fn never_expires_a_local_peer() {
-        let mut remote = Awareness::new(Doc::with_client_id(9));
-        remote
+    fn a_local_peers_client_id_is_neither_taken_nor_expired_by_another_node() {
+        let mut local = Awareness::new(Doc::with_client_id(9));
+        local
             .set_local_state(serde_json::json!({"user": "bo"}))
             .unwrap();
-        let mut local = Awareness::new(Doc::with_client_id(1));
+        let bo = ClientID::new(9);
+        let mut room = Room::new(Doc::new());
+        room.join(1, Access::ReadWrite);
+        let frame = frame_from(&local, bo);
+        let messages = protocol::parse_frame(&frame).unwrap();
+        room.receive(1, messages).unwrap();
+
+        // Another node publishes the same id, newer: ignored here.
+        let mut other = Awareness::new(Doc::with_client_id(9));
+        for _ in 0..5 {
+            other
+                .set_local_state(serde_json::json!({"user": "mallory"}))
+                .unwrap();
+        }
         let mut tracker = RemoteAwareness::default();
         let start = Instant::now();
-        tracker.apply(&mut local, &frame_from(&remote, ClientID::new(9)), start);
-        // The client moved to this node: it is a local peer now.
-        let locals = HashSet::from([ClientID::new(9)]);
+        assert!(
+            tracker
+                .apply(&mut room, &frame_from(&other, bo), start)
+                .is_none()
+        );
+        assert_eq!(room.presence().state(bo), Some(r#"{"user":"bo"}"#));
+        assert_eq!(room.presence().owner(bo), Some(Owner::Peer(1)));
         let removal = tracker.expire(
-            &mut local,
-            &locals,
+            &mut room,
             start + Duration::from_secs(60),
             Duration::from_secs(30),
         );
         assert!(removal.is_none());
-        assert!(local.state::<serde_json::Value>(ClientID::new(9)).is_some());
+        assert!(room.presence().state(bo).is_some());
     }
 }

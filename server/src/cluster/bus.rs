@@ -1,6 +1,5 @@
 //! A loaded room's connection to the cluster: what its owner task calls.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -125,7 +124,7 @@ impl RoomBus {
             Remote::Message(BusMessage::Awareness(frame)) => {
                 outcome
                     .to_peers
-                    .extend(self.awareness.apply(room.awareness_mut(), &frame, now));
+                    .extend(self.awareness.apply(room, &frame, now));
             }
             Remote::Message(BusMessage::StateVector(state)) => {
                 match anti_entropy::missing_from(room.doc(), &state) {
@@ -148,14 +147,10 @@ impl RoomBus {
                 }
             }
             Remote::Tick => {
-                let local: HashSet<_> = room.local_awareness_clients();
                 let timeout = self.cluster.config.awareness_timeout;
-                outcome.to_peers.extend(self.awareness.expire(
-                    room.awareness_mut(),
-                    &local,
-                    now,
-                    timeout,
-                ));
+                outcome
+                    .to_peers
+                    .extend(self.awareness.expire(room, now, timeout));
                 self.publish(BusMessage::StateVector(anti_entropy::encode_state(
                     room.doc(),
                 )));

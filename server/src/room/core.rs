@@ -2,17 +2,18 @@
 //! peer and says which frames go to whom. The owner task drives it; unit
 //! tests and fuzz targets drive it directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use yrs::block::ClientID;
-use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::sync::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::protocol::{self, ClientMessage, DocUpdate};
 use crate::room::held::{self, HeldCaps, HeldUpdates};
+use crate::room::presence::{self, Owner, Presence, PresenceCaps};
 use crate::subdocs::OwnedDoc;
 
 /// Identifies one connection within the process.
@@ -44,6 +45,9 @@ pub struct Effects {
     pub refused_read_only: usize,
     /// Updates of which a part waits for what it builds on (held).
     pub incomplete: usize,
+    /// Awareness entries from the sender ignored (not its client id, or
+    /// past a cap), reported once per peer: the first time it happens.
+    pub awareness_ignored: Option<presence::Ignored>,
 }
 
 /// A failure that ends the peer's connection.
@@ -68,14 +72,15 @@ pub struct Rejected {
 #[derive(Debug)]
 struct PeerState {
     access: Access,
-    /// Awareness client ids this peer set, removed (and announced as removed)
-    /// when it leaves, as y-websocket does.
-    awareness_clients: HashSet<ClientID>,
+    /// Some of its awareness entries were ignored before (and reported).
+    awareness_ignored: bool,
 }
 
 /// One shared document and the peers editing it.
 pub struct Room {
-    awareness: Awareness,
+    doc: Doc,
+    /// Awareness states, and which peer (or node) owns each client id.
+    presence: Presence,
     peers: HashMap<PeerId, PeerState>,
     /// The SyncStep2 answer to an empty state vector (every fresh client
     /// asks for it), encoded once per document version, so that a join
@@ -98,7 +103,8 @@ impl Room {
     /// A room for a document read from storage, with what it holds.
     pub fn with_held(stored: StoredDoc) -> Self {
         Self {
-            awareness: Awareness::new(stored.doc.into_inner()),
+            doc: stored.doc.into_inner(),
+            presence: Presence::new(PresenceCaps::default()),
             peers: HashMap::new(),
             full_state_frame: None,
             unsaved_updates: 0,
@@ -106,8 +112,20 @@ impl Room {
         }
     }
 
+    /// The room with awareness bounded by `caps` instead of the defaults.
+    #[must_use]
+    pub fn with_presence_caps(mut self, caps: PresenceCaps) -> Self {
+        self.presence = Presence::new(caps);
+        self
+    }
+
     pub fn doc(&self) -> &Doc {
-        self.awareness.doc()
+        &self.doc
+    }
+
+    /// The room's awareness states.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn peer_count(&self) -> usize {
@@ -157,40 +175,36 @@ impl Room {
             peer,
             PeerState {
                 access,
-                awareness_clients: HashSet::new(),
+                awareness_ignored: false,
             },
         );
         let sv = self.doc().transact().state_vector();
         let mut greeting = vec![protocol::encode_sync_step1(&sv)];
-        if let Ok(states) = self.awareness.update()
-            && !states.clients.is_empty()
-        {
-            greeting.push(protocol::encode_awareness(&states));
-        }
+        // Bounded: at most `--max-awareness-room-bytes` of this node's
+        // states, plus what other nodes' clients set (each node bounds its
+        // own).
+        greeting.extend(self.presence.everyone());
         greeting
     }
 
-    /// The room's awareness, for states that clients of other nodes set.
-    pub fn awareness_mut(&mut self) -> &mut Awareness {
-        &mut self.awareness
+    /// Applies awareness states another node published (trusted, but they
+    /// cannot take a client id one of this room's peers owns).
+    pub fn apply_remote_awareness(&mut self, update: AwarenessUpdate) -> presence::Applied {
+        self.presence.apply(Owner::Remote, update)
     }
 
-    /// Awareness client ids set by this room's own peers.
-    pub fn local_awareness_clients(&self) -> HashSet<ClientID> {
-        self.peers
-            .values()
-            .flat_map(|p| p.awareness_clients.iter().copied())
-            .collect()
+    /// Removes the states of other nodes' clients in `clients`; returns the
+    /// removal for this room's peers.
+    pub fn expire_remote_awareness(
+        &mut self,
+        clients: impl IntoIterator<Item = ClientID>,
+    ) -> Option<Bytes> {
+        self.presence.expire_remote(clients)
     }
 
     /// The awareness states of this room's own peers as one frame, if any.
     pub fn local_awareness_frame(&self) -> Option<Bytes> {
-        let clients = self.local_awareness_clients();
-        if clients.is_empty() {
-            return None;
-        }
-        let update = self.awareness.update_with_clients(clients).ok()?;
-        Some(protocol::encode_awareness(&update))
+        self.presence.local()
     }
 
     /// Handles the messages of one or more frames from `peer`.
@@ -244,16 +258,8 @@ impl Room {
     fn answer(&mut self, peer: PeerId, message: ClientMessage, effects: &mut Effects) {
         match message {
             ClientMessage::SyncStep1(sv) => effects.to_sender.push(self.sync_step2_for(&sv)),
-            ClientMessage::Awareness(update) => {
-                if let Some(frame) = self.apply_awareness(peer, update) {
-                    effects.to_others.push(frame);
-                }
-            }
-            ClientMessage::AwarenessQuery => {
-                if let Ok(states) = self.awareness.update() {
-                    effects.to_sender.push(protocol::encode_awareness(&states));
-                }
-            }
+            ClientMessage::Awareness(update) => self.apply_awareness(peer, update, effects),
+            ClientMessage::AwarenessQuery => effects.to_sender.push(self.presence.answer_query()),
             // Updates reach the document through `apply_run`.
             ClientMessage::DocUpdate(_) | ClientMessage::Ignored { .. } => {}
         }
@@ -275,18 +281,8 @@ impl Room {
     /// announced to the others.
     pub fn leave(&mut self, peer: PeerId) -> Effects {
         let mut effects = Effects::default();
-        let Some(state) = self.peers.remove(&peer) else {
-            return effects;
-        };
-        let clients: Vec<ClientID> = state.awareness_clients.into_iter().collect();
-        if clients.is_empty() {
-            return effects;
-        }
-        for &client in &clients {
-            self.awareness.remove_state(client);
-        }
-        if let Ok(removal) = self.awareness.update_with_clients(clients) {
-            effects.to_others.push(protocol::encode_awareness(&removal));
+        if self.peers.remove(&peer).is_some() {
+            effects.to_others.extend(self.presence.leave(peer));
         }
         effects
     }
@@ -313,7 +309,7 @@ impl Room {
                 .try_for_each(|update| self.apply(update, effects));
         }
         let count = run.len();
-        let doc = self.awareness.doc();
+        let doc = &self.doc;
         let held = &mut self.held;
         let started = std::time::Instant::now();
         let together = catch_unwind(AssertUnwindSafe(|| held.apply_together(doc, run)));
@@ -353,7 +349,7 @@ impl Room {
             // send (re-broadcasting it would cost n² frames in a join storm).
             return Ok(());
         }
-        let doc = self.awareness.doc();
+        let doc = &self.doc;
         let held = &mut self.held;
         let started = std::time::Instant::now();
         let applied = catch_unwind(AssertUnwindSafe(|| held.apply(doc, update, &encoded)));
@@ -380,21 +376,20 @@ impl Room {
         Ok(())
     }
 
-    /// Applies an awareness update from `peer` and returns the frame that
-    /// tells the others what changed, if anything did.
-    fn apply_awareness(&mut self, peer: PeerId, update: AwarenessUpdate) -> Option<Bytes> {
-        let summary = self.awareness.apply_update_summary(update).ok()??;
-        if let Some(state) = self.peers.get_mut(&peer) {
-            state
-                .awareness_clients
-                .extend(summary.added.iter().chain(&summary.updated).copied());
-            for removed in &summary.removed {
-                state.awareness_clients.remove(removed);
+    /// Applies an awareness update from `peer` (see [`presence`]): what
+    /// changed goes to the others; what was ignored is counted, and
+    /// reported the first time for this peer.
+    fn apply_awareness(&mut self, peer: PeerId, update: AwarenessUpdate, effects: &mut Effects) {
+        let applied = self.presence.apply(Owner::Peer(peer), update);
+        effects.to_others.extend(applied.frame);
+        if applied.ignored.any() {
+            crate::metrics::awareness_ignored(&applied.ignored);
+            if let Some(state) = self.peers.get_mut(&peer)
+                && !std::mem::replace(&mut state.awareness_ignored, true)
+            {
+                effects.awareness_ignored = Some(applied.ignored);
             }
         }
-        let changed = summary.all_changes();
-        let update = self.awareness.update_with_clients(changed).ok()?;
-        Some(protocol::encode_awareness(&update))
     }
 }
 
@@ -402,7 +397,7 @@ impl Room {
 /// subdocument alive forever (see [`crate::subdocs`]).
 impl Drop for Room {
     fn drop(&mut self) {
-        let released = crate::subdocs::release(self.awareness.doc());
+        let released = crate::subdocs::release(&self.doc);
         if released > 0 {
             tracing::debug!(released, "subdocuments released with their room");
         }
@@ -581,6 +576,121 @@ mod tests {
         }
         let t = doc.get_or_insert_text("t");
         t.get_string(&doc.transact())
+    }
+
+    /// An awareness frame setting `client`'s state at `clock`.
+    fn presence_frame(client: u64, clock: u32, json: &str) -> Bytes {
+        use yrs::sync::awareness::AwarenessUpdateEntry;
+        let entry = AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        };
+        protocol::encode_awareness(&AwarenessUpdate {
+            clients: [(ClientID::new(client), entry)].into(),
+        })
+    }
+
+    /// A frame from a peer, parsed as its connection parses it.
+    fn parsed(frame: &Bytes) -> Vec<ClientMessage> {
+        protocol::parse_frame(frame).unwrap()
+    }
+
+    #[test]
+    fn a_peer_cannot_rename_or_remove_another_peers_presence() {
+        let mut room = Room::new(server_doc());
+        for peer in 1..=3 {
+            room.join(peer, Access::ReadOnly);
+        }
+        let ann = r#"{"user":{"name":"ann"}}"#;
+        let set = room
+            .receive(1, parsed(&presence_frame(10, 1, ann)))
+            .unwrap();
+        assert_eq!(set.to_others.len(), 1);
+        assert!(set.awareness_ignored.is_none());
+
+        // Peer 2 renames ann (higher clock), then removes her.
+        let rename = presence_frame(10, 500, r#"{"user":{"name":"mallory"}}"#);
+        let spoof = room.receive(2, parsed(&rename)).unwrap();
+        assert!(spoof.to_others.is_empty(), "nothing forwarded");
+        assert_eq!(spoof.awareness_ignored.map(|i| i.not_owner), Some(1));
+        let removal = room
+            .receive(2, parsed(&presence_frame(10, 501, "null")))
+            .unwrap();
+        assert!(removal.to_others.is_empty());
+        assert!(
+            removal.awareness_ignored.is_none(),
+            "reported once per peer"
+        );
+        assert_eq!(room.presence().state(ClientID::new(10)), Some(ann));
+
+        // A joiner sees ann as she set herself.
+        let greeting = room.join(4, Access::ReadOnly);
+        assert_eq!(greeting.len(), 2, "sync step 1 and awareness");
+        assert!(greeting[1].windows(3).any(|w| w == b"ann"));
+        assert!(!greeting[1].windows(7).any(|w| w == b"mallory"));
+
+        // When ann leaves, her state is removed for the others, and her id
+        // is free again.
+        let left = room.leave(1);
+        assert_eq!(left.to_others.len(), 1);
+        assert!(room.presence().is_empty());
+        assert!(room.presence().owner(ClientID::new(10)).is_none());
+        assert!(
+            room.join(5, Access::ReadOnly).len() == 1,
+            "no awareness to greet with"
+        );
+    }
+
+    #[test]
+    fn an_awareness_query_is_answered_even_when_nobody_set_a_state() {
+        let mut room = Room::new(server_doc());
+        assert_eq!(
+            room.join(1, Access::ReadOnly).len(),
+            1,
+            "no awareness greeting"
+        );
+        let query = protocol::encode_awareness_query();
+        let answer = room.receive(1, parsed(&query)).unwrap();
+        assert_eq!(answer.to_sender.len(), 1);
+        assert_eq!(answer.to_sender[0].first(), Some(&1), "an awareness frame");
+        room.receive(1, parsed(&presence_frame(10, 1, "{}")))
+            .unwrap();
+        let answer = room.receive(1, parsed(&query)).unwrap();
+        assert!(answer.to_sender[0].len() > 3, "with the state");
+    }
+
+    #[test]
+    fn states_that_are_not_json_or_too_deep_never_reach_the_room() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        for bad in ["not json {", deep.as_str(), "[[[["] {
+            let frame = presence_frame(10, 1, bad);
+            assert!(
+                matches!(
+                    protocol::parse_frame(&frame),
+                    Err(protocol::ProtocolError::Awareness { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_of_client_ids_leaves_a_connections_cap_and_a_small_greeting() {
+        let mut room = Room::new(server_doc());
+        room.join(1, Access::ReadOnly);
+        room.join(2, Access::ReadWrite);
+        let state = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+        let mut flood = Vec::new();
+        for client in 0..2000 {
+            flood.extend_from_slice(&presence_frame(client, 1, &state));
+        }
+        let effects = room.receive(1, parsed(&Bytes::from(flood))).unwrap();
+        assert_eq!(room.presence().len(), 4);
+        let forwarded: usize = effects.to_others.iter().map(Bytes::len).sum();
+        assert!(forwarded < 5 * 1100, "{forwarded} bytes forwarded");
+        assert_eq!(effects.awareness_ignored.map(|i| i.client_cap), Some(1));
+        let greeting = room.join(3, Access::ReadOnly);
+        assert!(greeting[1].len() < 5 * 1100, "{} bytes", greeting[1].len());
     }
 
     #[test]

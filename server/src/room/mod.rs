@@ -8,11 +8,12 @@ mod gaps;
 pub mod held;
 mod owner;
 pub mod peer;
+pub mod presence;
 mod registry;
 pub mod request;
 
 pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 pub use owner::{RoomCommand, RoomConfig, RoomUnavailable};
-pub use peer::{Next, PeerInbox, PeerLink, link};
+pub use peer::{Next, OutboxLimits, PeerInbox, PeerLink, QueueFull, link};
 pub use registry::{RoomHandle, Rooms};
 pub use request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};

@@ -18,7 +18,8 @@ use tracing::{debug, error, info, warn};
 
 use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
-use super::peer::PeerLink;
+use super::peer::{PeerLink, QueueFull};
+use super::presence::PresenceCaps;
 use super::registry::Rooms;
 use super::request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
@@ -52,6 +53,9 @@ pub struct RoomConfig {
     /// The longest a busy room holds a frame for company (see
     /// [`FanoutWindow`]); zero sends each frame at once.
     pub fanout_window: Duration,
+    /// What one connection, and the room's connections in all, may hold
+    /// of awareness (see [`super::presence`]).
+    pub presence: PresenceCaps,
 }
 
 impl Default for RoomConfig {
@@ -68,6 +72,7 @@ impl Default for RoomConfig {
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
             fanout_window: Duration::from_millis(5),
+            presence: PresenceCaps::default(),
         }
     }
 }
@@ -200,7 +205,7 @@ impl RoomTask {
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
-            room: Room::with_held(loaded.doc),
+            room: Room::with_held(loaded.doc).with_presence_caps(self.config.presence),
             links: HashMap::new(),
             document_bytes,
             base: loaded.base,
@@ -590,6 +595,15 @@ impl RoomTask {
                 effects,
             }) => (*effects, Some(e)),
         };
+        if let Some(ignored) = &effects.awareness_ignored {
+            warn!(
+                peer,
+                not_owner = ignored.not_owner,
+                client_cap = ignored.client_cap,
+                room_bytes = ignored.room_bytes,
+                "awareness entries ignored: another connection's client id, or past --max-awareness-clients / --max-awareness-room-bytes (logged once per connection; counted in crdt_hub_awareness_ignored_total)"
+            );
+        }
         if effects.refused_read_only > 0 {
             debug!(
                 peer,
@@ -634,8 +648,8 @@ impl RoomTask {
             state.ready.clear();
             let link = &state.links[&sender];
             for frame in effects.to_sender {
-                if !out.send(link, &frame) {
-                    out.slow.push(sender);
+                if let Err(full) = out.send(link, &frame) {
+                    out.slow.push((sender, full));
                     break;
                 }
             }
@@ -668,11 +682,13 @@ impl RoomTask {
         }
     }
 
-    fn evict_slow(&self, state: &mut Loaded, slow: Vec<PeerId>) {
-        for peer in slow {
+    fn evict_slow(&self, state: &mut Loaded, slow: Vec<(PeerId, QueueFull)>) {
+        for (peer, full) in slow {
             warn!(
                 peer,
-                "peer too slow: outbound queue full; closing it so it resyncs"
+                queued_frames = full.frames,
+                queued_bytes = full.bytes,
+                "peer too slow: outbound queue full (--max-queued-frames / --max-queued-bytes); closing it so it resyncs"
             );
             self.evict(state, peer, close::SLOW_CONSUMER);
         }
@@ -891,8 +907,10 @@ const KEPT_READY_CAPACITY: usize = 16;
 fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: &mut Outgoing) {
     if let [(from, frame)] = frames {
         for (&peer, link) in links {
-            if *from != Some(peer) && !out.send(link, frame) {
-                out.slow.push(peer);
+            if *from != Some(peer)
+                && let Err(full) = out.send(link, frame)
+            {
+                out.slow.push((peer, full));
             }
         }
         return;
@@ -906,8 +924,10 @@ fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: 
                 .filter(|(from, _)| *from != Some(peer))
                 .map(|(_, frame)| frame),
         );
-        if !batch.is_empty() && !out.send_all(link, &batch) {
-            out.slow.push(peer);
+        if !batch.is_empty()
+            && let Err(full) = out.send_all(link, &batch)
+        {
+            out.slow.push((peer, full));
         }
     }
 }
@@ -917,27 +937,23 @@ fn send_to_others(links: &HashMap<PeerId, PeerLink>, frames: &[Broadcast], out: 
 /// write).
 #[derive(Default)]
 struct Outgoing {
-    slow: Vec<PeerId>,
+    slow: Vec<(PeerId, QueueFull)>,
     written: crate::metrics::SentFrames,
 }
 
 impl Outgoing {
-    /// Sends `frame` to `link`; false when the peer's queue is full.
-    fn send(&mut self, link: &PeerLink, frame: &Bytes) -> bool {
+    /// Sends `frame` to `link`; refused when the peer's queue is full.
+    fn send(&mut self, link: &PeerLink, frame: &Bytes) -> Result<(), QueueFull> {
         self.send_all(link, &[frame])
     }
 
-    /// Sends `frames` to `link`; false when the peer's queue is full.
-    fn send_all(&mut self, link: &PeerLink, frames: &[&Bytes]) -> bool {
-        match link.send_all(frames) {
-            Ok(direct) => {
-                for frame in &frames[..direct] {
-                    self.written.add(frame);
-                }
-                true
-            }
-            Err(_) => false,
+    /// Sends `frames` to `link`; refused when the peer's queue is full.
+    fn send_all(&mut self, link: &PeerLink, frames: &[&Bytes]) -> Result<(), QueueFull> {
+        let direct = link.send_all(frames)?;
+        for frame in &frames[..direct] {
+            self.written.add(frame);
         }
+        Ok(())
     }
 }
 

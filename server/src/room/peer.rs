@@ -8,6 +8,16 @@
 //! block is an eighth of what a connection costs. A `VecDeque` allocates
 //! only when frames queue, and is given back once a backlog has drained.
 //!
+//! What waits for a peer is bounded in frames and in bytes: a peer that
+//! reads more slowly than its room changes is closed (1013) before its
+//! backlog grows without end; nothing is dropped, it reconnects and
+//! resyncs. Bytes are counted from the moment a frame is queued until the
+//! connection has handed it to the kernel, so frames the connection took
+//! off the queue and is still writing (in tungstenite's buffer, or in the
+//! socket's `unsent` tail) count as well. Only the tail of a frame the room
+//! wrote directly and the kernel cut short is not counted: at most one
+//! small frame ([`MAX_DIRECT_FRAME`]).
+//!
 //! When the peer's socket is plain TCP the room writes a small frame to it
 //! directly ([`crate::shared_socket`]) instead of queueing it, as long as
 //! nothing is queued or being written for the peer: frames keep their order,
@@ -26,13 +36,38 @@ use crate::shared_socket::{MAX_DIRECT_FRAME, SharedSocket};
 /// Queue capacity kept after a backlog drains; more is given back.
 const KEPT_CAPACITY: usize = 8;
 
-/// Creates the two ends of a peer link holding at most `capacity` frames;
-/// with `socket`, the room writes frames to it directly while it can.
-pub fn link(capacity: usize, socket: Option<Arc<SharedSocket>>) -> (PeerLink, PeerInbox) {
+/// What may wait for one peer before it counts as too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Frames queued (`--max-queued-frames`).
+    pub frames: usize,
+    /// Bytes waiting behind the oldest frame not yet written
+    /// (`--max-queued-bytes`). The oldest frame itself is not counted, so
+    /// that a document's sync answer larger than the bound still goes out;
+    /// what queues behind it is bounded.
+    pub bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self {
+            frames: 2048,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// Creates the two ends of a peer link holding at most what `limits`
+/// allow; with `socket`, the room writes frames to it directly while it can.
+pub fn link(limits: OutboxLimits, socket: Option<Arc<SharedSocket>>) -> (PeerLink, PeerInbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
-            capacity: capacity.max(1),
+            capacity: limits.frames.max(1),
+            max_bytes: limits.bytes,
+            queued_bytes: 0,
+            taken_bytes: 0,
+            oldest_taken: 0,
             close: None,
             links: 1,
             connection_gone: false,
@@ -80,6 +115,16 @@ struct State {
     frames: VecDeque<Bytes>,
     /// Frames queued for one client before it counts as too slow.
     capacity: usize,
+    /// Bytes waiting behind the oldest unwritten frame before it counts
+    /// as too slow.
+    max_bytes: usize,
+    /// Bytes in `frames`.
+    queued_bytes: usize,
+    /// Bytes of the frames the connection took and has not reported
+    /// written yet ([`PeerInbox::written`]).
+    taken_bytes: usize,
+    /// Size of the first frame taken since then: the oldest unwritten one.
+    oldest_taken: usize,
     /// The first close reason asked for wins.
     close: Option<CloseReason>,
     /// Live [`PeerLink`] clones: at zero the room has let go of the peer.
@@ -108,9 +153,15 @@ pub enum Sent {
     Queued,
 }
 
-/// The peer's queue is full: it is not reading fast enough.
+/// The peer's queue is full: it is not reading fast enough. Says what
+/// waited for it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct QueueFull;
+pub struct QueueFull {
+    /// Frames queued.
+    pub frames: usize,
+    /// Bytes queued or being written.
+    pub bytes: usize,
+}
 
 /// What the connection should do next.
 #[derive(Debug, PartialEq)]
@@ -124,6 +175,20 @@ pub enum Next {
     Close(CloseReason),
     /// The room let go of the peer without a reason (it stopped).
     RoomGone,
+}
+
+impl State {
+    /// Whether queueing `len` more bytes would put more than `max_bytes`
+    /// behind the oldest frame not yet written (which may be this one).
+    fn too_many_bytes_with(&self, len: usize) -> bool {
+        let waiting = self.queued_bytes + self.taken_bytes + len;
+        let oldest = if self.taken_bytes > 0 {
+            self.oldest_taken
+        } else {
+            self.frames.front().map_or(len, Bytes::len)
+        };
+        waiting - oldest > self.max_bytes
+    }
 }
 
 impl Shared {
@@ -177,10 +242,14 @@ impl PeerLink {
         let was_empty = state.frames.is_empty();
         let mut result = Ok(direct);
         for frame in &frames[direct..] {
-            if state.frames.len() >= state.capacity {
-                result = Err(QueueFull);
+            if state.frames.len() >= state.capacity || state.too_many_bytes_with(frame.len()) {
+                result = Err(QueueFull {
+                    frames: state.frames.len(),
+                    bytes: state.queued_bytes + state.taken_bytes,
+                });
                 break;
             }
+            state.queued_bytes += frame.len();
             state.frames.push_back((*frame).clone());
         }
         let wake = (was_empty && !state.frames.is_empty()) || state.flush_needed;
@@ -200,6 +269,7 @@ impl PeerLink {
         if state.close.is_none() {
             state.close = Some(reason);
             state.frames = VecDeque::new();
+            state.queued_bytes = 0;
             drop(state);
             self.shared.wake.notify_one();
         }
@@ -231,6 +301,7 @@ impl Drop for PeerInbox {
         let mut state = self.shared.lock();
         state.connection_gone = true;
         state.frames = VecDeque::new();
+        state.queued_bytes = 0;
     }
 }
 
@@ -256,6 +327,12 @@ impl PeerInbox {
             if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
                 state.frames = VecDeque::new();
             }
+            state.queued_bytes -= frame.len();
+            if state.taken_bytes == 0 {
+                state.oldest_taken = frame.len();
+            }
+            // Still waiting until it is written: counted until then.
+            state.taken_bytes += frame.len();
             state.writing = true;
             return Some(Next::Frame(frame));
         }
@@ -270,6 +347,8 @@ impl PeerInbox {
     /// write directly again once the queue is empty.
     pub fn written(&self) {
         let mut state = self.shared.lock();
+        state.taken_bytes = 0;
+        state.oldest_taken = 0;
         if state.frames.is_empty() {
             state.writing = false;
         }
@@ -292,12 +371,73 @@ mod tests {
         Bytes::from(vec![n])
     }
 
+    /// Bounded in frames only.
+    fn frames(frames: usize) -> OutboxLimits {
+        OutboxLimits {
+            frames,
+            bytes: usize::MAX / 2,
+        }
+    }
+
+    fn sized(len: usize) -> Bytes {
+        Bytes::from(vec![0; len])
+    }
+
+    #[test]
+    fn bytes_waiting_behind_the_oldest_frame_are_bounded() {
+        let limits = OutboxLimits {
+            frames: 1000,
+            bytes: 100,
+        };
+        let (link, inbox) = link(limits, None);
+        // A frame larger than the bound goes out (a big document's sync
+        // answer); what queues behind it is bounded.
+        link.send(&sized(500)).unwrap();
+        link.send(&sized(60)).unwrap();
+        link.send(&sized(40)).unwrap();
+        assert_eq!(
+            link.send(&sized(1)),
+            Err(QueueFull {
+                frames: 3,
+                bytes: 600
+            })
+        );
+        // Taken by the connection but not yet written: still waiting.
+        assert_eq!(inbox.try_next(), Some(Next::Frame(sized(500))));
+        assert_eq!(inbox.try_next(), Some(Next::Frame(sized(60))));
+        assert!(link.send(&sized(1)).is_err());
+        // Written: the room may queue again, up to the bound behind the
+        // oldest frame still waiting (the 40).
+        inbox.written();
+        link.send(&sized(100)).unwrap();
+        assert!(link.send(&sized(1)).is_err());
+    }
+
+    #[test]
+    fn a_slow_reader_is_refused_by_bytes_long_before_frames() {
+        let limits = OutboxLimits {
+            frames: 2048,
+            bytes: 8 << 20,
+        };
+        let (link, _inbox) = link(limits, None);
+        let update = sized(1 << 20);
+        let queued = (0..2048).take_while(|_| link.send(&update).is_ok()).count();
+        // The 1 MB frame at the head, and 8 MB behind it.
+        assert_eq!(queued, 9);
+    }
+
     #[tokio::test]
     async fn frames_arrive_in_order_and_a_full_queue_refuses() {
-        let (link, inbox) = link(2, None);
+        let (link, inbox) = link(frames(2), None);
         link.send(&frame(1)).unwrap();
         link.send(&frame(2)).unwrap();
-        assert_eq!(link.send(&frame(3)), Err(QueueFull));
+        assert_eq!(
+            link.send(&frame(3)),
+            Err(QueueFull {
+                frames: 2,
+                bytes: 2
+            })
+        );
         assert_eq!(inbox.next().await, Next::Frame(frame(1)));
         assert_eq!(inbox.try_next(), Some(Next::Frame(frame(2))));
         assert_eq!(inbox.try_next(), None);
@@ -307,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_overtakes_queued_frames_and_first_reason_wins() {
-        let (link, inbox) = link(1, None);
+        let (link, inbox) = link(frames(1), None);
         link.send(&frame(1)).unwrap();
         link.close(close::SLOW_CONSUMER);
         link.close(close::SHUTTING_DOWN);
@@ -318,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_connection_wakes_for_a_frame_and_for_the_room_going() {
-        let (link, inbox) = link(4, None);
+        let (link, inbox) = link(frames(4), None);
         let waiter = tokio::spawn(async move {
             let first = inbox.next().await;
             let second = inbox.next().await;
@@ -335,7 +475,7 @@ mod tests {
 
     #[test]
     fn the_room_is_gone_only_when_every_clone_is() {
-        let (link, inbox) = link(4, None);
+        let (link, inbox) = link(frames(4), None);
         let retry = link.clone();
         drop(link);
         assert_eq!(inbox.try_next(), None);
@@ -345,7 +485,7 @@ mod tests {
 
     #[test]
     fn frames_for_a_finished_session_are_dropped_not_counted() {
-        let (link, inbox) = link(1, None);
+        let (link, inbox) = link(frames(1), None);
         drop(inbox);
         for n in 0..3 {
             assert_eq!(link.send(&frame(n)), Ok(Sent::Queued));
@@ -354,7 +494,7 @@ mod tests {
 
     #[test]
     fn a_drained_backlog_gives_its_memory_back() {
-        let (link, inbox) = link(100, None);
+        let (link, inbox) = link(frames(100), None);
         for n in 0..50 {
             link.send(&frame(n)).unwrap();
         }
@@ -371,7 +511,7 @@ mod tests {
         let mut client = client.unwrap();
         let (_read, socket) = SharedSocket::split(accepted.unwrap().0);
         let socket = Arc::new(socket);
-        let (link, inbox) = link(8, Some(socket));
+        let (link, inbox) = link(frames(8), Some(socket));
 
         assert_eq!(link.send(&frame(1)), Ok(Sent::Directly));
         // The connection holds a frame it took: later ones must queue
