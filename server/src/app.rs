@@ -57,4 +57,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks connection and room tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Live sessions, so that access that ends ends them.
+    pub sessions: Arc<crate::sessions::Sessions>,
+    /// Revoked subjects and tokens, as this node knows them.
+    pub revocations: Arc<crate::revocations::Revocations>,
 }

@@ -124,6 +124,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("token does not grant access to this room")]
     WrongRoom,
+    #[error("access revoked ({0})")]
+    Revoked(&'static str),
+    #[error("this endpoint acts on every room: it needs a token whose rooms include \"**\"")]
+    EveryRoom,
     #[error("this endpoint needs a token with the {} role or higher", .0.name())]
     Role(Role),
 }
@@ -136,7 +140,10 @@ impl AuthError {
             | AuthError::Expired
             | AuthError::NotYetValid
             | AuthError::Invalid(_) => 401,
-            AuthError::WrongRoom | AuthError::Role(_) => 403,
+            AuthError::WrongRoom
+            | AuthError::Role(_)
+            | AuthError::Revoked(_)
+            | AuthError::EveryRoom => 403,
         }
     }
 
@@ -148,6 +155,8 @@ impl AuthError {
             AuthError::Invalid(_) => "invalid",
             AuthError::WrongRoom => "wrong_room",
             AuthError::Role(_) => "role",
+            AuthError::Revoked(_) => "revoked",
+            AuthError::EveryRoom => "every_room",
         }
     }
 }

@@ -167,6 +167,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often revocations are reloaded from the database: one made
+    /// through another node of a cluster closes this node's sessions within
+    /// this long (one made here, at once).
+    #[arg(long, env = "CRDT_HUB_REVOCATION_REFRESH", default_value = "2s", value_parser = parse_duration)]
+    pub revocation_refresh: Duration,
+
     /// Whether updates may create subdocuments (`Y.Doc`s inside a
     /// document). refuse: such updates close the WebSocket with 1003 and
     /// get 400 from the API; subdocuments already stored still load.

@@ -38,6 +38,18 @@ impl CloseReason {
     }
 }
 
+/// 4401: the token the session opened with has expired (`exp`, give or
+/// take `--auth-leeway`). Reconnect with a fresh token; y-websocket 3.1+
+/// stops reconnecting on its own on 44xx, so an app refreshes the token
+/// and reconnects (README, Authentication).
+pub const TOKEN_EXPIRED: CloseReason = CloseReason::new(4401, "token expired", "token_expired");
+/// 4403: the token's subject or the token itself was revoked
+/// (`POST /api/revocations`).
+pub const ACCESS_REVOKED: CloseReason = CloseReason::new(4403, "access revoked", "access_revoked");
+/// 4403: an admin closed the room's sessions
+/// (`POST /api/rooms/{room}/disconnect`).
+pub const DISCONNECTED_BY_ADMIN: CloseReason =
+    CloseReason::new(4403, "sessions closed by an admin", "disconnected_by_admin");
 /// 1001: the server is shutting down; reconnect (to it or another node).
 pub const SHUTTING_DOWN: CloseReason =
     CloseReason::new(1001, "server shutting down", "shutting_down");

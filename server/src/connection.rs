@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use crdt_store::RoomName;
@@ -29,6 +29,7 @@ use crate::limits::{Admission, ConnectionRate, Limits};
 use crate::room::{
     Access, Next, OutboxLimits, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms,
 };
+use crate::sessions::{Holder, Registered, Sessions};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
 
@@ -89,6 +90,11 @@ pub struct Admitted {
     pub rate: ConnectionRate,
     /// Where a refusal of its updates is recorded (see [`crate::refusals`]).
     pub limits: Arc<Limits>,
+    /// Who its token is for, and when the token stops granting access.
+    pub holder: Holder,
+    pub deadline: Option<SystemTime>,
+    /// Where it registers, so that revocations can end it.
+    pub sessions: Arc<Sessions>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -114,8 +120,20 @@ pub fn serve(
         ip_slot,
         rate,
         limits,
+        holder,
+        deadline,
+        sessions,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
+    // A wall-clock expiry as a point on the runtime's clock.
+    let access_ends = deadline.map(|deadline| {
+        Instant::now()
+            + deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    });
+    let sub = holder.sub.clone();
+    let registered = sessions.register(peer, room.clone(), holder);
     let outbox = OutboxLimits {
         frames: config.outbox_capacity,
         bytes: config.outbox_max_bytes,
@@ -128,6 +146,9 @@ pub fn serve(
         config,
         rate,
         refusals: peer_addr.map(|addr| (addr.ip(), limits)),
+        access_ends,
+        sub,
+        registered,
     };
     let joining = Joining {
         rooms,
@@ -157,6 +178,12 @@ struct Session {
     rate: ConnectionRate,
     /// The client's address and where refusals of its updates go.
     refusals: Option<(std::net::IpAddr, Arc<Limits>)>,
+    /// When its token stops granting access: the session ends then (4401).
+    access_ends: Option<Instant>,
+    /// Its token's subject, for the log line when access ends.
+    sub: Option<Arc<str>>,
+    /// Its place among the live sessions; revocations close it through it.
+    registered: Registered,
 }
 
 impl Session {
@@ -212,6 +239,19 @@ impl Session {
         Box::pin(room.leave(self.peer)).await;
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
+        if matches!(reason.code, 4401 | 4403) {
+            // Access that ended: who, where, why (the span names the room).
+            info!(
+                sub = self.sub.as_deref().unwrap_or("-"),
+                reason = reason.label,
+                "session closed: {}",
+                reason.reason
+            );
+            metrics::auth_refused(match reason.code {
+                4401 => "expired",
+                _ => "revoked",
+            });
+        }
         if reason.refuses_content()
             && let Some((ip, limits)) = &self.refusals
         {
@@ -241,10 +281,16 @@ impl Session {
         // Set while the client is over its rate: its socket is not read
         // (TCP pushes back on it), while frames to it keep flowing.
         let mut paused_until: Option<Instant> = None;
+        let closer = self.registered.closer.clone();
+        let access_ends = self.access_ends;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Some(close::SHUTTING_DOWN),
+                reason = closer.closed() => return Some(reason),
+                () = sleep_until(access_ends.unwrap_or_else(Instant::now)), if access_ends.is_some() => {
+                    return Some(close::TOKEN_EXPIRED);
+                }
                 () = sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
                     paused_until = None;
                 }
@@ -304,6 +350,10 @@ impl Session {
         paused_until: &mut Option<Instant>,
     ) -> Flow {
         let received_at = Instant::now();
+        if self.access_ends.is_some_and(|ends| received_at >= ends) {
+            // Nothing that arrives after the token expired is applied.
+            return Flow::End(Some(close::TOKEN_EXPIRED));
+        }
         let mut batch = Vec::new();
         let mut frames = 0;
         let mut bytes = 0;

@@ -120,6 +120,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let revocations = Arc::new(crdt_hub::revocations::Revocations::new(store.clone()));
+    revocations
+        .refresh(chrono::Utc::now())
+        .await
+        .context("reading revocations")?;
     let (journal, journal_task) = Journal::start(store.clone(), args.journal_config());
     let app = App {
         rooms: Rooms::new(
@@ -140,9 +145,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         room_max_connections: args.limits.max_connections_per_room.max(1),
         tls: tls.clone(),
         max_message_size: args.max_message_size,
-        shutdown,
-        tasks,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        sessions: Arc::new(crdt_hub::sessions::Sessions::default()),
+        revocations: revocations.clone(),
     };
+    tasks.spawn(crdt_hub::revocations::keep_fresh(
+        revocations,
+        app.sessions.clone(),
+        args.revocation_refresh,
+        shutdown,
+    ));
     if let Some(url) = &args.cluster.redis_url {
         let cluster = crdt_hub::cluster::Cluster::new(url, args.cluster.cluster_config())
             .context("--redis-url")?;

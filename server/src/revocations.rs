@@ -105,7 +105,7 @@ impl Revocations {
             .filter(|r| r.until > now)
             .cloned()
             .collect();
-        list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        list.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         list
     }
 
@@ -165,7 +165,9 @@ pub async fn keep_fresh(
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "reloading revocations failed; the known ones stay in force"),
+            Err(e) => {
+                warn!(error = %e, "reloading revocations failed; the known ones stay in force")
+            }
         }
     }
 }

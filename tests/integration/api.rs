@@ -433,6 +433,7 @@ async fn the_served_routes_match_openapi_yaml() {
         let (concrete, body) = match (method.as_str(), concrete.as_str()) {
             ("delete", p) => (format!("{p}?confirm=wrong"), vec![]),
             ("post", p) if p.ends_with("/update") => (p.to_string(), update_inserting("y")),
+            ("post", p @ "/api/revocations") => (p.to_string(), br#"{"sub": "x"}"#.to_vec()),
             (_, p) => (p.to_string(), vec![]),
         };
         let response =

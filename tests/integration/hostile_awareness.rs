@@ -21,7 +21,13 @@ const SECRET: &str = "hostile-awareness-secret";
 
 async fn start() -> (ServerProcess, tempfile::TempDir) {
     let dir = temp_dir();
-    let server = ServerProcess::start(&sqlite_url(dir.path()), &["--auth-secret", SECRET]).await;
+    // Each attack closes its sender and the test reconnects at once from
+    // the same address: the refused-update waits are off.
+    let server = ServerProcess::start(
+        &sqlite_url(dir.path()),
+        &["--auth-secret", SECRET, "--refusal-max-delay", "0"],
+    )
+    .await;
     (server, dir)
 }
 

@@ -71,7 +71,13 @@ impl Default for ServerOptions {
             room: RoomConfig::default(),
             connection: ConnectionConfig::default(),
             max_message_size: 16 << 20,
-            limits: crdt_hub::limits::LimitsConfig::default(),
+            // Tests send refused frames and reconnect at once from the same
+            // address: the refused-update waits (tested against the real
+            // binary in hostile_access.rs) are off here.
+            limits: crdt_hub::limits::LimitsConfig {
+                refusal_max_delay: std::time::Duration::ZERO,
+                ..crdt_hub::limits::LimitsConfig::default()
+            },
         }
     }
 }
@@ -84,6 +90,7 @@ impl ServerOptions {
             limits: crdt_hub::limits::LimitsConfig {
                 messages_per_second: 100_000,
                 message_burst: 100_000,
+                refusal_max_delay: std::time::Duration::ZERO,
                 ..crdt_hub::limits::LimitsConfig::default()
             },
             ..Self::default()
@@ -107,6 +114,7 @@ impl TestServer {
             }
         };
         let store = crdt_store::connect(&url).await.expect("store");
+        let store_for_app = store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -133,6 +141,8 @@ impl TestServer {
             max_message_size: options.max_message_size,
             shutdown: shutdown.clone(),
             tasks,
+            sessions: Arc::new(crdt_hub::sessions::Sessions::default()),
+            revocations: Arc::new(crdt_hub::revocations::Revocations::new(store_for_app)),
         };
         let stop = CancellationToken::new();
         let stop_signal = stop.clone();

@@ -249,6 +249,10 @@ export async function startServer ({ args = [], dir, databaseUrl, env = {} } = {
       // Room loads and unloads are logged at debug; tests wait for them.
       RUST_LOG: `${process.env.RUST_LOG || 'info'},crdt_hub::room=debug`,
       NO_COLOR: '1',
+      // Tests send refused frames and reconnect at once from 127.0.0.1:
+      // the server's wait after a refused update is off unless a test
+      // asks for it.
+      CRDT_HUB_REFUSAL_MAX_DELAY: '0s',
       ...env
     }
   })

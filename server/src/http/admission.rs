@@ -7,6 +7,7 @@
 //! a token with the route's role and the room (401/403).
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use crdt_store::RoomName;
 use tokio::sync::OwnedSemaphorePermit;
@@ -19,6 +20,7 @@ use crate::auth::{self, AuthError, Claims};
 use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::room::Access;
+use crate::sessions::Holder;
 
 /// The response a refused request gets (boxed: it is large and the
 /// admitted path is the common one).
@@ -28,6 +30,10 @@ pub type Refusal = Box<Response>;
 pub struct Admission {
     pub access: Access,
     pub slot: OwnedSemaphorePermit,
+    /// Who the token is for (with authentication on).
+    pub holder: Holder,
+    /// When the token stops granting access (`exp` plus the leeway).
+    pub deadline: Option<SystemTime>,
 }
 
 /// Checks a WebSocket upgrade into `room`.
@@ -42,14 +48,19 @@ pub fn admit_upgrade(
     addr: Option<SocketAddr>,
 ) -> Result<Admission, Refusal> {
     check_origin(app, headers)?;
-    let access = match &app.auth {
-        None => Access::ReadWrite,
-        Some(_) => {
+    let (access, holder, deadline) = match &app.auth {
+        None => (Access::ReadWrite, Holder::default(), None),
+        Some(verifier) => {
             let claims = authenticate(app, headers, query)?;
             if !claims.allows_room(room.as_str()) {
                 return Err(refuse_for(AuthError::WrongRoom, &claims, Some(room)));
             }
-            claims.role.access()
+            let holder = Holder {
+                sub: claims.sub.as_deref().map(Into::into),
+                jti: claims.jti.as_deref().map(Into::into),
+            };
+            let deadline = claims.session_deadline(verifier.leeway());
+            (claims.role.access(), holder, Some(deadline))
         }
     };
     if let Some(addr) = addr {
@@ -73,7 +84,12 @@ pub fn admit_upgrade(
             "room is at its connection limit (--max-connections-per-room)",
         ));
     }
-    Ok(Admission { access, slot })
+    Ok(Admission {
+        access,
+        slot,
+        holder,
+        deadline,
+    })
 }
 
 /// An `/api` request, as the gate sees it.
@@ -125,9 +141,13 @@ pub fn admit_api(app: &App, request: &ApiRequest<'_>) -> Result<(), Refusal> {
     {
         return Err(refused(AuthError::WrongRoom));
     }
+    if route.every_room && !claims.rooms.iter().any(|pattern| pattern == "**") {
+        return Err(refused(AuthError::EveryRoom));
+    }
     Ok(())
 }
 
+/// The request's verified, unrevoked claims.
 fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Claims, Refusal> {
     let Some(verifier) = &app.auth else {
         return Err(refuse(AuthError::Missing));
@@ -136,7 +156,11 @@ fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<C
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token = auth::token_from(authorization, query).ok_or_else(|| refuse(AuthError::Missing))?;
-    verifier.verify(&token).map_err(refuse)
+    let claims = verifier.verify(&token).map_err(refuse)?;
+    if let Some(kind) = app.revocations.revoked(&claims) {
+        return Err(refuse_for(AuthError::Revoked(kind.as_str()), &claims, None));
+    }
+    Ok(claims)
 }
 
 fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {

@@ -170,6 +170,9 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
         ip_slot: request.ip_slot,
         rate: app.limits.for_connection(),
         limits: app.limits.clone(),
+        holder: admission.holder,
+        deadline: admission.deadline,
+        sessions: app.sessions.clone(),
     };
     let config = websocket::socket_config(app.max_message_size);
     ws.on_upgrade(config, move |socket| {

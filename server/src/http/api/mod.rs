@@ -2,6 +2,7 @@
 //! write documents. Described in `server/openapi.yaml` (also served at
 //! `/api/openapi.yaml`); a test checks every route below against it.
 
+mod access;
 mod events;
 pub mod restore;
 mod rooms;
@@ -34,10 +35,27 @@ pub struct ApiRoute {
     /// The least role whose token may call it (with authentication on);
     /// `None`: anyone.
     pub role: Option<Role>,
+    /// It acts on every room (revocations): the token's rooms must include
+    /// `**`.
+    pub every_room: bool,
 }
 
 const fn route(method: &'static str, path: &'static str, role: Option<Role>) -> ApiRoute {
-    ApiRoute { method, path, role }
+    ApiRoute {
+        method,
+        path,
+        role,
+        every_room: false,
+    }
+}
+
+const fn every_room(method: &'static str, path: &'static str, role: Role) -> ApiRoute {
+    ApiRoute {
+        method,
+        path,
+        role: Some(role),
+        every_room: true,
+    }
 }
 
 /// Every route the API serves. The gate in front of the API authorizes
@@ -56,6 +74,9 @@ pub const ROUTES: &[ApiRoute] = &[
     route("post", "/api/rooms/{room}/snapshot", Some(Role::Admin)),
     route("get", "/api/rooms/{room}/snapshots", Some(Role::Read)),
     route("post", "/api/rooms/{room}/restore", Some(Role::Admin)),
+    route("post", "/api/rooms/{room}/disconnect", Some(Role::Admin)),
+    every_room("get", "/api/revocations", Role::Admin),
+    every_room("post", "/api/revocations", Role::Admin),
     route("get", "/api/openapi.yaml", None),
 ];
 
@@ -294,12 +315,31 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(warp::post())
         .and(restore::small_body())
         .and(with_caller)
-        .and(with_app)
+        .and(with_app.clone())
         .then(|room, body, caller: Caller, app: App| async move {
             finish(restore::restore(&app, &caller, room, body).await)
         });
+    let disconnect = room_route("disconnect")
+        .and(warp::post())
+        .and(with_app.clone())
+        .then(|room, app: App| async move { finish(access::disconnect(&app, room).await) });
+    let revocations = warp::path!("api" / "revocations")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: App| finish(access::list(&app)));
+    let revoke = warp::path!("api" / "revocations")
+        .and(warp::post())
+        .and(restore::small_body())
+        .and(with_app)
+        .then(|body, app: App| async move { finish(access::revoke(&app, body).await) });
 
     list.or(openapi)
+        .unify()
+        .or(disconnect)
+        .unify()
+        .or(revocations)
+        .unify()
+        .or(revoke)
         .unify()
         .or(info)
         .unify()
