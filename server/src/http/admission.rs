@@ -60,6 +60,11 @@ pub fn admit_upgrade(
                 jti: claims.jti.as_deref().map(Into::into),
             };
             let deadline = claims.session_deadline(verifier.leeway());
+            if deadline <= SystemTime::now() {
+                // The verifier counts in whole seconds; a session would
+                // end the moment it began.
+                return Err(refuse_for(AuthError::Expired, &claims, Some(room)));
+            }
             (claims.role.access(), holder, Some(deadline))
         }
     };
