@@ -174,6 +174,8 @@ pub enum AuthConfigError {
     UnsupportedKey(String),
     #[error("the auth secret is empty")]
     EmptySecret,
+    #[error("{0}")]
+    Jwks(String),
 }
 
 /// Clock skew tolerated around `exp` and `nbf` unless `--auth-leeway` says
@@ -181,16 +183,36 @@ pub enum AuthConfigError {
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Verifies tokens. `None` in [`crate::app::App`] means anonymous access.
+///
+/// One key (`--auth-secret`, `--auth-public-key`) or several by `kid`
+/// (`--auth-jwks`): a token whose header names a `kid` is checked against
+/// that key only; one without is tried against every key of its algorithm,
+/// so that keys can be rotated (publish the new key beside the old one,
+/// switch the issuer, drop the old key once its tokens expired).
 #[derive(Clone)]
 pub struct Verifier {
+    keys: Vec<Key>,
+    leeway: Duration,
+}
+
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
     key: DecodingKey,
-    validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field(
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| (k.kid.as_deref(), k.algorithm))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -204,10 +226,11 @@ impl Verifier {
         if secret.is_empty() {
             return Err(AuthConfigError::EmptySecret);
         }
-        Ok(Self::new(
-            DecodingKey::from_secret(secret.as_bytes()),
-            Algorithm::HS256,
-        ))
+        Ok(Self::new(vec![Key {
+            kid: None,
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret.as_bytes()),
+        }]))
     }
 
     /// RS256 or EdDSA with a PEM public key, whichever the file holds.
@@ -219,48 +242,153 @@ impl Verifier {
             path: path.display().to_string(),
             source,
         })?;
-        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-            return Ok(Self::new(key, Algorithm::RS256));
-        }
-        if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-            return Ok(Self::new(key, Algorithm::EdDSA));
-        }
-        Err(AuthConfigError::UnsupportedKey(path.display().to_string()))
+        let (key, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            (key, Algorithm::RS256)
+        } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+            (key, Algorithm::EdDSA)
+        } else {
+            return Err(AuthConfigError::UnsupportedKey(path.display().to_string()));
+        };
+        Ok(Self::new(vec![Key {
+            kid: None,
+            algorithm,
+            key,
+        }]))
     }
 
-    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = DEFAULT_LEEWAY.as_secs();
-        validation.validate_aud = false;
-        Self { key, validation }
+    /// Every key of a JSON Web Key Set file (RFC 7517): RSA (RS256 unless
+    /// its `alg` says otherwise), Ed25519 (EdDSA), P-256 (ES256), and
+    /// symmetric `oct` keys (HS256).
+    ///
+    /// # Errors
+    /// The file cannot be read, is not a key set, or holds no usable key.
+    pub fn from_jwks_file(path: &Path) -> Result<Self, AuthConfigError> {
+        let json = std::fs::read(path).map_err(|source| AuthConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&json).map_err(|e| {
+            AuthConfigError::Jwks(format!("{} is not a JSON Web Key Set: {e}", path.display()))
+        })?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            let algorithm = jwk_algorithm(jwk).ok_or_else(|| {
+                AuthConfigError::Jwks(format!(
+                    "key {:?} in {}: unsupported key type or algorithm",
+                    jwk.common.key_id,
+                    path.display()
+                ))
+            })?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                AuthConfigError::Jwks(format!(
+                    "key {:?} in {}: {e}",
+                    jwk.common.key_id,
+                    path.display()
+                ))
+            })?;
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                algorithm,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(AuthConfigError::Jwks(format!(
+                "{} holds no key",
+                path.display()
+            )));
+        }
+        Ok(Self::new(keys))
+    }
+
+    fn new(keys: Vec<Key>) -> Self {
+        Self {
+            keys,
+            leeway: DEFAULT_LEEWAY,
+        }
     }
 
     /// Tolerates `leeway` of clock skew around `exp` and `nbf` (clocks
     /// drift a little between the issuer and us).
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
-        self.validation.leeway = leeway.as_secs();
+        self.leeway = leeway;
         self
     }
 
     pub fn leeway(&self) -> Duration {
-        Duration::from_secs(self.validation.leeway)
+        self.leeway
     }
 
-    /// Checks the signature and expiry of `token`.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_aud = false;
+        validation
+    }
+
+    /// Checks the signature, expiry and `nbf` of `token`.
     ///
     /// # Errors
-    /// [`AuthError::Expired`] or [`AuthError::Invalid`].
+    /// [`AuthError::Expired`], [`AuthError::NotYetValid`] or
+    /// [`AuthError::Invalid`].
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let mut candidates = self.keys.iter().filter(|k| {
+            k.algorithm == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(wanted), Some(kid)) => wanted == kid,
+                    (Some(_), None) => self.keys.len() == 1,
+                    (None, _) => true,
+                }
+        });
+        let Some(first) = candidates.next() else {
+            return Err(AuthError::Invalid(match header.kid {
+                Some(kid) => format!("no {:?} key with kid {kid:?}", header.alg),
+                None => format!("no {:?} key", header.alg),
+            }));
+        };
+        let mut outcome = self.decode_with(token, first);
+        for key in candidates {
+            if !matches!(outcome, Err(AuthError::Invalid(_))) {
+                break;
+            }
+            outcome = self.decode_with(token, key);
+        }
+        outcome
+    }
+
+    fn decode_with(&self, token: &str, key: &Key) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.algorithm))
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid(e.to_string()),
             })
+    }
+}
+
+/// The algorithm a JSON Web Key is for: its `alg` when it names one,
+/// otherwise what its key type implies.
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    if let Some(alg) = jwk.common.key_algorithm {
+        return Algorithm::try_from(alg).ok();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Some(Algorithm::EdDSA)
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            Some(Algorithm::ES256)
+        }
+        AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
+        _ => None,
     }
 }
 

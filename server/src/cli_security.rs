@@ -26,8 +26,24 @@ pub struct AuthArgs {
 
     /// Require a JWT signed with the private half of this PEM public key
     /// (RS256 for RSA, EdDSA for Ed25519).
-    #[arg(long, env = "CRDT_HUB_AUTH_PUBLIC_KEY", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "CRDT_HUB_AUTH_PUBLIC_KEY",
+        value_name = "FILE",
+        conflicts_with = "auth_jwks"
+    )]
     pub auth_public_key: Option<PathBuf>,
+
+    /// Require a JWT signed by one of the keys of this JSON Web Key Set
+    /// (RSA, Ed25519, P-256 or oct; picked by the token's `kid`): rotate
+    /// keys by publishing the new one beside the old.
+    #[arg(
+        long,
+        env = "CRDT_HUB_AUTH_JWKS",
+        value_name = "FILE",
+        conflicts_with = "auth_secret"
+    )]
+    pub auth_jwks: Option<PathBuf>,
 
     /// Refuse to start without --auth-secret or --auth-public-key.
     #[arg(long, env = "CRDT_HUB_REQUIRE_AUTH")]

@@ -67,18 +67,20 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
 
 /// The token verifier the flags ask for; `None` serves anonymously.
 fn verifier(args: &ServeArgs) -> anyhow::Result<Option<Arc<Verifier>>> {
-    let verifier = match (&args.auth.auth_secret, &args.auth.auth_public_key) {
-        (Some(secret), _) => Some(Verifier::hs256(secret).context("--auth-secret")?),
-        (None, Some(path)) => {
+    let auth = &args.auth;
+    let verifier = match (&auth.auth_secret, &auth.auth_public_key, &auth.auth_jwks) {
+        (Some(secret), _, _) => Some(Verifier::hs256(secret).context("--auth-secret")?),
+        (None, Some(path), _) => {
             Some(Verifier::from_public_key_file(path).context("--auth-public-key")?)
         }
-        (None, None) => None,
+        (None, None, Some(path)) => Some(Verifier::from_jwks_file(path).context("--auth-jwks")?),
+        (None, None, None) => None,
     }
     .map(|verifier| verifier.with_leeway(args.auth.auth_leeway));
     if verifier.is_none() {
         if args.auth.require_auth {
             anyhow::bail!(
-                "--require-auth is set but neither --auth-secret nor --auth-public-key is given"
+                "--require-auth is set but none of --auth-secret, --auth-public-key and --auth-jwks is given"
             );
         }
         warn!(

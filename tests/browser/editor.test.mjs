@@ -3,13 +3,14 @@
 // localStorage, like separate browsers) edit together through the server.
 
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, test } from 'node:test'
 import { gunzipSync } from 'node:zlib'
 
 import {
-  ARTIFACTS, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
+  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
 } from './harness.mjs'
 
 let server
@@ -433,5 +434,54 @@ test('an edit the server refuses as too large stops the reconnect loop and says 
     await fs.promises.writeFile(path.join(ARTIFACTS, 'refused-too-large.png'), await page.screenshot())
   } finally {
     await strict.stop()
+  }
+})
+
+test('an expired token is refreshed from the page\'s tokenUrl, or the page says access expired', async () => {
+  const secret = 'browser-secret-0123456789'
+  const mint = (room, ttl) => execFileSync(SERVER_BIN,
+    ['token', '--auth-secret', secret, '--room', room, '--role', 'write', '--ttl', ttl, '--sub', 'browser'],
+    { encoding: 'utf8' }).trim()
+  const guarded = await startServer(['--auth-secret', secret, '--auth-leeway', '0s'])
+  try {
+    const room = uniqueRoom('refresh')
+    const page = await openPage(browser, guarded)
+    pages.push(page)
+    let handedOut = 0
+    // The embedding app's endpoint, as the demo would call it.
+    await page.route('**/fresh-token', route => {
+      handedOut += 1
+      return route.fulfill({ status: 200, contentType: 'text/plain', body: mint(room, '1h') })
+    })
+    const tokenUrl = `${guarded.url}/fresh-token`
+    await page.goto(`${guarded.url}/?room=${encodeURIComponent(room)}&token=${mint(room, '3s')}&tokenUrl=${encodeURIComponent(tokenUrl)}`)
+    await page.locator('.cm-content').waitFor()
+    await waitConnected(page)
+    await waitFor(async () => handedOut === 1, async () => 'no fresh token was fetched after expiry', 20_000)
+    await waitConnected(page)
+    await typeAtEnd(page, 'after the refresh')
+    const admin = execFileSync(SERVER_BIN,
+      ['token', '--auth-secret', secret, '--room', '**', '--role', 'admin'], { encoding: 'utf8' }).trim()
+    await waitFor(async () => {
+      const response = await fetch(`${guarded.url}/api/rooms/${encodeURIComponent(room)}/json`,
+        { headers: { authorization: `Bearer ${admin}` } })
+      return response.ok && JSON.stringify(await response.json()).includes('after the refresh')
+    }, async () => 'the edit after the refresh never reached the server')
+
+    // Without a tokenUrl: no loop of reconnects, and the page says why.
+    const stale = await openPage(browser, guarded)
+    pages.push(stale)
+    stale.sockets = []
+    stale.on('websocket', ws => stale.sockets.push(ws.url()))
+    await stale.goto(`${guarded.url}/?room=${encodeURIComponent(room)}&token=${mint(room, '3s')}`)
+    await waitConnected(stale)
+    await waitFor(async () => (await statusPhase(stale)) === 'refused',
+      async () => `"Refused", status is "${await statusText(stale)}"`, 20_000)
+    assert.match(await stale.locator('#sync-note').textContent(), /access expired/)
+    const sockets = stale.sockets.length
+    await delay(2000)
+    assert.equal(stale.sockets.length, sockets, 'the page kept reconnecting with its expired token')
+  } finally {
+    await guarded.stop()
   }
 })

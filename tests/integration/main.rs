@@ -16,6 +16,7 @@ mod hostile_access;
 mod hostile_awareness;
 mod hostile_network;
 mod hostile_outbox;
+mod keys;
 mod metrics;
 mod restore;
 mod rooms;

@@ -16,15 +16,20 @@ import { WebsocketProvider } from 'y-websocket'
  */
 export const REFUSED_CONTENT = new Set([1002, 1003, 1009])
 
+/** The server's close for a session whose token expired. */
+export const TOKEN_EXPIRED = 4401
+
 export class Connection {
   /**
    * @param {string} url ws(s)://host of the server
    * @param {string} room
    * @param {import('yjs').Doc} doc
-   * @param {{ token: string | null }} options
+   * @param {{ token: string | null, tokenUrl?: string | null }} options
    */
-  constructor (url, room, doc, { token }) {
+  constructor (url, room, doc, { token, tokenUrl = null }) {
     this.doc = doc
+    /** Where a fresh token comes from when the server says ours expired. */
+    this.tokenUrl = tokenUrl
     this.provider = new WebsocketProvider(url, room, doc, {
       params: token ? { token } : {},
       // Tabs of one browser would otherwise also sync with each other over
@@ -68,6 +73,10 @@ export class Connection {
     })
     this.provider.on('closed', close => {
       // y-websocket gives up on 4400–4499 closes: the server refused us.
+      if (close.code === TOKEN_EXPIRED && this.tokenUrl) {
+        this.refreshToken()
+        return
+      }
       this.refusal = { code: close.code, reason: close.reason }
       this.changed()
     })
@@ -122,6 +131,25 @@ export class Connection {
         awareness.meta.delete(clientId)
       }
     }
+  }
+
+  /**
+   * Fetches a fresh token from `tokenUrl` and reconnects with it, once per
+   * expiry: a failure shows as a refusal, never as a loop of reconnects.
+   */
+  async refreshToken () {
+    try {
+      const response = await fetch(this.tokenUrl, { credentials: 'include' })
+      if (!response.ok) throw new Error(`HTTP ${response.status}`)
+      const token = (await response.text()).trim()
+      if (!token) throw new Error('an empty token')
+      this.provider.params = { ...this.provider.params, token }
+      this.refusal = null
+      this.provider.connect()
+    } catch (e) {
+      this.refusal = { code: TOKEN_EXPIRED, reason: `token expired; getting a new one failed (${e.message})` }
+    }
+    this.changed()
   }
 
   goOffline () {

@@ -1,7 +1,7 @@
 // The line under the editor: what happens to your edits right now, and how
 // long the document is.
 
-import { REFUSED_CONTENT } from './connection.js'
+import { REFUSED_CONTENT, TOKEN_EXPIRED } from './connection.js'
 
 const NOTES = {
   connecting: 'Connecting to the server…',
@@ -26,7 +26,9 @@ export function mountFooter (root, session) {
   session.connection.subscribe(({ phase, refusal }) => {
     note.textContent = phase === 'refused' && REFUSED_CONTENT.has(refusal?.code)
       ? `The server refused your last edit${refusal.reason ? ` (${refusal.reason})` : ''}. It is kept here, unsent: undo it, then press “Try again”.`
-      : NOTES[phase] + (refusal?.reason ? ` Reason: ${refusal.reason}` : '')
+      : phase === 'refused' && refusal?.code === TOKEN_EXPIRED
+        ? 'Your access expired: open the link again with a fresh token. Your edits are kept here.'
+        : NOTES[phase] + (refusal?.reason ? ` Reason: ${refusal.reason}` : '')
   })
   let scheduled = false
   const update = () => {

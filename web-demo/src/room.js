@@ -34,7 +34,10 @@ export function roomFromLocation (location = window.location) {
     window.history.replaceState(null, '', url)
   }
   const token = url.searchParams.get('token') || null
-  return { room, token }
+  // An endpoint of the embedding app that answers a fresh token as text
+  // (used when the server closes the session because the token expired).
+  const tokenUrl = url.searchParams.get('tokenUrl') || null
+  return { room, token, tokenUrl }
 }
 
 /**

@@ -28,12 +28,12 @@ export const TEXT_NAME = 'codemirror'
  * @returns {Session}
  */
 export function startSession (editorParent) {
-  const { room, token } = roomFromLocation()
+  const { room, token, tokenUrl } = roomFromLocation()
   const doc = new Y.Doc()
   const text = doc.getText(TEXT_NAME)
   // y-websocket appends the room to the URL as it is; the server
   // percent-decodes the path, so any name (spaces, '?', '/') arrives intact.
-  const connection = new Connection(serverUrl(), encodeURIComponent(room), doc, { token })
+  const connection = new Connection(serverUrl(), encodeURIComponent(room), doc, { token, tokenUrl })
   const awareness = connection.awareness
   const identity = loadIdentity()
   awareness.setLocalStateField('user', { ...identity })
