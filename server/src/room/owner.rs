@@ -20,7 +20,6 @@ use super::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
 use super::fanout::{Broadcast, FanoutWindow};
 use super::peer::{PeerLink, QueueFull};
 use super::presence::PresenceCaps;
-use super::registry::Rooms;
 use super::request::{Accepted, RoomEvent, RoomInfo, RoomReply, RoomRequest, Subscription};
 use crate::close::{self, CloseReason};
 use crate::persist::{self, Journal};
@@ -127,15 +126,31 @@ const MAX_COMMANDS_PER_TURN: usize = 64;
 /// gives up unloading for now (the database may be down: keep serving).
 const UNLOAD_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The room's place in the registry, which is all the room task knows of
+/// it: the registry hands each task one (it spawns the tasks, so it knows
+/// this module; this module does not know the registry). It acts on this
+/// room's own generation only, never on a successor of the same name.
+pub(super) trait Registration: Send + Sync + 'static {
+    /// The room is being deleted: no join may load it meanwhile.
+    fn mark_deleting(&self);
+    /// Leaves the registry if `still_idle()` holds while the registry is
+    /// locked (no new sender can be handed out meanwhile); returns whether
+    /// the room is out of it.
+    fn leave_if(&self, still_idle: &dyn Fn() -> bool) -> bool;
+    /// Leaves the registry.
+    fn leave(&self) {
+        self.leave_if(&|| true);
+    }
+}
+
 pub(super) struct RoomTask {
     pub name: RoomName,
-    /// Registry generation of this room, so that it only ever removes
-    /// itself and never a successor of the same name.
+    /// This lifetime of the room (event ids carry it).
     pub generation: u64,
     pub inbox: mpsc::Receiver<RoomCommand>,
     /// Shared with the registry's handle (see `RoomHandle`).
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    pub rooms: Rooms,
+    pub registration: Box<dyn Registration>,
     pub store: Arc<dyn Store>,
     pub journal: Journal,
     pub config: Arc<RoomConfig>,
@@ -427,7 +442,7 @@ impl RoomTask {
                 if let Some(compaction) = state.compaction.take() {
                     compaction.task.abort();
                 }
-                self.rooms.mark_deleting(&self.name, self.generation);
+                self.registration.mark_deleting();
                 self.close_inbox(RoomUnavailable::Deleting);
                 info!("room closed for deletion");
                 RoomReply::Deleted
@@ -858,10 +873,7 @@ impl RoomTask {
             return false;
         }
         let inbox = &self.inbox;
-        if !self
-            .rooms
-            .remove_if(&self.name, self.generation, || inbox.is_empty())
-        {
+        if !self.registration.leave_if(&|| inbox.is_empty()) {
             return false;
         }
         self.close_inbox(RoomUnavailable::Unloading);
@@ -882,7 +894,7 @@ impl RoomTask {
     fn close_inbox(&mut self, refusal: RoomUnavailable) {
         self.inbox.close();
         if refusal != RoomUnavailable::Deleting {
-            self.rooms.remove(&self.name, self.generation);
+            self.registration.leave();
         }
         while let Ok(command) = self.inbox.try_recv() {
             match command {

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::core::{Access, PeerId};
-use super::owner::{RoomCommand, RoomConfig, RoomTask, RoomUnavailable};
+use super::owner::{Registration, RoomCommand, RoomConfig, RoomTask, RoomUnavailable};
 use super::peer::PeerLink;
 use super::request::{RoomReply, RoomRequest};
 use crate::persist::Journal;
@@ -116,7 +116,11 @@ impl Rooms {
             generation,
             inbox: receiver,
             connections,
-            rooms: self.clone(),
+            registration: Box::new(Entry {
+                rooms: self.clone(),
+                name: name.clone(),
+                generation,
+            }),
             store: self.inner.store.clone(),
             journal: self.inner.journal.clone(),
             config: self.inner.config.clone(),
@@ -228,7 +232,7 @@ impl Rooms {
     }
 
     /// Marks `name` as being deleted (called by the room as it stops).
-    pub(super) fn mark_deleting(&self, name: &RoomName, generation: u64) {
+    fn mark_deleting(&self, name: &RoomName, generation: u64) {
         let mut rooms = self.lock();
         let ours = matches!(rooms.get(name), Some(Slot::Loaded(h)) if h.generation == generation);
         if ours {
@@ -305,19 +309,14 @@ impl Rooms {
     }
 
     /// Removes the room if it is still generation `generation`.
-    pub(super) fn remove(&self, name: &RoomName, generation: u64) {
-        self.remove_if(name, generation, || true);
+    fn remove(&self, name: &RoomName, generation: u64) {
+        self.remove_if(name, generation, &|| true);
     }
 
     /// Removes the room if it is still generation `generation` and
     /// `still_idle()` holds while the registry is locked (no new sender
     /// can be handed out meanwhile).
-    pub(super) fn remove_if(
-        &self,
-        name: &RoomName,
-        generation: u64,
-        still_idle: impl FnOnce() -> bool,
-    ) -> bool {
+    fn remove_if(&self, name: &RoomName, generation: u64, still_idle: &dyn Fn() -> bool) -> bool {
         let mut rooms = self.lock();
         match rooms.get(name) {
             Some(Slot::Loaded(handle)) if handle.generation == generation => {
@@ -339,6 +338,25 @@ impl Rooms {
             .rooms
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A room task's place in the registry (see [`Registration`]).
+struct Entry {
+    rooms: Rooms,
+    name: RoomName,
+    /// So that a room only ever removes itself, never a successor of the
+    /// same name.
+    generation: u64,
+}
+
+impl Registration for Entry {
+    fn mark_deleting(&self) {
+        self.rooms.mark_deleting(&self.name, self.generation);
+    }
+
+    fn leave_if(&self, still_idle: &dyn Fn() -> bool) -> bool {
+        self.rooms.remove_if(&self.name, self.generation, still_idle)
     }
 }
 
