@@ -12,6 +12,7 @@ pub use crdt_hub_core::{awareness_guard, decode_guard, doc_json, protocol, resto
 pub mod accept_backoff;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod body_budget;
 pub mod cli;
 pub mod cli_security;
