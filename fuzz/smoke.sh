@@ -22,7 +22,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 # Leaks are findings: the targets refuse updates that create subdocuments
 # (as the server does by default), and every document they make is freed
-# (server/src/subdocs.rs). A small quarantine keeps ASan's own memory from
+# (crdt-hub-core/src/subdocs.rs). A small quarantine keeps ASan's own memory from
 # eating the RSS limit.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
 

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    crdt_hub::fuzzing::convergence(data);
+    crdt_hub_core::fuzzing::convergence(data);
 });

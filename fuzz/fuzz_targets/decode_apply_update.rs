@@ -41,8 +41,8 @@ const BASELINE: u64 = 1 << 20;
 fuzz_target!(|data: &[u8]| {
     let before = LIVE.load(Relaxed);
     PEAK.store(before, Relaxed);
-    let estimate = crdt_hub::decode_guard::check_update_v1(data).map(|s| s.estimated_bytes);
-    crdt_hub::fuzzing::decode_apply_update(data);
+    let estimate = crdt_hub_core::decode_guard::check_update_v1(data).map(|s| s.estimated_bytes);
+    crdt_hub_core::fuzzing::decode_apply_update(data);
     let peak = (PEAK.load(Relaxed) - before) as u64;
     let allowed = match estimate {
         Ok(estimate) => 2 * estimate + BASELINE,

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    crdt_hub::fuzzing::frame_into_room(data);
+    crdt_hub_core::fuzzing::frame_into_room(data);
 });

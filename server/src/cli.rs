@@ -13,6 +13,7 @@ use crate::connection::ConnectionConfig;
 use crate::logging::LogFormat;
 use crate::persist::JournalConfig;
 use crate::room::RoomConfig;
+use crate::subdocs::SubdocPolicy;
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
@@ -185,7 +186,7 @@ pub struct ServeArgs {
         value_enum,
         default_value = "refuse"
     )]
-    pub subdocuments: crate::subdocs::SubdocPolicy,
+    pub subdocuments: SubdocumentsArg,
 
     /// Threads that run connections and rooms (default: one per CPU core).
     /// On a machine of one or two cores shared with other work, 1 spends a
@@ -194,6 +195,29 @@ pub struct ServeArgs {
     /// other threads either way.
     #[arg(long, env = "CRDT_HUB_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
+}
+
+/// The values of `--subdocuments`: clap's side of [`SubdocPolicy`], which
+/// lives in `crdt-hub-core` and knows nothing of clap. Same variants, same
+/// help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubdocumentsArg {
+    /// Updates that create a subdocument are refused (WebSocket: close
+    /// 1003; API: 400). Subdocuments already stored still load.
+    Refuse,
+    /// Updates may create subdocuments. yrs 0.28.1 frees memory it still
+    /// uses when a container holding a subdocument is deleted: allow only
+    /// when every writer is trusted.
+    Allow,
+}
+
+impl From<SubdocumentsArg> for SubdocPolicy {
+    fn from(arg: SubdocumentsArg) -> Self {
+        match arg {
+            SubdocumentsArg::Refuse => SubdocPolicy::Refuse,
+            SubdocumentsArg::Allow => SubdocPolicy::Allow,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -237,7 +261,7 @@ impl ServeArgs {
             outbox_max_bytes: self.max_queued_bytes.max(self.max_message_size),
             keepalive_interval: self.keepalive_interval.max(Duration::from_millis(100)),
             write_timeout: self.write_timeout,
-            subdocuments: self.subdocuments,
+            subdocuments: self.subdocuments.into(),
             awareness: self.limits.awareness_state_limits(),
         }
     }
@@ -268,6 +292,16 @@ mod tests {
         assert_eq!(limits.max_connections_per_ip, 256);
         assert_eq!(limits.max_body_size, 64 << 20);
         assert_eq!(limits.max_body_bytes_in_flight, 256 << 20);
+        assert_eq!(args.connection_config().subdocuments, SubdocPolicy::Refuse);
+    }
+
+    #[test]
+    fn subdocuments_flag_reaches_the_connections() {
+        let cli = Cli::try_parse_from(["crdt-hub", "serve", "--subdocuments", "allow"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.connection_config().subdocuments, SubdocPolicy::Allow);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::body_budget::BodyBudget;
 use crate::ip_connections::IpConnections;
@@ -186,6 +187,20 @@ impl Limits {
     }
 }
 
+/// Calls [`Limits::forget_idle_clients`] every `every` until `shutdown`.
+pub async fn forget_idle_clients_every(
+    limits: Arc<Limits>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => limits.forget_idle_clients(),
+        }
+    }
+}
+
 fn check_keyed(
     limiter: &DefaultKeyedRateLimiter<IpAddr>,
     clock: &DefaultClock,
@@ -263,6 +278,24 @@ impl ConnectionRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn forgetting_idle_clients_runs_until_shutdown() {
+        let limits = Arc::new(Limits::new(LimitsConfig::default()));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(forget_idle_clients_every(
+            limits,
+            Duration::from_secs(60),
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        assert!(!task.is_finished(), "it keeps going past its first rounds");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("it stops at shutdown")
+            .unwrap();
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_applies() {

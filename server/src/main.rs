@@ -3,18 +3,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use crdt_hub::app::App;
+use crdt_hub::app::{App, AppConfig};
 use crdt_hub::auth::Verifier;
 use crdt_hub::cli::{Cli, Command, DatabaseArgs, ServeArgs};
 use crdt_hub::cli_security::TokenArgs;
-use crdt_hub::limits::Limits;
 use crdt_hub::logging;
-use crdt_hub::persist::Journal;
-use crdt_hub::room::Rooms;
 use crdt_hub::server::{self, Outcome};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
@@ -109,61 +104,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let limits = Arc::new(Limits::new(
-        args.limits.limits_config(args.max_message_size),
-    ));
-    let forget = limits.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            forget.forget_idle_clients();
+    let cluster = match &args.cluster.redis_url {
+        Some(url) => {
+            let cluster = crdt_hub::cluster::Cluster::new(url, args.cluster.cluster_config())
+                .context("--redis-url")?;
+            info!(node = cluster.node(), prefix = %cluster.config().prefix, "cluster mode: rooms are shared through Redis");
+            Some(cluster)
         }
-    });
-
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let revocations = Arc::new(crdt_hub::revocations::Revocations::new(store.clone()));
-    revocations
-        .refresh(chrono::Utc::now())
-        .await
-        .context("reading revocations")?;
-    let (journal, journal_task) = Journal::start(store.clone(), args.journal_config());
-    let app = App {
-        rooms: Rooms::new(
-            store.clone(),
-            journal.clone(),
-            args.room_config(),
-            shutdown.clone(),
-            tasks.clone(),
-        ),
-        store,
-        journal,
-        metrics: crdt_hub::metrics::install(),
-        connection: Arc::new(args.connection_config()),
-        http: args.http_limits(),
-        auth,
-        allowed_origins: args.auth.allowed_origins.clone().map(Arc::new),
-        limits,
-        room_max_connections: args.limits.max_connections_per_room.max(1),
-        tls: tls.clone(),
-        max_message_size: args.max_message_size,
-        shutdown: shutdown.clone(),
-        tasks: tasks.clone(),
-        sessions: Arc::new(crdt_hub::sessions::Sessions::default()),
-        revocations: revocations.clone(),
+        None => None,
     };
-    tasks.spawn(crdt_hub::revocations::keep_fresh(
-        revocations,
-        app.sessions.clone(),
-        args.revocation_refresh,
-        shutdown,
-    ));
-    if let Some(url) = &args.cluster.redis_url {
-        let cluster = crdt_hub::cluster::Cluster::new(url, args.cluster.cluster_config())
-            .context("--redis-url")?;
-        info!(node = cluster.node(), prefix = %cluster.config().prefix, "cluster mode: rooms are shared through Redis");
-        app.rooms.set_cluster(cluster);
-    }
+    let (app, journal_task) = App::build(
+        store,
+        AppConfig {
+            room: args.room_config(),
+            journal: args.journal_config(),
+            connection: args.connection_config(),
+            http: args.http_limits(),
+            limits: args.limits.limits_config(args.max_message_size),
+            room_max_connections: args.limits.max_connections_per_room.max(1),
+            max_message_size: args.max_message_size,
+            auth,
+            allowed_origins: args.auth.allowed_origins.clone(),
+            tls: tls.clone(),
+            revocation_refresh: args.revocation_refresh,
+            cluster,
+        },
+    )
+    .await?;
     let signals = server::shutdown_signal().context("installing signal handlers")?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(%addr, "listening; clients connect to {scheme}://{addr}/ROOM");

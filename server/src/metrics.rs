@@ -2,6 +2,9 @@
 //! exporter. Names follow Prometheus conventions (`crdt_hub_…_total`,
 //! `_seconds`, `_bytes`); every metric is described once at start.
 //!
+//! Metrics recorded by `crdt-hub-core` (updates applied, held updates,
+//! ignored awareness entries) are described here too, with the rest.
+//!
 //! Hot paths record per batch, not per delivery: one frame fanned out to a
 //! thousand peers is one fan-out observation, and a connection counts what
 //! it wrote once per socket flush.
@@ -21,7 +24,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// `counter!` call hashes its name and labels and looks them up in the
 /// registry (six per update: about 4 % of the server's samples in B4). Set by
 /// [`install`] once the recorder is there; before that (unit tests, fuzz
-/// targets) nothing is recorded, as the no-op recorder would.
+/// targets) nothing is recorded, as the no-op recorder would. The two an
+/// applied update records (`crdt_hub_updates_applied_total`,
+/// `crdt_hub_update_apply_seconds`) are `crdt-hub-core`'s, registered by
+/// [`install`] the same way.
 static HOT: OnceLock<Hot> = OnceLock::new();
 
 struct Hot {
@@ -29,8 +35,6 @@ struct Hot {
     received: [(Counter, Counter); KINDS.len()],
     /// Messages and bytes sent, by [`KINDS`].
     sent: [(Counter, Counter); KINDS.len()],
-    updates_applied: Counter,
-    update_apply_seconds: Histogram,
     fanout_seconds: Histogram,
     fanout_hold_seconds: Histogram,
 }
@@ -51,8 +55,6 @@ impl Hot {
                 "crdt_hub_received_bytes_total",
             ),
             sent: by_kind("crdt_hub_messages_sent_total", "crdt_hub_sent_bytes_total"),
-            updates_applied: counter!("crdt_hub_updates_applied_total"),
-            update_apply_seconds: histogram!("crdt_hub_update_apply_seconds"),
             fanout_seconds: histogram!("crdt_hub_fanout_seconds"),
             fanout_hold_seconds: histogram!("crdt_hub_fanout_hold_seconds"),
         }
@@ -87,6 +89,7 @@ pub fn install() -> PrometheusHandle {
                 });
             describe();
             HOT.get_or_init(Hot::register);
+            crdt_hub_core::metrics::register();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
@@ -286,14 +289,6 @@ impl SentFrames {
     }
 }
 
-/// `updates` applied in `elapsed` (several of a peer's burst go in together).
-pub fn update_applied(elapsed: Duration, updates: u64) {
-    if let Some(hot) = HOT.get() {
-        hot.updates_applied.increment(updates);
-        hot.update_apply_seconds.record(elapsed.as_secs_f64());
-    }
-}
-
 pub fn fanout_latency(elapsed: Duration) {
     if let Some(hot) = HOT.get() {
         hot.fanout_seconds.record(elapsed.as_secs_f64());
@@ -320,21 +315,6 @@ pub fn pending_bytes(bytes: usize) {
     gauge!("crdt_hub_pending_bytes").set(bytes as f64);
 }
 
-/// A held update let go from memory past the caps (storage keeps it).
-pub fn held_update_evicted() {
-    counter!("crdt_hub_held_evicted_total").increment(1);
-}
-
-/// Parts of updates held, waiting for what they build on, in every room.
-pub fn held_updates(delta: i64) {
-    let gauge = gauge!("crdt_hub_held_updates");
-    if delta >= 0 {
-        gauge.increment(delta as f64);
-    } else {
-        gauge.decrement(delta.unsigned_abs() as f64);
-    }
-}
-
 pub fn snapshot_written() {
     counter!("crdt_hub_snapshots_total").increment(1);
 }
@@ -350,20 +330,6 @@ pub fn document_bytes(delta: i64) {
 
 pub fn rate_limited(kind: &'static str) {
     counter!("crdt_hub_rate_limited_total", "kind" => kind).increment(1);
-}
-
-/// Awareness entries a room ignored, by reason.
-pub fn awareness_ignored(ignored: &crate::room::presence::Ignored) {
-    for (reason, count) in [
-        ("not_owner", ignored.not_owner),
-        ("client_cap", ignored.client_cap),
-        ("room_bytes", ignored.room_bytes),
-    ] {
-        if count > 0 {
-            counter!("crdt_hub_awareness_ignored_total", "reason" => reason)
-                .increment(count as u64);
-        }
-    }
 }
 
 pub fn auth_refused(reason: &'static str) {

@@ -1,9 +1,9 @@
 //! Property tests: clients editing one document through a `Room` end with
 //! identical replicas, whatever order the room's frames reach them in, even
 //! duplicated, and however their joins interleave. Driven sans-IO through
-//! `crdt_hub::fuzzing::Sim`, the harness the `convergence` fuzz target uses.
+//! `crdt_hub_core::fuzzing::Sim`, the harness the `convergence` fuzz target uses.
 
-use crdt_hub::fuzzing::{Edit, Sim, Source, Step};
+use crdt_hub_core::fuzzing::{Edit, Sim, Source, Step};
 use proptest::prelude::*;
 
 /// An edit read from random bytes, as the fuzz target reads them (shrinking

@@ -1,13 +1,13 @@
 //! Replays every saved fuzz finding (`fuzz/regressions/<target>/`) and every
 //! seed (`fuzz/corpus/<target>/`) through the same functions the fuzz targets
-//! call (`crdt_hub::fuzzing`): no panic may escape, each input finishes
+//! call (`crdt_hub_core::fuzzing`): no panic may escape, each input finishes
 //! quickly, and the seeds (real Yjs bytes) must go through.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crdt_hub::decode_guard;
-use crdt_hub::fuzzing::{self, Outcome};
+use crdt_hub_core::fuzzing::{self, Outcome};
 
 /// Generous for a debug build on a busy 2-core machine; the fuzzer's own
 /// limit on the optimized build is 5 s.
@@ -88,7 +88,7 @@ fn every_saved_finding_replays_cleanly() {
 #[test]
 fn saved_attacks_are_refused_before_they_reach_a_room() {
     // Each file was an input that made an unguarded yrs 0.28.1 allocate,
-    // spin, overflow its stack or panic (see `server/src/decode_guard.rs`);
+    // spin, overflow its stack or panic (see `crdt-hub-core/src/decode_guard.rs`);
     // it must now be refused outright. A finding that is fine to
     // accept once its real cause is fixed is named `accepted-*`.
     for (target, file) in inputs("regressions") {

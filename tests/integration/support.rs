@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crdt_hub::app::App;
+use crdt_hub::app::{App, AppConfig};
 use crdt_hub::connection::ConnectionConfig;
-use crdt_hub::persist::{Journal, JournalConfig};
-use crdt_hub::room::{RoomConfig, Rooms};
+use crdt_hub::persist::JournalConfig;
+use crdt_hub::room::RoomConfig;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use yrs::encoding::read::Cursor;
 use yrs::sync::{
     Awareness, DefaultProtocol, Message as YMessage, MessageReader, Protocol, SyncMessage,
@@ -114,36 +113,27 @@ impl TestServer {
             }
         };
         let store = crdt_store::connect(&url).await.expect("store");
-        let store_for_app = store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let (journal, journal_task) = Journal::start(store.clone(), options.journal);
-        let app = App {
-            rooms: Rooms::new(
-                store.clone(),
-                journal.clone(),
-                options.room,
-                shutdown.clone(),
-                tasks.clone(),
-            ),
+        let (app, journal_task) = App::build(
             store,
-            journal,
-            metrics: crdt_hub::metrics::install(),
-            connection: Arc::new(options.connection),
-            http: crdt_hub::app::HttpLimits::default(),
-            auth: None,
-            allowed_origins: None,
-            limits: std::sync::Arc::new(crdt_hub::limits::Limits::new(options.limits)),
-            room_max_connections: 10_000,
-            tls: None,
-            max_message_size: options.max_message_size,
-            shutdown: shutdown.clone(),
-            tasks,
-            sessions: Arc::new(crdt_hub::sessions::Sessions::default()),
-            revocations: Arc::new(crdt_hub::revocations::Revocations::new(store_for_app)),
-        };
+            AppConfig {
+                room: options.room,
+                journal: options.journal,
+                connection: options.connection,
+                http: crdt_hub::app::HttpLimits::default(),
+                limits: options.limits,
+                room_max_connections: 10_000,
+                max_message_size: options.max_message_size,
+                auth: None,
+                allowed_origins: None,
+                tls: None,
+                revocation_refresh: Duration::from_secs(2),
+                cluster: None,
+            },
+        )
+        .await
+        .expect("app");
         let stop = CancellationToken::new();
         let stop_signal = stop.clone();
         let task = tokio::spawn(crdt_hub::server::run(

@@ -67,6 +67,13 @@ impl Default for ClusterConfig {
     }
 }
 
+/// How a room's publisher and reader wait between failed Redis calls: 50 ms
+/// doubling to 5 s, with full jitter so that every room of a node (and of
+/// every node) does not retry at the same instant once Redis is back.
+fn redis_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+}
+
 /// This node's membership in a cluster: shared by every room.
 pub struct Cluster {
     node: String,

@@ -3,8 +3,6 @@
 //! error the batch is dropped (anti-entropy repairs it once Redis is back)
 //! and the publisher backs off; the room never waits for it.
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -25,7 +23,7 @@ impl Publisher {
     /// Runs until every sender of `queue` is gone and the queue is drained.
     pub async fn run(mut self, mut queue: mpsc::Receiver<BusMessage>) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut backoff = Backoff::default();
+        let mut backoff = super::redis_backoff();
         while queue.recv_many(&mut batch, BATCH).await > 0 {
             let mut pipe = redis::pipe();
             let count = batch.len() as u64;
@@ -56,32 +54,12 @@ impl Publisher {
                 Err(e) => {
                     super::metrics::redis_error();
                     super::metrics::dropped(count);
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "publishing to Redis failed; dropped (anti-entropy repairs it)");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
         debug!("publisher stopped");
-    }
-}
-
-/// Exponential backoff with full jitter, 50 ms to 5 s.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn next(&mut self) -> Duration {
-        let cap = Duration::from_millis(50)
-            .saturating_mul(1 << self.attempt.min(7))
-            .min(Duration::from_secs(5));
-        self.attempt = self.attempt.saturating_add(1);
-        cap.mul_f64(rand::random_range(0.5..=1.0))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
     }
 }

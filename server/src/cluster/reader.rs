@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::publisher::Backoff;
 use super::{BusMessage, Remote};
 use crate::room::RoomCommand;
 
@@ -44,7 +43,7 @@ impl Reader {
     async fn read(&self) {
         // Until the first connection tells where the stream ends.
         let mut last: Option<String> = None;
-        let mut backoff = Backoff::default();
+        let mut backoff = super::redis_backoff();
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(None);
@@ -57,7 +56,7 @@ impl Reader {
                 Ok(connection) => connection,
                 Err(e) => {
                     super::metrics::redis_error();
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "cannot reach Redis; serving this room locally meanwhile");
                     tokio::time::sleep(delay).await;
                     continue;
@@ -70,7 +69,7 @@ impl Reader {
             match position {
                 Ok(position) => last = Some(position),
                 Err(e) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "reading the room's stream failed; reconnecting");
                     tokio::time::sleep(delay).await;
                     continue;
@@ -101,7 +100,7 @@ impl Reader {
                     Ok(Ok(reply)) => reply,
                     Ok(Err(e)) => {
                         super::metrics::redis_error();
-                        let delay = backoff.next();
+                        let delay = backoff.next_delay();
                         warn!(error = %e, retry_in = ?delay, "reading the room's stream failed; reconnecting");
                         tokio::time::sleep(delay).await;
                         break;

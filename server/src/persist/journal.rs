@@ -21,7 +21,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// Write-path settings.
 #[derive(Debug, Clone)]

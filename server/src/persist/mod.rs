@@ -2,7 +2,6 @@
 //! stored, the group-commit journal every accepted update goes through, and
 //! compacted snapshots.
 
-pub mod backoff;
 pub mod journal;
 
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! The bodies of the fuzz targets in `fuzz/`, kept in the library so that
+//! The bodies of the fuzz targets in `fuzz/`, kept in this crate (behind
+//! its `fuzzing` feature, so the server does not ship them) so that
 //! `tests/integration/fuzz_regressions.rs` replays every saved finding
 //! through exactly the code the fuzzer ran.
 //!

@@ -1,6 +1,8 @@
 //! Exponential backoff with full jitter (each wait uniform in
 //! `[0, min(cap, base·2^attempt)]`), so that many writers retrying against
-//! a recovering database spread out instead of arriving together.
+//! a recovering database, or many rooms against a recovering Redis, spread
+//! out instead of arriving together. Used by the journal and by the
+//! cluster's publishers and readers.
 
 use std::time::Duration;
 
@@ -54,5 +56,18 @@ mod tests {
         assert_eq!(backoff.attempts(), 12);
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn waits_spread_over_the_whole_range() {
+        // At the cap, 200 waits drawn from [0, 1 s]: a draw from [0.5, 1 s]
+        // only (half jitter) would put all of them in the upper half, with
+        // a chance of 2^-200 of doing so here.
+        let cap = Duration::from_secs(1);
+        let mut backoff = Backoff::new(cap, cap);
+        let delays: Vec<_> = (0..200).map(|_| backoff.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= cap));
+        assert!(delays.iter().any(|d| *d < cap / 2));
+        assert!(delays.iter().any(|d| *d >= cap / 2));
     }
 }

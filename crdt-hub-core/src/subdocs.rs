@@ -31,7 +31,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{BranchID, Doc, IdSet, ReadTxn, Transact, Update};
 
 /// Whether updates may create subdocuments (`--subdocuments`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SubdocPolicy {
     /// Updates that create a subdocument are refused (WebSocket: close
     /// 1003; API: 400). Subdocuments already stored still load.
