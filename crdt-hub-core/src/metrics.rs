@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
-use crate::room::presence::Ignored;
-
 /// The metrics every update touches, registered once: each `counter!` call
 /// hashes its name and labels and looks them up in the registry. Set by
 /// [`register`] once the recorder is there; before that nothing is
@@ -54,16 +52,10 @@ pub(crate) fn held_updates(delta: i64) {
     }
 }
 
-/// Awareness entries a room ignored, by reason.
-pub(crate) fn awareness_ignored(ignored: &Ignored) {
-    for (reason, count) in [
-        ("not_owner", ignored.not_owner),
-        ("client_cap", ignored.client_cap),
-        ("room_bytes", ignored.room_bytes),
-    ] {
-        if count > 0 {
-            counter!("crdt_hub_awareness_ignored_total", "reason" => reason)
-                .increment(count as u64);
-        }
+/// Awareness entries a room ignored for `reason` (`not_owner`,
+/// `client_cap`, `room_bytes`).
+pub(crate) fn awareness_ignored(reason: &'static str, count: u64) {
+    if count > 0 {
+        counter!("crdt_hub_awareness_ignored_total", "reason" => reason).increment(count);
     }
 }

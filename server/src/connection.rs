@@ -23,7 +23,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::awareness_guard::{StateError, StateLimits};
 use crate::close::{self, CloseReason};
-use crate::http::websocket::Socket;
 use crate::ip_connections::IpSlot;
 use crate::limits::{Admission, ConnectionRate, Limits};
 use crate::room::{
@@ -76,6 +75,11 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The socket type every connection task works with: a WebSocket over the
+/// client's socket, its incoming frames counted ([`crate::frames`]). The
+/// HTTP layer makes one at the upgrade and hands it here.
+pub type Socket = tokio_tungstenite::WebSocketStream<crate::frames::CountedIo>;
 
 /// A connection that passed every check before its upgrade.
 pub struct Admitted {

@@ -16,8 +16,7 @@ use crate::room::held::{self, HeldCaps, HeldUpdates};
 use crate::room::presence::{self, Owner, Presence, PresenceCaps};
 use crate::subdocs::OwnedDoc;
 
-/// Identifies one connection within the process.
-pub type PeerId = u64;
+pub use super::PeerId;
 
 /// What a peer may do in its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,7 +382,14 @@ impl Room {
         let applied = self.presence.apply(Owner::Peer(peer), update);
         effects.to_others.extend(applied.frame);
         if applied.ignored.any() {
-            crate::metrics::awareness_ignored(&applied.ignored);
+            let ignored = &applied.ignored;
+            for (reason, count) in [
+                ("not_owner", ignored.not_owner),
+                ("client_cap", ignored.client_cap),
+                ("room_bytes", ignored.room_bytes),
+            ] {
+                crate::metrics::awareness_ignored(reason, count as u64);
+            }
             if let Some(state) = self.peers.get_mut(&peer)
                 && !std::mem::replace(&mut state.awareness_ignored, true)
             {

@@ -8,4 +8,7 @@ mod gaps;
 pub mod held;
 pub mod presence;
 
-pub use self::core::{Access, Effects, PeerId, Rejected, Room, RoomError};
+pub use self::core::{Access, Effects, Rejected, Room, RoomError};
+
+/// Identifies one connection within the process.
+pub type PeerId = u64;

@@ -41,7 +41,7 @@ use yrs::block::ClientID;
 use yrs::sync::AwarenessUpdate;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 
-use super::core::PeerId;
+use super::PeerId;
 use crate::protocol;
 
 /// A removal, as y-protocols writes it.

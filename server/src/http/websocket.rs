@@ -20,11 +20,9 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+pub use crate::connection::Socket;
 use crate::frames::CountedIo;
 use crate::shared_socket::SocketIo;
-
-/// The socket type every connection task works with.
-pub type Socket = WebSocketStream<CountedIo>;
 
 /// hyper's upgrade handle, made cloneable so a warp filter can extract it.
 #[derive(Clone)]

@@ -356,7 +356,8 @@ impl Registration for Entry {
     }
 
     fn leave_if(&self, still_idle: &dyn Fn() -> bool) -> bool {
-        self.rooms.remove_if(&self.name, self.generation, still_idle)
+        self.rooms
+            .remove_if(&self.name, self.generation, still_idle)
     }
 }
 
