@@ -4,32 +4,17 @@
 //! lower role than the route's (403), a token for another room (403), and
 //! the route's role or higher (anything but 401/403).
 
-use std::time::Duration;
-
-use crdt_hub::auth::{Role, mint_hs256};
+use crdt_hub::auth::Role;
 use crdt_hub::http::api::{ApiRoute, ROUTES};
-use yrs::{Doc, Text, Transact};
 
-use crate::support::{ServerProcess, http_request, http_send, sqlite_url, temp_dir};
+use crate::support::{
+    ServerProcess, http_request, http_send, sqlite_url, temp_dir, update_inserting,
+};
 
 const SECRET: &str = "roles-secret-0123456789";
 
 fn token(rooms: &[&str], role: Role) -> String {
-    mint_hs256(
-        SECRET,
-        rooms.iter().map(|r| r.to_string()).collect(),
-        role,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-}
-
-fn update_inserting(text: &str) -> Vec<u8> {
-    let doc = Doc::new();
-    let t = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    t.insert(&mut txn, 0, text);
-    txn.encode_update_v1()
+    crate::support::token(SECRET, rooms, role)
 }
 
 /// The status `route` answers for room `room` with `authorization`.

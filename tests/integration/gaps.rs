@@ -223,14 +223,5 @@ async fn server_has_text(server: &TestServer, room: &str, text: &str) {
 
 /// Writes a version of `room` now; returns its id.
 async fn snapshot_now(server: &TestServer, room: &str) -> i64 {
-    let response = http_request(
-        server.addr,
-        "POST",
-        &format!("/api/rooms/{room}/snapshot"),
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(response.status, 201);
-    response.json()["id"].as_i64().unwrap()
+    crate::support::snapshot_now(server.addr, room).await
 }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crdt_hub::auth::{Claims, Role, mint_hs256};
+use crdt_hub::auth::{Claims, Role};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -15,13 +15,7 @@ use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir}
 const SECRET: &str = "hostile-secret-0123456789";
 
 fn token(rooms: &[&str], role: Role) -> String {
-    mint_hs256(
-        SECRET,
-        rooms.iter().map(|r| r.to_string()).collect(),
-        role,
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    crate::support::token(SECRET, rooms, role)
 }
 
 fn bearer(token: &str) -> String {

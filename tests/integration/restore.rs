@@ -35,16 +35,7 @@ async fn post_json(server: &TestServer, path: &str, body: Value) -> (u16, Value)
 
 /// Writes a snapshot through the API; returns its id.
 async fn snapshot(server: &TestServer, room: &str) -> i64 {
-    let response = http_request(
-        server.addr,
-        "POST",
-        &format!("/api/rooms/{room}/snapshot"),
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(response.status, 201);
-    response.json()["id"].as_i64().unwrap()
+    crate::support::snapshot_now(server.addr, room).await
 }
 
 /// The content of a stored version.

@@ -13,13 +13,7 @@ use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir}
 const SECRET: &str = "test-secret-0123456789";
 
 fn token(rooms: &[&str], role: Role) -> String {
-    mint_hs256(
-        SECRET,
-        rooms.iter().map(|r| r.to_string()).collect(),
-        role,
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    crate::support::token(SECRET, rooms, role)
 }
 
 /// The HTTP status an upgrade attempt was refused with (panics if it was

@@ -711,3 +711,38 @@ pub async fn http_send(
         .unwrap_or_else(|_| panic!("no HTTP response to {method} {path} in time"))
         .unwrap()
 }
+
+/// An HS256 token for `rooms` with `role`, valid for ten minutes.
+pub fn token(secret: &str, rooms: &[&str], role: crdt_hub::auth::Role) -> String {
+    crdt_hub::auth::mint_hs256(
+        secret,
+        rooms.iter().map(|r| r.to_string()).collect(),
+        role,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+/// A Yjs v1 update of a fresh client inserting `text` into Y.Text "t".
+pub fn update_inserting(text: &str) -> Vec<u8> {
+    use yrs::Text;
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    txn.encode_update_v1()
+}
+
+/// Writes a version of `room` through the API now; returns its id.
+pub async fn snapshot_now(addr: SocketAddr, room: &str) -> i64 {
+    let response = http_request(
+        addr,
+        "POST",
+        &format!("/api/rooms/{room}/snapshot"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(response.status, 201, "{:?}", response.body);
+    response.json()["id"].as_i64().unwrap()
+}
