@@ -38,7 +38,7 @@ pub struct Effects {
     /// those held until what they build on arrives.
     pub applied: Vec<Bytes>,
     /// Updates now complete in the document, in the order they became so:
-    /// what the other peers are sent (see [`broadcast_completed`]).
+    /// what the other peers are sent (see `broadcast_completed`).
     pub completed: Vec<Bytes>,
     /// Updates refused because the peer may only read.
     pub refused_read_only: usize,

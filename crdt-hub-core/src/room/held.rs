@@ -17,11 +17,11 @@
 //!
 //! So a document here never keeps yrs's pending state and never
 //! integrates out of order. An update is cut where, for some client, it
-//! starts past what the document has ([`gaps::split`]); what comes before
+//! starts past what the document has (`gaps::split`); what comes before
 //! the cut integrates at once, so nothing complete ever waits for what is
 //! missing. What yrs still cannot integrate (an id it builds on is
 //! missing) is pruned from yrs and held here as an update of its own, with
-//! what it needs ([`gaps::needs`]), and retried only once the document
+//! what it needs (`gaps::needs`), and retried only once the document
 //! reaches one of those clocks. Nothing is lost meanwhile: the caller
 //! journals every update as it arrived, and compaction keeps in storage
 //! whatever a snapshot of the document does not hold.
@@ -94,7 +94,7 @@ pub struct HeldUpdates {
 struct Piece {
     /// Yjs v1: exactly what the document lacks of the update it came from.
     update: Bytes,
-    /// What it waits for (see [`gaps::needs`]).
+    /// What it waits for (see `gaps::needs`).
     needs: Vec<(ClientID, u32)>,
 }
 
