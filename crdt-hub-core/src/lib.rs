@@ -9,7 +9,8 @@
 //!   it takes);
 //! - [`subdocs`]: the policy for subdocuments and freeing documents that
 //!   hold them;
-//! - [`restore`]: the update that brings a document back to a version;
+//! - [`restore_diff`]: the update that brings a document back to a version
+//!   (the server's `restore` module orchestrates a restore around it);
 //! - [`doc_json`]: a document's content as JSON;
 //! - `fuzzing` (feature `fuzzing`): the fuzz targets' bodies.
 //!
@@ -33,6 +34,6 @@ pub mod doc_json;
 pub mod fuzzing;
 pub mod metrics;
 pub mod protocol;
-pub mod restore;
+pub mod restore_diff;
 pub mod room;
 pub mod subdocs;

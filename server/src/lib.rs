@@ -7,7 +7,7 @@
 //! restores, document JSON) lives in `crdt-hub-core`; it is re-exported
 //! here under the paths it always had.
 
-pub use crdt_hub_core::{awareness_guard, decode_guard, doc_json, protocol, restore, subdocs};
+pub use crdt_hub_core::{awareness_guard, decode_guard, doc_json, protocol, restore_diff, subdocs};
 
 pub mod accept_backoff;
 pub mod app;
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod nofile;
 pub mod persist;
 pub mod refusals;
+pub mod restore;
 pub mod revocations;
 pub mod room;
 pub mod server;

@@ -172,7 +172,7 @@ fn stored_rooms_read_whole_restores_and_json_give_their_memory_back() {
     leaked_per_run(ROOMS / 4, || {
         let current = doc_from_updates([with.as_slice()]).unwrap();
         let target = doc_from_updates([version.as_slice()]).unwrap();
-        let update = crdt_hub::restore::restore_update(&current.doc, &target.doc).unwrap();
+        let update = crdt_hub::restore_diff::restore_update(&current.doc, &target.doc).unwrap();
         assert!(update.is_some());
     });
 }

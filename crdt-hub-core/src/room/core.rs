@@ -475,16 +475,50 @@ impl StoredDoc {
     /// # Errors
     /// When yrs cannot merge the held updates in (they decoded before, so
     /// this means a yrs bug).
-    pub fn encode_state(&self) -> Result<Vec<u8>, String> {
+    pub fn encode_state(&self) -> Result<Vec<u8>, MergeHeldError> {
         let integrated = held::encode_integrated(&self.doc, &StateVector::default());
         if self.held.is_empty() {
             return Ok(integrated);
         }
         let parts = std::iter::once(integrated.as_slice()).chain(self.held.iter().map(|b| &b[..]));
         catch_unwind(AssertUnwindSafe(|| yrs::merge_updates_v1(parts)))
-            .map_err(|_| "merging held updates panicked".to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|_| MergeHeldError::Panicked)?
+            .map_err(MergeHeldError::Failed)
     }
+}
+
+/// Why the held updates of a stored document could not be merged into one
+/// update with the rest (each decoded before, so a yrs bug either way).
+#[derive(Debug, thiserror::Error)]
+pub enum MergeHeldError {
+    #[error("merging held updates panicked in yrs")]
+    Panicked,
+    #[error("merging held updates failed: {0}")]
+    Failed(#[source] yrs::encoding::read::Error),
+}
+
+/// A stored blob that would not load, and where it sits in what was read
+/// (0 is the snapshot when there is one, then the log in order).
+#[derive(Debug, thiserror::Error)]
+#[error("stored update {index} does not load: {problem}")]
+pub struct StoredUpdateError {
+    pub index: usize,
+    pub problem: StoredUpdateProblem,
+}
+
+/// What was wrong with a stored blob.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredUpdateProblem {
+    /// The decode guard refused it before yrs saw it.
+    #[error("the decode guard refuses it ({0})")]
+    Refused(#[source] crate::decode_guard::GuardError),
+    #[error("it does not decode ({0})")]
+    Decode(#[source] yrs::encoding::read::Error),
+    #[error("it does not apply ({0})")]
+    Apply(#[source] yrs::error::UpdateError),
+    /// yrs panicked on it (caught; the half-built document is dropped).
+    #[error("yrs panicked {0} it")]
+    Panicked(&'static str),
 }
 
 /// Builds a document from stored data: a snapshot and the log after it,
@@ -494,7 +528,7 @@ impl StoredDoc {
 /// The first stored blob that does not decode or apply, with its position.
 pub fn doc_from_updates<'a>(
     updates: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<StoredDoc, (usize, String)> {
+) -> Result<StoredDoc, StoredUpdateError> {
     doc_from_updates_with(updates, HeldCaps::ROOM)
 }
 
@@ -505,7 +539,7 @@ pub fn doc_from_updates<'a>(
 pub fn doc_from_updates_with<'a>(
     updates: impl IntoIterator<Item = &'a [u8]>,
     caps: HeldCaps,
-) -> Result<StoredDoc, (usize, String)> {
+) -> Result<StoredDoc, StoredUpdateError> {
     let doc = server_doc();
     let mut held = HeldUpdates::with_caps(caps);
     // One transaction per stored update: a single transaction over a long
@@ -514,16 +548,17 @@ pub fn doc_from_updates_with<'a>(
     for (index, bytes) in updates.into_iter().enumerate() {
         // Stored before trailing bytes were refused, an update may carry
         // some: yrs ignores them, and so does a load.
+        let at = |problem| StoredUpdateError { index, problem };
         let summary = crate::decode_guard::check_update_prefix_v1(bytes)
-            .map_err(|e| (index, e.to_string()))?;
+            .map_err(|e| at(StoredUpdateProblem::Refused(e)))?;
         let bytes = &bytes[..summary.len];
         let update = catch_unwind(|| Update::decode_v1(bytes))
-            .map_err(|_| (index, "decoder panicked".to_string()))?
-            .map_err(|e| (index, e.to_string()))?;
+            .map_err(|_| at(StoredUpdateProblem::Panicked("decoding")))?
+            .map_err(|e| at(StoredUpdateProblem::Decode(e)))?;
         let raw = Bytes::copy_from_slice(bytes);
         catch_unwind(AssertUnwindSafe(|| held.apply(&doc, update, &raw)))
-            .map_err(|_| (index, "apply panicked".to_string()))?
-            .map_err(|e| (index, e.to_string()))?;
+            .map_err(|_| at(StoredUpdateProblem::Panicked("applying")))?
+            .map_err(|e| at(StoredUpdateProblem::Apply(e)))?;
     }
     Ok(StoredDoc {
         doc: OwnedDoc::new(doc),

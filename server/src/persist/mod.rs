@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crdt_store::{NewSnapshot, RoomName, SnapshotId, SnapshotInfo, Store, StoreError};
 
-use crate::room::core::{StoredDoc, doc_from_updates_with};
+use crate::room::core::{StoredDoc, StoredUpdateError, doc_from_updates_with};
 use crate::room::held::HeldCaps;
 
 pub use journal::{Backlogged, Journal, JournalConfig, JournalStatus, JournalTask};
@@ -19,11 +19,10 @@ pub use journal::{Backlogged, Journal, JournalConfig, JournalStatus, JournalTask
 pub enum LoadError {
     #[error("storage unavailable")]
     Store(#[from] StoreError),
-    #[error("stored data of room {room} is corrupt at item {index} ({detail})")]
+    #[error("stored data of room {room} is corrupt: {source}")]
     Corrupt {
         room: RoomName,
-        index: usize,
-        detail: String,
+        source: StoredUpdateError,
     },
 }
 
@@ -69,10 +68,9 @@ async fn load_with(
         .iter()
         .map(|s| s.state.as_slice())
         .chain(stored.updates.iter().map(|u| u.data.as_slice()));
-    let doc = doc_from_updates_with(blobs, caps).map_err(|(index, detail)| LoadError::Corrupt {
+    let doc = doc_from_updates_with(blobs, caps).map_err(|source| LoadError::Corrupt {
         room: room.clone(),
-        index,
-        detail,
+        source,
     })?;
     Ok(LoadedRoom {
         base: base.filter(|_| doc.held.is_empty()),

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::config::RoomConfig;
 use super::core::{Access, PeerId};
-use super::owner::{Registration, RoomCommand, RoomConfig, RoomTask, RoomUnavailable};
+use super::owner::{Registration, RoomCommand, RoomTask, RoomUnavailable};
 use super::peer::PeerLink;
 use super::request::{RoomReply, RoomRequest};
 use crate::persist::Journal;
@@ -41,6 +42,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Set in cluster mode: every room loaded joins the bus.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// One lock per room being restored (see [`Rooms::restore_lock`]).
+    restores: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 enum Slot {
@@ -78,8 +81,20 @@ impl Rooms {
                 shutdown,
                 tasks,
                 cluster: std::sync::OnceLock::new(),
+                restores: Mutex::default(),
             }),
         }
+    }
+
+    /// Held while a restore of `room` runs: restores of one room go one at
+    /// a time, so each one's `before` version includes the previous one.
+    /// (A lock, not the room's task: a restore waits on storage and on a
+    /// diff computed off the runtime, which the room must not.)
+    pub fn restore_lock(&self, room: &RoomName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.restores.lock().expect("not poisoned");
+        // Locks nobody holds or waits for (only the map refers to them) go.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(room.clone()).or_default().clone()
     }
 
     /// Makes every room loaded from now on a member of `cluster`.

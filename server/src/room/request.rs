@@ -1,10 +1,11 @@
 //! What the HTTP API, the snapshot tools and other nodes ask of a room,
 //! besides connections joining and sending frames.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use crdt_store::SnapshotInfo;
+use crdt_store::{SnapshotInfo, StoreError};
 use tokio::sync::broadcast;
 use yrs::{Doc, StateVector};
 
@@ -12,7 +13,11 @@ use crate::protocol::DocUpdate;
 
 /// Computes an update from the room's current document (a restore, a
 /// migration): `Ok(None)` when there is nothing to change.
-pub type Transform = Box<dyn FnOnce(&Doc) -> Result<Option<Vec<u8>>, String> + Send>;
+pub type Transform = Box<dyn FnOnce(&Doc) -> Result<Option<Vec<u8>>, TransformError> + Send>;
+
+/// Why a [`Transform`] could not compute its update; the caller's own
+/// error, carried back to it whole.
+pub type TransformError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request to a room, answered through a oneshot.
 pub enum RoomRequest {
@@ -46,11 +51,36 @@ pub enum RoomReply {
     /// What an update from outside did.
     Applied(Accepted),
     /// The update (or a transform's) could not be computed or applied;
-    /// nothing changed. The reason, for the caller.
-    Failed(String),
-    Snapshot(Result<SnapshotInfo, String>),
+    /// nothing changed.
+    Failed(RequestFailed),
+    Snapshot(Result<SnapshotInfo, SnapshotFailed>),
     Events(Subscription),
     Deleted,
+}
+
+/// Why an update from outside (or a transform's) changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestFailed {
+    #[error("the update does not apply: {0}")]
+    DoesNotApply(#[source] yrs::error::UpdateError),
+    #[error("the computed update does not decode: {0}")]
+    ComputedUpdateInvalid(#[source] yrs::encoding::read::Error),
+    #[error("{0}")]
+    Transform(#[source] TransformError),
+    /// yrs panicked on it: the room closed its peers and reloads.
+    #[error("the update broke the document; the room reloads")]
+    Poisoned,
+}
+
+/// Why a requested snapshot was not written. Cloned to every caller
+/// waiting for the same snapshot.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotFailed {
+    #[error("writing the snapshot failed: {0}")]
+    Store(#[source] Arc<StoreError>),
+    /// The task writing it panicked or was cancelled.
+    #[error("the snapshot task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
 }
 
 /// What applying an update from outside did.

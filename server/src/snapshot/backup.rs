@@ -89,7 +89,7 @@ pub fn validate_update(state: &[u8]) -> anyhow::Result<OwnedDoc> {
         .map_err(|e| anyhow::anyhow!("it is not a Yjs v1 update ({e})"))?;
     doc_from_updates([state])
         .map(|stored| stored.doc)
-        .map_err(|(_, detail)| anyhow::anyhow!("it does not apply ({detail})"))
+        .map_err(|e| anyhow::anyhow!("it does not apply ({})", e.problem))
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use super::database::{open, require_room};
 use super::listing::{Table, human_size, print_json};
 use super::progress::Progress;
 use crate::persist::{self, LoadError};
+use crate::room::core::StoredUpdateError;
 use crate::room::held::Waiting;
 
 /// One room's verdict.
 struct Checked {
     room: RoomName,
-    outcome: Result<Loaded, String>,
+    outcome: Result<Loaded, StoredUpdateError>,
 }
 
 struct Loaded {
@@ -69,9 +70,7 @@ pub async fn run(target: &Target, room: Option<&RoomName>, as_json: bool) -> any
                 .len(),
                 waiting: loaded.doc.held.waiting().map(Part::from).collect(),
             }),
-            Err(LoadError::Corrupt { index, detail, .. }) => {
-                Err(format!("stored item {index} does not load: {detail}"))
-            }
+            Err(LoadError::Corrupt { source, .. }) => Err(source),
             Err(e @ LoadError::Store(_)) => {
                 return Err(e).with_context(|| format!("reading room {room:?}"));
             }
@@ -109,7 +108,7 @@ fn to_json(checked: &Checked) -> Value {
         Err(error) => json!({
             "room": checked.room,
             "loads": false,
-            "error": error,
+            "error": error.to_string(),
         }),
     }
 }
@@ -139,7 +138,7 @@ fn print_table(checked: &[Checked]) {
                     needs.join(", "),
                 ]
             }
-            Err(error) => ["NO".to_string(), "-".to_string(), error.clone()],
+            Err(error) => ["NO".to_string(), "-".to_string(), error.to_string()],
         };
         let [loads, waiting, needs] = row;
         table.row([c.room.to_string(), loads, waiting, needs]);

@@ -190,7 +190,7 @@ pub async fn snapshot(app: &App, room: Room) -> ApiResult {
     else {
         return Err(ApiError::Internal("unexpected reply".into()));
     };
-    let info = result.map_err(ApiError::Internal)?;
+    let info = result.map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(warp::reply::with_status(
         warp::reply::json(&snapshot_json(&info)),
         warp::http::StatusCode::CREATED,

@@ -59,7 +59,7 @@ const DIFF_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Why a restore update could not be computed. Nothing is changed then.
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub enum RestoreDiffError {
     /// The current document could not be copied (it does not re-encode).
     #[error("the current document could not be copied: {0}")]
     Copy(String),
@@ -83,14 +83,14 @@ pub enum RestoreError {
 /// merged, not erased.
 ///
 /// # Errors
-/// [`RestoreError`] when the documents hold something that cannot be
+/// [`RestoreDiffError`] when the documents hold something that cannot be
 /// rebuilt, or yrs fails.
-pub fn restore_update(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreError> {
+pub fn restore_update(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreDiffError> {
     catch_unwind(AssertUnwindSafe(|| compute(current, target)))
-        .unwrap_or(Err(RestoreError::Panicked))
+        .unwrap_or(Err(RestoreDiffError::Panicked))
 }
 
-fn compute(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreError> {
+fn compute(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreDiffError> {
     let (state, current_sv) = {
         let txn = current.transact();
         (
@@ -106,11 +106,11 @@ fn compute(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, RestoreError>
         skip_gc: true,
         ..Options::default()
     }));
-    let update = Update::decode_v1(&state).map_err(|e| RestoreError::Copy(e.to_string()))?;
+    let update = Update::decode_v1(&state).map_err(|e| RestoreDiffError::Copy(e.to_string()))?;
     scratch
         .transact_mut()
         .apply_update(update)
-        .map_err(|e| RestoreError::Copy(e.to_string()))?;
+        .map_err(|e| RestoreDiffError::Copy(e.to_string()))?;
     // A transaction of its own: the update is what this one changes.
     let mut txn = scratch.transact_mut();
     let before = txn.state_vector();
@@ -194,13 +194,17 @@ enum Key {
 }
 
 impl Key {
-    fn of(value: &Out) -> Result<Key, RestoreError> {
+    fn of(value: &Out) -> Result<Key, RestoreDiffError> {
         Ok(match value {
             Out::Any(any) => Key::Value(AnyKey(any.clone())),
             Out::YDoc(doc) => Key::Doc(doc.guid().to_string()),
             other => match Kind::of(other) {
                 Some((_, branch)) => Key::Shared(branch.id()),
-                None => return Err(RestoreError::Unsupported("a shared type of unknown kind")),
+                None => {
+                    return Err(RestoreDiffError::Unsupported(
+                        "a shared type of unknown kind",
+                    ));
+                }
             },
         })
     }
@@ -259,7 +263,7 @@ struct Restorer<'t, T: ReadTxn> {
 }
 
 impl<T: ReadTxn> Restorer<'_, T> {
-    fn restore_roots(&self, txn: &mut TransactionMut) -> Result<(), RestoreError> {
+    fn restore_roots(&self, txn: &mut TransactionMut) -> Result<(), RestoreDiffError> {
         let mut current: Vec<(String, BranchPtr)> = txn
             .root_refs()
             .filter_map(|(name, value)| Some((name.to_string(), branch_of(&value)?)))
@@ -301,7 +305,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &TransactionMut,
         cur: BranchPtr,
         tgt: Option<BranchPtr>,
-    ) -> Result<ListKind, RestoreError> {
+    ) -> Result<ListKind, RestoreDiffError> {
         for type_ref in [Some(cur.type_ref()), tgt.as_ref().map(|t| t.type_ref())]
             .into_iter()
             .flatten()
@@ -328,7 +332,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         cur: BranchPtr,
         tgt: Option<BranchPtr>,
         kind: ListKind,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         self.restore_map(txn, cur, tgt)?;
         match kind {
             ListKind::Text => self.restore_text(txn, cur, tgt),
@@ -343,7 +347,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &mut TransactionMut,
         cur: &Out,
         tgt: &Out,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         if let (Some((kind, cur_branch)), Some((_, tgt_branch))) = (Kind::of(cur), Kind::of(tgt)) {
             self.restore_branch(txn, cur_branch, Some(tgt_branch), kind.list_kind())?;
         }
@@ -357,7 +361,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &mut TransactionMut,
         place: Place<'_>,
         value: &Out,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         if let Out::Any(any) = value {
             place.insert_any(txn, any.clone());
             return Ok(());
@@ -369,8 +373,9 @@ impl<T: ReadTxn> Restorer<'_, T> {
             });
             return place.insert_doc(txn, copy);
         }
-        let (kind, tgt_branch) =
-            Kind::of(value).ok_or(RestoreError::Unsupported("a shared type of unknown kind"))?;
+        let (kind, tgt_branch) = Kind::of(value).ok_or(RestoreDiffError::Unsupported(
+            "a shared type of unknown kind",
+        ))?;
         let created = match &kind {
             Kind::Text => place.insert_shared(txn, TextPrelim::new("")),
             Kind::Array => place.insert_shared(txn, ArrayPrelim::default()),
@@ -417,7 +422,7 @@ impl Place<'_> {
         }
     }
 
-    fn insert_doc(self, txn: &mut TransactionMut, doc: Doc) -> Result<(), RestoreError> {
+    fn insert_doc(self, txn: &mut TransactionMut, doc: Doc) -> Result<(), RestoreDiffError> {
         match self {
             Place::Map(map, key) => {
                 map.insert(txn, key, doc);
@@ -425,7 +430,9 @@ impl Place<'_> {
             Place::Array(array, index) => {
                 array.insert(txn, index, doc);
             }
-            Place::Text(..) => return Err(RestoreError::Unsupported("a subdocument inside text")),
+            Place::Text(..) => {
+                return Err(RestoreDiffError::Unsupported("a subdocument inside text"));
+            }
         }
         Ok(())
     }
@@ -455,15 +462,15 @@ fn branch_of(value: &Out) -> Option<BranchPtr> {
 }
 
 /// The list kind a declared type implies; `None` for an undefined root.
-fn declared_list_kind(type_ref: &TypeRef) -> Result<Option<ListKind>, RestoreError> {
+fn declared_list_kind(type_ref: &TypeRef) -> Result<Option<ListKind>, RestoreDiffError> {
     Ok(Some(match type_ref {
         TypeRef::Text | TypeRef::XmlText => ListKind::Text,
         TypeRef::Array | TypeRef::XmlFragment | TypeRef::XmlElement(_) => ListKind::Array,
         TypeRef::Map | TypeRef::XmlHook => ListKind::None,
         TypeRef::Undefined => return Ok(None),
-        TypeRef::SubDoc => return Err(RestoreError::Unsupported("a subdocument root")),
+        TypeRef::SubDoc => return Err(RestoreDiffError::Unsupported("a subdocument root")),
         #[allow(unreachable_patterns)]
-        _ => return Err(RestoreError::Unsupported("a weak link")),
+        _ => return Err(RestoreDiffError::Unsupported("a weak link")),
     }))
 }
 

@@ -11,7 +11,7 @@ use yrs::types::Attrs;
 use yrs::types::text::{Diff, YChange};
 use yrs::{Any, Out, ReadTxn, Text, TextRef, TransactionMut};
 
-use super::{Key, Place, RestoreError, Restorer, len_u32};
+use super::{Key, Place, RestoreDiffError, Restorer, len_u32};
 
 /// A text as a flat sequence of units.
 struct Units {
@@ -22,7 +22,7 @@ struct Units {
 }
 
 impl Units {
-    fn of<T: ReadTxn>(txn: &T, branch: Option<BranchPtr>) -> Result<Self, RestoreError> {
+    fn of<T: ReadTxn>(txn: &T, branch: Option<BranchPtr>) -> Result<Self, RestoreDiffError> {
         let chunks = match branch {
             Some(branch) => TextRef::from(branch).diff(txn, YChange::identity),
             None => Vec::new(),
@@ -78,7 +78,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &mut TransactionMut,
         cur: BranchPtr,
         tgt: Option<BranchPtr>,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         let current = Units::of(txn, Some(cur))?;
         let wanted = Units::of(self.target, tgt)?;
         if current.keys.is_empty() && wanted.keys.is_empty() {
@@ -113,7 +113,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         old: std::ops::Range<usize>,
         wanted: &Units,
         new: std::ops::Range<usize>,
-    ) -> Result<u32, RestoreError> {
+    ) -> Result<u32, RestoreDiffError> {
         let len = old.len();
         let mut i = 0;
         while i < len {
@@ -158,7 +158,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         mut pos: u32,
         wanted: &Units,
         new: std::ops::Range<usize>,
-    ) -> Result<u32, RestoreError> {
+    ) -> Result<u32, RestoreDiffError> {
         let mut i = new.start;
         while i < new.end {
             let chunk = wanted.chunk_of[i];
@@ -200,7 +200,7 @@ fn merge_split_runs(
     text: &TextRef,
     before: &Units,
     wanted: &Units,
-) -> Result<(), RestoreError> {
+) -> Result<(), RestoreDiffError> {
     let mut keys: Vec<std::sync::Arc<str>> = Vec::new();
     for chunk in before.chunks.iter().chain(&wanted.chunks) {
         for key in chunk.attributes.iter().flat_map(|a| a.keys()) {

@@ -7,7 +7,7 @@ use similar::DiffOp;
 use yrs::branch::BranchPtr;
 use yrs::{Any, Array, ArrayRef, Map, MapRef, Out, ReadTxn, TransactionMut};
 
-use super::{Key, Kind, Place, RestoreError, Restorer, len_u32};
+use super::{Key, Kind, Place, RestoreDiffError, Restorer, len_u32};
 
 impl<T: ReadTxn> Restorer<'_, T> {
     /// Map entries: Y.Map content, XML attributes.
@@ -16,7 +16,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &mut TransactionMut,
         cur: BranchPtr,
         tgt: Option<BranchPtr>,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         let map = MapRef::from(cur);
         let current: HashMap<String, Out> = map
             .iter(txn)
@@ -66,7 +66,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         txn: &mut TransactionMut,
         cur: BranchPtr,
         tgt: Option<BranchPtr>,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         let array = ArrayRef::from(cur);
         let current: Vec<Out> = array.iter(txn).collect();
         let wanted: Vec<Out> = match tgt {
@@ -101,7 +101,7 @@ impl<T: ReadTxn> Restorer<'_, T> {
         wanted: &[Out],
         ops: Vec<DiffOp>,
         loose: bool,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), RestoreDiffError> {
         for op in ops {
             let (old, new) = (op.old_range(), op.new_range());
             if let DiffOp::Equal { .. } = op {
