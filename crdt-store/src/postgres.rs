@@ -24,7 +24,9 @@ use crate::{
     StoreError, StoredRoom, UpdateId,
 };
 
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+// `migrations` links to the top-level `migrations/`, inside this package
+// so that `cargo package` carries it.
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Upper bound on connections per server process.
 const MAX_CONNECTIONS: u32 = 10;

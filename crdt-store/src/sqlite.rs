@@ -27,7 +27,9 @@ use crate::{
     StoreError, StoredRoom, UpdateId,
 };
 
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+// `migrations` links to the top-level `migrations/`, inside this package
+// so that `cargo package` carries it.
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How long a statement waits for another connection's write lock before
 /// failing with `SQLITE_BUSY` (a transient error).

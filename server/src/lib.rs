@@ -19,6 +19,7 @@ pub mod cli_security;
 pub mod close;
 pub mod cluster;
 pub mod connection;
+pub mod entry;
 pub mod frames;
 pub mod http;
 pub mod ip_connections;

@@ -213,7 +213,7 @@ async fn a_key_set_picks_keys_by_kid_so_that_keys_can_rotate() {
     // A file that is not a key set stops the server at start, saying so.
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, b"{\"keys\": 7}").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+    let output = Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
         .args(["serve", "--bind", "127.0.0.1:0", "--auth-jwks"])
         .arg(&broken)
         .arg("--database-url")

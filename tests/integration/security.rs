@@ -188,7 +188,7 @@ async fn a_read_only_client_syncs_but_cannot_write() {
 #[tokio::test]
 async fn require_auth_refuses_to_start_without_a_key_and_anonymous_mode_warns() {
     let dir = temp_dir();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
         .args([
             "serve",
             "--bind",
@@ -211,7 +211,7 @@ async fn require_auth_refuses_to_start_without_a_key_and_anonymous_mode_warns() 
 
 #[tokio::test]
 async fn the_token_command_mints_a_token_the_server_accepts() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
         .args([
             "token", "--room", "docs/*", "--role", "write", "--ttl", "1h",
         ])

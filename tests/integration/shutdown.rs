@@ -46,7 +46,7 @@ async fn migrate_creates_the_schema_and_exits() {
     let url = sqlite_url(dir.path());
     for _ in 0..2 {
         // Twice: applying already-applied migrations is a no-op.
-        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
             .args(["migrate", "--database-url", &url])
             .status()
             .await

@@ -63,7 +63,7 @@ impl Db {
 
 /// Runs `crdt-hub snapshot ARGS --database-url URL` to completion.
 pub async fn snapshot_cli(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
         .arg("snapshot")
         .args(args)
         .args(["--database-url", url])
@@ -625,7 +625,7 @@ async fn binary_output_is_not_written_to_a_terminal() {
     seed_history(&db.store().await, "notes").await;
     let command = format!(
         "{} snapshot export notes --database-url {}",
-        env!("CARGO_BIN_EXE_crdt-hub"),
+        env!("CARGO_BIN_EXE_crdt-hub-under-test"),
         db.url()
     );
     let out = tokio::process::Command::new("script")
@@ -658,7 +658,7 @@ async fn binary_output_is_not_written_to_a_terminal() {
 
 #[tokio::test]
 async fn help_explains_every_subcommand_with_an_example() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"))
         .args(["snapshot", "--help"])
         .output()
         .await

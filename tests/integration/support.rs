@@ -174,7 +174,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub async fn start(database_url: &str, extra: &[&str]) -> Self {
         Self::spawn(
-            Command::new(env!("CARGO_BIN_EXE_crdt-hub")),
+            Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test")),
             database_url,
             extra,
         )
@@ -189,7 +189,7 @@ impl ServerProcess {
         command
             .arg(format!("--nofile={nofile}:{nofile}"))
             .arg("--")
-            .arg(env!("CARGO_BIN_EXE_crdt-hub"));
+            .arg(env!("CARGO_BIN_EXE_crdt-hub-under-test"));
         Self::spawn(command, database_url, extra).await
     }
 

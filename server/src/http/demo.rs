@@ -21,11 +21,13 @@ use warp::http::header::{
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-const INDEX_HTML: &[u8] = include_bytes!("../../../web-demo/dist/index.html");
-const APP_JS: &[u8] = include_bytes!("../../../web-demo/dist/app.js");
-const APP_JS_GZ: &[u8] = include_bytes!("../../../web-demo/dist/app.js.gz");
-const APP_CSS: &[u8] = include_bytes!("../../../web-demo/dist/app.css");
-const APP_CSS_GZ: &[u8] = include_bytes!("../../../web-demo/dist/app.css.gz");
+// `web-demo-dist` links to the top-level `web-demo/dist` (the committed
+// bundle), inside this package so that `cargo package` carries it.
+const INDEX_HTML: &[u8] = include_bytes!("../../web-demo-dist/index.html");
+const APP_JS: &[u8] = include_bytes!("../../web-demo-dist/app.js");
+const APP_JS_GZ: &[u8] = include_bytes!("../../web-demo-dist/app.js.gz");
+const APP_CSS: &[u8] = include_bytes!("../../web-demo-dist/app.css");
+const APP_CSS_GZ: &[u8] = include_bytes!("../../web-demo-dist/app.css.gz");
 
 /// Cache for a year: the URL changes whenever the bytes do.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
