@@ -10,7 +10,7 @@ use crdt_hub::auth::{Claims, Role};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir};
+use crate::support::{Bystanders, ServerProcess, YClient, http_request, sqlite_url, temp_dir};
 
 const SECRET: &str = "hostile-secret-0123456789";
 
@@ -255,11 +255,18 @@ async fn a_message_that_never_ends_is_closed_and_fragments_count_against_the_rat
     for _ in 0..5_000 {
         frames.extend_from_slice(&[0x00, 0x80, 1, 2, 3, 4]);
     }
-    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = hostile.ws.get_mut() else {
-        unreachable!("plain TCP on loopback");
-    };
-    tcp.write_all(&frames).await.unwrap();
-    assert_eq!(hostile.close_code().await, Some(1008));
+    let mut bystanders = Bystanders::join(&server.url("bystanders")).await;
+    let close_code = bystanders
+        .keep_editing_while(async move {
+            let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = hostile.ws.get_mut() else {
+                unreachable!("plain TCP on loopback");
+            };
+            tcp.write_all(&frames).await.unwrap();
+            hostile.close_code().await
+        })
+        .await;
+    assert_eq!(close_code, Some(1008));
+    bystanders.assert_kept_syncing();
 
     // The room next door never noticed.
     honest.insert("t", 0, "still here").await;

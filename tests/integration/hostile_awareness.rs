@@ -15,7 +15,7 @@ use yrs::sync::{AwarenessUpdate, Message as YMessage};
 use yrs::updates::decoder::Decode;
 
 use crate::metrics::sample;
-use crate::support::{ServerProcess, TIMEOUT, YClient, sqlite_url, temp_dir};
+use crate::support::{Bystanders, ServerProcess, TIMEOUT, YClient, sqlite_url, temp_dir};
 
 const SECRET: &str = "hostile-awareness-secret";
 
@@ -107,69 +107,6 @@ async fn barrier(client: &mut YClient) {
     }
 }
 
-/// Two honest clients in a room of their own: one edits, and the time
-/// until the other sees each edit is the slowest the attack made it.
-struct Bystanders {
-    writer: YClient,
-    reader: YClient,
-    typed: usize,
-    slowest: Duration,
-}
-
-impl Bystanders {
-    async fn join(server: &ServerProcess) -> Self {
-        let room = "docs/bystanders";
-        Self {
-            writer: YClient::connect(&url(server, room, Role::Write)).await,
-            reader: YClient::connect(&url(server, room, Role::Write)).await,
-            typed: 0,
-            slowest: Duration::ZERO,
-        }
-    }
-
-    /// Edits and waits for the edit on the other side until `attack`
-    /// finishes; returns what it returned.
-    async fn keep_editing_while<T: Send + 'static>(
-        &mut self,
-        attack: impl Future<Output = T> + Send + 'static,
-    ) -> T {
-        let attack = tokio::spawn(attack);
-        loop {
-            self.round_trip().await;
-            if attack.is_finished() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.round_trip().await;
-        attack.await.unwrap()
-    }
-
-    async fn round_trip(&mut self) {
-        let started = Instant::now();
-        self.writer.insert("t", 0, "x").await;
-        self.typed += 1;
-        let typed = self.typed;
-        self.reader
-            .until("the bystander's edit", |c| c.text("t").len() == typed)
-            .await;
-        self.slowest = self.slowest.max(started.elapsed());
-    }
-
-    fn assert_kept_syncing(&self) {
-        eprintln!(
-            "bystanders: {} edits, slowest {:?}",
-            self.typed, self.slowest
-        );
-        assert!(self.typed >= 2);
-        assert!(
-            self.slowest < Duration::from_secs(3),
-            "an honest edit took {:?} to arrive during the attack",
-            self.slowest
-        );
-    }
-}
-
 /// The server's resident memory, from /proc.
 fn rss_bytes(server: &ServerProcess) -> u64 {
     let pid = server.child.id().expect("running");
@@ -216,7 +153,7 @@ async fn join_and_measure(url: &str) -> (usize, usize, Duration) {
 async fn a_flood_of_fake_client_ids_is_capped_and_joiners_sync_at_once() {
     let (server, _dir) = start().await;
     let room = "docs/flood";
-    let mut bystanders = Bystanders::join(&server).await;
+    let mut bystanders = Bystanders::join(&url(&server, "docs/bystanders", Role::Write)).await;
     let mut honest = YClient::connect(&url(&server, room, Role::Write)).await;
     skip_greeting(&mut honest).await;
     honest.insert("t", 0, "the document").await;
@@ -283,7 +220,7 @@ async fn a_flood_of_fake_client_ids_is_capped_and_joiners_sync_at_once() {
 async fn a_spoofer_can_neither_rename_nor_remove_another_connections_presence() {
     let (server, _dir) = start().await;
     let room = "docs/spoof";
-    let mut bystanders = Bystanders::join(&server).await;
+    let mut bystanders = Bystanders::join(&url(&server, "docs/bystanders", Role::Write)).await;
     let mut victim = YClient::connect(&url(&server, room, Role::Write)).await;
     let mut observer = YClient::connect(&url(&server, room, Role::Write)).await;
     announce(&mut victim, serde_json::json!({"user": {"name": "victim"}})).await;
@@ -355,7 +292,7 @@ async fn a_spoofer_can_neither_rename_nor_remove_another_connections_presence() 
 async fn states_that_are_not_json_or_too_big_close_the_sender_and_reach_no_one() {
     let (server, _dir) = start().await;
     let room = "docs/garbage";
-    let mut bystanders = Bystanders::join(&server).await;
+    let mut bystanders = Bystanders::join(&url(&server, "docs/bystanders", Role::Write)).await;
     let mut observer = YClient::connect(&url(&server, room, Role::Write)).await;
     let attacks: Vec<(u64, String, u16)> = vec![
         (9001, "not json {".into(), 1002),

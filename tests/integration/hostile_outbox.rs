@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::sample;
-use crate::support::{ServerProcess, YClient, http_request, sqlite_url, temp_dir};
+use crate::support::{Bystanders, ServerProcess, YClient, http_request, sqlite_url, temp_dir};
 
 /// The server's resident memory, from /proc.
 fn rss_mib(server: &ServerProcess) -> u64 {
@@ -85,6 +85,12 @@ async fn a_reader_draining_slower_than_its_room_is_closed_by_bytes() {
     let mut watcher = YClient::connect(&server.url(room)).await;
     let mut slow = YClient::connect(&server.url(room)).await;
     let start_rss = rss_mib(&server);
+    let stop_bystanders = tokio_util::sync::CancellationToken::new();
+    let bystanders = tokio::spawn(
+        Bystanders::join(&server.url("bystanders"))
+            .await
+            .edit_until(stop_bystanders.clone()),
+    );
 
     // Reads on, at 300 KB/s, until its stream ends.
     let draining = tokio::spawn(async move {
@@ -109,6 +115,8 @@ async fn a_reader_draining_slower_than_its_room_is_closed_by_bytes() {
     )
     .await;
     let peak_rss = rss_mib(&server);
+    stop_bystanders.cancel();
+    bystanders.await.unwrap().assert_kept_syncing();
     eprintln!(
         "slow reader closed after {written} MB written; server RSS {start_rss} -> {peak_rss} MiB"
     );

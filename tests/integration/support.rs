@@ -746,3 +746,87 @@ pub async fn snapshot_now(addr: SocketAddr, room: &str) -> i64 {
     assert_eq!(response.status, 201, "{:?}", response.body);
     response.json()["id"].as_i64().unwrap()
 }
+
+/// Two honest clients in a room of their own: one edits, and the time
+/// until the other sees each edit is what the attack cost them.
+pub struct Bystanders {
+    writer: YClient,
+    reader: YClient,
+    typed: usize,
+    /// Each edit's round trip, writer to reader.
+    round_trips: Vec<Duration>,
+}
+
+impl Bystanders {
+    /// Two clients of the room at `url` (a room no attack touches).
+    pub async fn join(url: &str) -> Self {
+        Self {
+            writer: YClient::connect(url).await,
+            reader: YClient::connect(url).await,
+            typed: 0,
+            round_trips: Vec::new(),
+        }
+    }
+
+    /// Edits and waits for the edit on the other side until `attack`
+    /// finishes; returns what it returned.
+    pub async fn keep_editing_while<T: Send + 'static>(
+        &mut self,
+        attack: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let attack = tokio::spawn(attack);
+        loop {
+            self.round_trip().await;
+            if attack.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.round_trip().await;
+        attack.await.unwrap()
+    }
+
+    /// Edits, a round trip every 20 ms, until `stop`; for attacks that
+    /// are not one future (the test drives them step by step).
+    pub async fn edit_until(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        while !stop.is_cancelled() {
+            self.round_trip().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.round_trip().await;
+        self
+    }
+
+    pub async fn round_trip(&mut self) {
+        let started = std::time::Instant::now();
+        self.writer.insert("t", 0, "x").await;
+        self.typed += 1;
+        let typed = self.typed;
+        self.reader
+            .until("the bystander's edit", |c| c.text("t").len() == typed)
+            .await;
+        self.round_trips.push(started.elapsed());
+    }
+
+    /// Issue 27: honest clients in other rooms keep syncing with p99
+    /// under 50 ms during the attack; no edit may take seconds.
+    pub fn assert_kept_syncing(&self) {
+        let mut sorted = self.round_trips.clone();
+        sorted.sort();
+        let p99 = sorted[(sorted.len() * 99).div_ceil(100).saturating_sub(1)];
+        let slowest = *sorted.last().expect("edits were made");
+        eprintln!(
+            "bystanders: {} edits, p99 {p99:?}, slowest {slowest:?}",
+            self.typed
+        );
+        assert!(self.typed >= 2);
+        assert!(
+            p99 < Duration::from_millis(50),
+            "honest edits in another room had p99 {p99:?} during the attack"
+        );
+        assert!(
+            slowest < Duration::from_secs(3),
+            "an honest edit took {slowest:?} to arrive during the attack"
+        );
+    }
+}
