@@ -363,24 +363,28 @@ mod tests {
             .encode_state_as_update_v1(&StateVector::default())
     }
 
+    /// A document holding `update`, then `edit` inserted at `at`.
+    fn applied_then_edited(update: &[u8], at: u32, edit: &str) -> Doc {
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+        if !edit.is_empty() {
+            let t = doc.get_or_insert_text("t");
+            t.insert(&mut doc.transact_mut(), at, edit);
+        }
+        doc
+    }
+
     #[test]
     fn a_room_missing_part_of_before_receives_it_with_the_restore() {
         let version = text_doc("version");
-        let before = Doc::new();
-        before
-            .transact_mut()
-            .apply_update(Update::decode_v1(&state(&version)).unwrap())
-            .unwrap();
-        let t = before.get_or_insert_text("t");
-        t.insert(&mut before.transact_mut(), 7, " then more");
+        let before = applied_then_edited(&state(&version), 7, " then more");
         let plan = Plan::compute(state(&before), &state(&version)).unwrap();
 
         // A room that has only the version (the rest went to storage
         // directly) still ends at the version's content.
-        let live = Doc::new();
-        live.transact_mut()
-            .apply_update(Update::decode_v1(&state(&version)).unwrap())
-            .unwrap();
+        let live = applied_then_edited(&state(&version), 0, "");
         let update = plan.update_for(&live).unwrap().unwrap();
         live.transact_mut()
             .apply_update(Update::decode_v1(&update).unwrap())
@@ -395,13 +399,7 @@ mod tests {
     #[test]
     fn the_state_after_a_restore_reads_as_the_version() {
         let version = text_doc("version");
-        let before = Doc::new();
-        before
-            .transact_mut()
-            .apply_update(Update::decode_v1(&state(&version)).unwrap())
-            .unwrap();
-        let t = before.get_or_insert_text("t");
-        t.insert(&mut before.transact_mut(), 0, "edited ");
+        let before = applied_then_edited(&state(&version), 0, "edited ");
         let after = Plan::compute(state(&before), &state(&version))
             .unwrap()
             .state_after()
