@@ -1,16 +1,22 @@
 //! Cluster mode (`--redis-url`): several crdt-hub nodes serve the same rooms.
 //!
-//! Each loaded room has a Redis Stream, `{prefix}:room:{room}`. A node
-//! publishes there every update its room accepts from its own clients or
-//! API, the awareness changes of its own clients, and every
-//! `--cluster-sync-interval` the room's state vector. Every node that has
+//! Each loaded room claims its interest in `{prefix}:interest:{room}` (see
+//! [`interest`]). While another node holds the room too, a node publishes
+//! on the room's Redis Stream, `{prefix}:room:{room}`, every update its
+//! room accepts from its own clients or API, the awareness changes of its
+//! own clients, and every `--cluster-sync-interval` the room's state
+//! vector; alone on a room it publishes nothing. Every node that has
 //! the room loaded reads the stream (`XREAD BLOCK`) and hands what other
 //! nodes published to its room owner as [`Remote`] commands: updates are
 //! applied and broadcast to local peers but never journaled (their origin
 //! node persists them) nor published again. A node that sees a state vector
 //! lacking some of its content publishes the difference (anti-entropy), so
-//! nodes converge even after missing bus messages. A lease
-//! (`{prefix}:lease:{room}`) lets one node at a time compact a room.
+//! nodes converge even after missing bus messages; a node that starts
+//! sharing a room publishes its state vector at once, so it is caught up
+//! before it misses anything. A lease (`{prefix}:lease:{room}`) lets one
+//! node at a time compact a room. Every key of a room expires a few sync
+//! intervals after the last node holding it let go, and a room deleted
+//! through any node's API is closed on every node ([`delete`]).
 //!
 //! Redis trouble never stops a room: publishing and reading log, back off
 //! and retry while the room keeps serving its local clients.
@@ -19,6 +25,8 @@ mod anti_entropy;
 mod args;
 mod awareness;
 mod bus;
+mod delete;
+mod interest;
 mod lease;
 mod message;
 mod metrics;
@@ -35,7 +43,7 @@ use crate::room::RoomCommand;
 
 pub use args::ClusterArgs;
 pub use awareness::RemoteAwareness;
-pub use bus::{RemoteOutcome, RoomBus};
+pub use bus::{Joined, RemoteOutcome, RoomBus};
 pub use message::{BusMessage, Remote};
 
 /// Settings of cluster mode.
@@ -134,6 +142,15 @@ impl Cluster {
 
     pub fn lease_key(&self, room: &RoomName) -> String {
         format!("{}:lease:{}", self.config.prefix, room.as_str())
+    }
+
+    /// The keys the interest and deletion scripts touch.
+    fn room_keys(&self, room: &RoomName) -> interest::RoomKeys {
+        interest::RoomKeys {
+            interest: format!("{}:interest:{}", self.config.prefix, room.as_str()),
+            tombstone: format!("{}:deleting:{}", self.config.prefix, room.as_str()),
+            stream: self.stream_key(room),
+        }
     }
 
     /// Connects a room that is being loaded to the bus: starts its reader,

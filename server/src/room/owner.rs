@@ -207,6 +207,14 @@ const EVENT_BUFFER: usize = 1024;
 
 impl RoomTask {
     pub async fn run(mut self) {
+        if let Some(bus) = self.bus.as_mut()
+            && bus.joined().await == crate::cluster::Joined::Deleting
+        {
+            info!("room is being deleted through another node; refusing its connections");
+            self.registration.leave();
+            self.close_inbox(RoomUnavailable::Deleting);
+            return;
+        }
         let loaded = match persist::load(&self.store, &self.name).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -243,6 +251,12 @@ impl RoomTask {
         }
         crate::metrics::document_bytes(-state.document_bytes);
         crate::metrics::room_unloaded();
+        if self.bus.is_some() {
+            // What this node accepted reaches storage before the bus, as it
+            // drops, withdraws the room's claim: a node deleting the room
+            // waits for that, then deletes the rows.
+            let _ = timeout(UNLOAD_FLUSH_TIMEOUT, self.journal.flushed()).await;
+        }
     }
 
     async fn serve(&mut self, state: &mut Loaded) {
@@ -764,6 +778,10 @@ impl RoomTask {
             return;
         };
         let outcome = bus.handle(&mut state.room, remote);
+        if outcome.deleted {
+            self.deleted_elsewhere(state);
+            return;
+        }
         if !outcome.to_peers.is_empty() {
             let effects = Effects {
                 to_others: outcome.to_peers,
@@ -784,6 +802,27 @@ impl RoomTask {
             }
             Err(RoomError::Poisoned) => self.poisoned(state),
         }
+    }
+
+    /// Another node deleted the room: every peer is closed as by a local
+    /// delete and the room unloads without saving (a snapshot would bring
+    /// the room back); `run` flushes the journal before the bus lets go.
+    fn deleted_elsewhere(&mut self, state: &mut Loaded) {
+        info!("room deleted through another node; closing it without saving");
+        for (_, link) in state.links.drain() {
+            link.close(close::ROOM_DELETED);
+        }
+        if let Some(compaction) = &state.compaction {
+            compaction.task.abort();
+        }
+        for waiter in state
+            .snapshot_waiters
+            .drain(..)
+            .chain(state.queued_snapshot_waiters.drain(..))
+        {
+            let _ = waiter.send(Err(RoomUnavailable::Unloading));
+        }
+        self.close_inbox(RoomUnavailable::Unloading);
     }
 
     /// Encodes the document and writes it as a snapshot in the background.
