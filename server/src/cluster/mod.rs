@@ -75,6 +75,17 @@ impl Default for ClusterConfig {
     }
 }
 
+/// `{prefix}:{kind}:{=room}`: the braces make a Redis Cluster hash tag, so
+/// every key of one room lives in one slot (the scripts touch several at
+/// once) while rooms spread over the shards. The `=` keeps the tag from
+/// being empty (Redis would hash the whole key) for a name that starts
+/// with `}`; whatever braces a name holds, the tag starts at the brace
+/// before `=` (the prefix has none, see `args`), so it is the same for
+/// each of the room's keys, and distinct names give distinct keys.
+fn room_key(prefix: &str, kind: &str, room: &RoomName) -> String {
+    format!("{prefix}:{kind}:{{={}}}", room.as_str())
+}
+
 /// How a room's publisher and reader wait between failed Redis calls: 50 ms
 /// doubling to 5 s, with full jitter so that every room of a node (and of
 /// every node) does not retry at the same instant once Redis is back.
@@ -137,22 +148,25 @@ impl Cluster {
     }
 
     pub fn stream_key(&self, room: &RoomName) -> String {
-        format!("{}:room:{}", self.config.prefix, room.as_str())
+        self.key("room", room)
     }
 
     pub fn lease_key(&self, room: &RoomName) -> String {
-        format!("{}:lease:{}", self.config.prefix, room.as_str())
+        self.key("lease", room)
     }
 
     /// The keys the interest and deletion scripts touch.
     fn room_keys(&self, room: &RoomName) -> interest::RoomKeys {
         interest::RoomKeys {
-            interest: format!("{}:interest:{}", self.config.prefix, room.as_str()),
-            tombstone: format!("{}:deleting:{}", self.config.prefix, room.as_str()),
+            interest: self.key("interest", room),
+            tombstone: self.key("deleting", room),
             stream: self.stream_key(room),
         }
     }
 
+    fn key(&self, kind: &str, room: &RoomName) -> String {
+        room_key(&self.config.prefix, kind, room)
+    }
     /// Connects a room that is being loaded to the bus: starts its reader,
     /// publisher and heartbeat, which stop when the returned bus drops.
     pub fn join_room(
@@ -161,5 +175,36 @@ impl Cluster {
         inbox: mpsc::Sender<RoomCommand>,
     ) -> RoomBus {
         RoomBus::start(self.clone(), room, inbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part of a key Redis Cluster hashes (its hash tag rules).
+    fn hashed(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn every_key_of_a_room_hashes_to_one_slot() {
+        for name in ["notes", "a}b", "{x}", "a{b", "}", "team/notes:1"] {
+            let room = RoomName::parse(name).unwrap();
+            let tags: Vec<String> = ["room", "lease", "interest", "deleting"]
+                .iter()
+                .map(|kind| hashed(&room_key("crdt-hub", kind, &room)).to_string())
+                .collect();
+            assert!(tags.iter().all(|t| t == &tags[0]), "{name}: {tags:?}");
+        }
+        let a = room_key("p", "room", &RoomName::parse("a").unwrap());
+        let b = room_key("p", "room", &RoomName::parse("b").unwrap());
+        assert_ne!(hashed(&a), hashed(&b), "rooms spread over slots");
     }
 }
