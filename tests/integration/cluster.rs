@@ -721,3 +721,47 @@ async fn a_restore_through_a_node_without_clients_reaches_the_clients_of_another
         .await;
     finish(vec![a, b], &prefix).await;
 }
+
+#[tokio::test]
+async fn a_revocation_made_through_one_node_closes_sessions_on_the_others_at_once() {
+    const SECRET: &str = "cluster-revocation-secret";
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("revoke");
+    // Nodes that would look at the database only once an hour: the
+    // announcement on Redis is what reaches node B.
+    let flags = ["--auth-secret", SECRET, "--revocation-refresh", "1h"];
+    let a = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let b = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let room = "revoked";
+    let mallory = crdt_hub::auth::mint_hs256_for(
+        SECRET,
+        vec![room.into()],
+        crdt_hub::auth::Role::Write,
+        Duration::from_secs(600),
+        Some("mallory".into()),
+    )
+    .unwrap();
+    let url = |node: &ServerProcess| format!("{}?token={mallory}", node.url(room));
+    let mut on_a = YClient::connect(&url(&a)).await;
+    let mut on_b = YClient::connect(&url(&b)).await;
+    on_a.insert("t", 0, "x").await;
+    on_b.until("the edit on node B", |c| c.text("t") == "x")
+        .await;
+
+    let admin = super::support::token(SECRET, &["**"], crdt_hub::auth::Role::Admin);
+    let revoked = http_request(
+        a.addr,
+        "POST",
+        "/api/revocations",
+        &[
+            ("authorization", &format!("Bearer {admin}")),
+            ("content-type", "application/json"),
+        ],
+        br#"{"sub": "mallory"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(revoked.status, 201, "{:?}", revoked.body);
+    assert_eq!(on_a.close_code().await, Some(4403), "closed on node A");
+    assert_eq!(on_b.close_code().await, Some(4403), "closed on node B too");
+    finish(vec![a, b], &prefix).await;
+}

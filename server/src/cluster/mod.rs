@@ -32,6 +32,7 @@ mod message;
 mod metrics;
 mod publisher;
 mod reader;
+mod revocations;
 
 use std::sync::Arc;
 use std::time::Duration;
