@@ -533,7 +533,15 @@ async fn no_key_outlives_its_rooms() {
     let prefix = unique_prefix("keys");
     let sync = Duration::from_millis(300);
     let idle = Duration::from_millis(300);
-    let flags = ["--room-idle-timeout", "300ms"];
+    // Every client connects from 127.0.0.1, thousands within seconds.
+    let flags = [
+        "--room-idle-timeout",
+        "300ms",
+        "--rate-connections-per-ip",
+        "100000",
+        "--rate-connection-burst-per-ip",
+        "100000",
+    ];
     let memory_before = used_memory().await;
     let a = start_node(&db.url, REDIS, &prefix, &flags).await;
     let b = start_node(&db.url, REDIS, &prefix, &flags).await;
