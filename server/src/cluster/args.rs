@@ -22,8 +22,9 @@ pub struct ClusterArgs {
     pub redis_prefix: String,
 
     /// How often each room publishes its state vector so that nodes that
-    /// missed bus messages catch up (anti-entropy), and renews its
-    /// compaction lease.
+    /// missed bus messages catch up (anti-entropy, while another node holds
+    /// the room), and renews its interest claim and compaction lease. A
+    /// room's Redis keys expire five intervals after their last renewal.
     #[arg(long, env = "CRDT_HUB_CLUSTER_SYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub cluster_sync_interval: Duration,
 
