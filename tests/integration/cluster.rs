@@ -697,6 +697,39 @@ async fn a_room_deleted_through_one_node_is_closed_and_stays_deleted_on_the_othe
 }
 
 #[tokio::test]
+async fn a_room_deleted_through_a_node_that_does_not_hold_it_is_closed_where_it_is() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("delete-remote");
+    let flags = ["--snapshot-interval", "200ms"];
+    let a = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let b = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let room = "elsewhere";
+    let mut bob = YClient::connect(&b.url(room)).await;
+    bob.insert("t", 0, "only on B").await;
+    bob.pump_for(Duration::from_millis(300)).await;
+
+    // Node A never loads the room: it deletes the rows once B let go.
+    let deleted = http_request(
+        a.addr,
+        "DELETE",
+        &format!("/api/rooms/{room}?confirm={room}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    assert_eq!(bob.close_code().await, Some(1000), "closed on node B");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = crdt_store::connect(&db.url).await.unwrap();
+    let name = crdt_store::RoomName::parse(room).unwrap();
+    assert!(
+        stored.load(&name).await.unwrap().is_empty(),
+        "node B brought the deleted room back"
+    );
+    finish(vec![a, b], &prefix).await;
+}
+
+#[tokio::test]
 async fn a_restore_through_a_node_without_clients_reaches_the_clients_of_another() {
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("restore");

@@ -1,7 +1,7 @@
 //! Cluster mode (`--redis-url`): several crdt-hub nodes serve the same rooms.
 //!
 //! Each loaded room claims its interest in `{prefix}:interest:{room}` (see
-//! [`interest`]). While another node holds the room too, a node publishes
+//! `interest`). While another node holds the room too, a node publishes
 //! on the room's Redis Stream, `{prefix}:room:{room}`, every update its
 //! room accepts from its own clients or API, the awareness changes of its
 //! own clients, and every `--cluster-sync-interval` the room's state
@@ -16,7 +16,7 @@
 //! before it misses anything. A lease (`{prefix}:lease:{room}`) lets one
 //! node at a time compact a room. Every key of a room expires a few sync
 //! intervals after the last node holding it let go, and a room deleted
-//! through any node's API is closed on every node ([`delete`]).
+//! through any node's API is closed on every node (`delete`).
 //!
 //! Redis trouble never stops a room: publishing and reading log, back off
 //! and retry while the room keeps serving its local clients.
