@@ -167,6 +167,14 @@ impl App {
             config.revocation_refresh,
             app.shutdown.clone(),
         ));
+        if let Some(cluster) = app.rooms.cluster() {
+            let revocations = app.revocations.clone();
+            app.tasks.spawn(
+                cluster
+                    .clone()
+                    .watch_revocations(move || revocations.reload_soon(), app.shutdown.clone()),
+            );
+        }
         app.tasks.spawn(crate::limits::forget_idle_clients_every(
             app.limits.clone(),
             FORGET_IDLE_CLIENTS_EVERY,

@@ -25,6 +25,9 @@ use crate::sessions::Sessions;
 pub struct Revocations {
     store: Arc<dyn Store>,
     active: RwLock<HashMap<(RevocationKind, String), Revocation>>,
+    /// Wakes [`keep_fresh`] before its interval is up (another node of the
+    /// cluster announced a revocation).
+    reload: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -41,7 +44,13 @@ impl Revocations {
         Self {
             store,
             active: RwLock::default(),
+            reload: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Makes [`keep_fresh`] reload now rather than at its next interval.
+    pub fn reload_soon(&self) {
+        self.reload.notify_one();
     }
 
     /// What revokes a token with these claims now, if anything.
@@ -146,6 +155,7 @@ pub async fn keep_fresh(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
+            () = revocations.reload.notified() => {}
         }
         match revocations.refresh(Utc::now()).await {
             Ok(fresh) => {

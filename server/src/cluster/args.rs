@@ -17,12 +17,14 @@ pub struct ClusterArgs {
 
     /// Prefix of the Redis keys (streams, leases): nodes of one cluster use
     /// the same prefix; different prefixes isolate clusters on one Redis.
-    #[arg(long, env = "CRDT_HUB_REDIS_PREFIX", default_value = "crdt-hub")]
+    /// No braces: the room's name in braces is the keys' hash tag.
+    #[arg(long, env = "CRDT_HUB_REDIS_PREFIX", default_value = "crdt-hub", value_parser = parse_prefix)]
     pub redis_prefix: String,
 
     /// How often each room publishes its state vector so that nodes that
-    /// missed bus messages catch up (anti-entropy), and renews its
-    /// compaction lease.
+    /// missed bus messages catch up (anti-entropy, while another node holds
+    /// the room), and renews its interest claim and compaction lease. A
+    /// room's Redis keys expire five intervals after their last renewal.
     #[arg(long, env = "CRDT_HUB_CLUSTER_SYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub cluster_sync_interval: Duration,
 
@@ -34,6 +36,15 @@ pub struct ClusterArgs {
     /// Entries kept per room stream (approximately; `XADD … MAXLEN ~`).
     #[arg(long, env = "CRDT_HUB_REDIS_STREAM_MAXLEN", default_value = "10000")]
     pub redis_stream_maxlen: usize,
+}
+
+/// A brace in the prefix would make it (or part of it) the keys' Redis
+/// Cluster hash tag instead of the room's name.
+fn parse_prefix(prefix: &str) -> Result<String, String> {
+    if prefix.contains(['{', '}']) {
+        return Err("the Redis key prefix may not contain braces".into());
+    }
+    Ok(prefix.to_string())
 }
 
 impl ClusterArgs {

@@ -15,6 +15,9 @@ pub enum BusMessage {
     StateVector(Bytes),
     /// "I just loaded this room: send me your clients' awareness."
     AwarenessQuery,
+    /// "This room was deleted through my API": every node holding it
+    /// closes it without saving (see `delete`).
+    Deleted,
 }
 
 impl BusMessage {
@@ -24,13 +27,14 @@ impl BusMessage {
             Self::Awareness(_) => "a",
             Self::StateVector(_) => "s",
             Self::AwarenessQuery => "q",
+            Self::Deleted => "x",
         }
     }
 
     pub fn payload(&self) -> &[u8] {
         match self {
             Self::Update(b) | Self::Awareness(b) | Self::StateVector(b) => b,
-            Self::AwarenessQuery => &[],
+            Self::AwarenessQuery | Self::Deleted => &[],
         }
     }
 
@@ -43,6 +47,7 @@ impl BusMessage {
             "a" => Self::Awareness(payload),
             "s" => Self::StateVector(payload),
             "q" => Self::AwarenessQuery,
+            "x" => Self::Deleted,
             _ => return None,
         })
     }
@@ -55,6 +60,11 @@ pub enum Remote {
     Message(BusMessage),
     /// Time to publish the state vector and expire stale remote awareness.
     Tick,
+    /// The reader (re)connected: a room that shares its content asks the
+    /// others for what it missed meanwhile.
+    Connected,
+    /// What the room's interest record said (see `interest`).
+    Interest(super::interest::Renewed),
 }
 
 #[cfg(test)]
@@ -68,6 +78,7 @@ mod tests {
             BusMessage::Awareness(Bytes::from_static(b"\x01\x00")),
             BusMessage::StateVector(Bytes::from_static(b"\x00")),
             BusMessage::AwarenessQuery,
+            BusMessage::Deleted,
         ] {
             let parsed = BusMessage::parse(message.kind(), message.payload().to_vec());
             assert_eq!(parsed, Some(message));

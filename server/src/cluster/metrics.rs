@@ -27,6 +27,7 @@ fn kind_label(kind: &str) -> &'static str {
         "a" => "awareness",
         "s" => "state",
         "q" => "query",
+        "x" => "deleted",
         _ => "other",
     }
 }

@@ -1,16 +1,22 @@
 //! Cluster mode (`--redis-url`): several crdt-hub nodes serve the same rooms.
 //!
-//! Each loaded room has a Redis Stream, `{prefix}:room:{room}`. A node
-//! publishes there every update its room accepts from its own clients or
-//! API, the awareness changes of its own clients, and every
-//! `--cluster-sync-interval` the room's state vector. Every node that has
+//! Each loaded room claims its interest in `{prefix}:interest:{room}` (see
+//! `interest`). While another node holds the room too, a node publishes
+//! on the room's Redis Stream, `{prefix}:room:{room}`, every update its
+//! room accepts from its own clients or API, the awareness changes of its
+//! own clients, and every `--cluster-sync-interval` the room's state
+//! vector; alone on a room it publishes nothing. Every node that has
 //! the room loaded reads the stream (`XREAD BLOCK`) and hands what other
 //! nodes published to its room owner as [`Remote`] commands: updates are
 //! applied and broadcast to local peers but never journaled (their origin
 //! node persists them) nor published again. A node that sees a state vector
 //! lacking some of its content publishes the difference (anti-entropy), so
-//! nodes converge even after missing bus messages. A lease
-//! (`{prefix}:lease:{room}`) lets one node at a time compact a room.
+//! nodes converge even after missing bus messages; a node that starts
+//! sharing a room publishes its state vector at once, so it is caught up
+//! before it misses anything. A lease (`{prefix}:lease:{room}`) lets one
+//! node at a time compact a room. Every key of a room expires a few sync
+//! intervals after the last node holding it let go, and a room deleted
+//! through any node's API is closed on every node (`delete`).
 //!
 //! Redis trouble never stops a room: publishing and reading log, back off
 //! and retry while the room keeps serving its local clients.
@@ -19,11 +25,14 @@ mod anti_entropy;
 mod args;
 mod awareness;
 mod bus;
+mod delete;
+mod interest;
 mod lease;
 mod message;
 mod metrics;
 mod publisher;
 mod reader;
+mod revocations;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +44,7 @@ use crate::room::RoomCommand;
 
 pub use args::ClusterArgs;
 pub use awareness::RemoteAwareness;
-pub use bus::{RemoteOutcome, RoomBus};
+pub use bus::{Joined, RemoteOutcome, RoomBus};
 pub use message::{BusMessage, Remote};
 
 /// Settings of cluster mode.
@@ -65,6 +74,17 @@ impl Default for ClusterConfig {
             publish_queue: 4096,
         }
     }
+}
+
+/// `{prefix}:{kind}:{=room}`: the braces make a Redis Cluster hash tag, so
+/// every key of one room lives in one slot (the scripts touch several at
+/// once) while rooms spread over the shards. The `=` keeps the tag from
+/// being empty (Redis would hash the whole key) for a name that starts
+/// with `}`; whatever braces a name holds, the tag starts at the brace
+/// before `=` (the prefix has none, see `args`), so it is the same for
+/// each of the room's keys, and distinct names give distinct keys.
+fn room_key(prefix: &str, kind: &str, room: &RoomName) -> String {
+    format!("{prefix}:{kind}:{{={}}}", room.as_str())
 }
 
 /// How a room's publisher and reader wait between failed Redis calls: 50 ms
@@ -129,13 +149,25 @@ impl Cluster {
     }
 
     pub fn stream_key(&self, room: &RoomName) -> String {
-        format!("{}:room:{}", self.config.prefix, room.as_str())
+        self.key("room", room)
     }
 
     pub fn lease_key(&self, room: &RoomName) -> String {
-        format!("{}:lease:{}", self.config.prefix, room.as_str())
+        self.key("lease", room)
     }
 
+    /// The keys the interest and deletion scripts touch.
+    fn room_keys(&self, room: &RoomName) -> interest::RoomKeys {
+        interest::RoomKeys {
+            interest: self.key("interest", room),
+            tombstone: self.key("deleting", room),
+            stream: self.stream_key(room),
+        }
+    }
+
+    fn key(&self, kind: &str, room: &RoomName) -> String {
+        room_key(&self.config.prefix, kind, room)
+    }
     /// Connects a room that is being loaded to the bus: starts its reader,
     /// publisher and heartbeat, which stop when the returned bus drops.
     pub fn join_room(
@@ -144,5 +176,36 @@ impl Cluster {
         inbox: mpsc::Sender<RoomCommand>,
     ) -> RoomBus {
         RoomBus::start(self.clone(), room, inbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part of a key Redis Cluster hashes (its hash tag rules).
+    fn hashed(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn every_key_of_a_room_hashes_to_one_slot() {
+        for name in ["notes", "a}b", "{x}", "a{b", "}", "team/notes:1"] {
+            let room = RoomName::parse(name).unwrap();
+            let tags: Vec<String> = ["room", "lease", "interest", "deleting"]
+                .iter()
+                .map(|kind| hashed(&room_key("crdt-hub", kind, &room)).to_string())
+                .collect();
+            assert!(tags.iter().all(|t| t == &tags[0]), "{name}: {tags:?}");
+        }
+        let a = room_key("p", "room", &RoomName::parse("a").unwrap());
+        let b = room_key("p", "room", &RoomName::parse("b").unwrap());
+        assert_ne!(hashed(&a), hashed(&b), "rooms spread over slots");
     }
 }

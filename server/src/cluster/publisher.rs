@@ -1,7 +1,9 @@
 //! Writes a room's bus messages to its stream, batching whatever queued
 //! while the previous batch was in flight into one pipeline. On a Redis
 //! error the batch is dropped (anti-entropy repairs it once Redis is back)
-//! and the publisher backs off; the room never waits for it.
+//! and the publisher backs off; the room never waits for it. Every batch
+//! renews the stream's TTL: a stream that XADD creates has none, and no
+//! key of a room may outlive it (see `interest`).
 
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
@@ -17,6 +19,8 @@ pub struct Publisher {
     pub key: String,
     pub node: String,
     pub maxlen: usize,
+    /// The stream's TTL ([`super::interest::key_ttl`]).
+    pub ttl: std::time::Duration,
 }
 
 impl Publisher {
@@ -44,6 +48,10 @@ impl Publisher {
                     .arg(message.payload())
                     .ignore();
             }
+            pipe.cmd("PEXPIRE")
+                .arg(&self.key)
+                .arg(self.ttl.as_millis().max(1) as u64)
+                .ignore();
             match pipe.query_async::<()>(&mut self.redis).await {
                 Ok(()) => {
                     backoff.reset();

@@ -1,13 +1,15 @@
 //! Reads a room's stream (`XREAD BLOCK`) on a connection of its own and
-//! hands what other nodes published to the room's owner. Starts at `$`
-//! (what is published from now on); after a Redis error it reconnects with
+//! hands what other nodes published to the room's owner. Starts where the
+//! stream ended when the room claimed its interest (so it reads whatever a
+//! node that saw the claim published), or, when that claim failed, at the
+//! stream's end once Redis answers; after a Redis error it reconnects with
 //! backoff and continues after the last entry it saw, so a blip loses
 //! nothing the stream still holds (anti-entropy covers the rest).
 
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -23,26 +25,32 @@ pub struct Reader {
     pub client: redis::Client,
     pub key: String,
     pub node: String,
+    /// On every (re)connect the reader tells the room, which then asks
+    /// the other nodes for what it missed (when it shares the room).
     pub inbox: mpsc::Sender<RoomCommand>,
-    /// The room's publish queue: on every (re)connect the reader asks the
-    /// other nodes for their awareness and the room for its state vector.
-    pub outbox: mpsc::Sender<BusMessage>,
+    /// Where to start: the stream's end as the room's claim saw it, `None`
+    /// when the claim failed.
+    pub start: oneshot::Receiver<Option<String>>,
     pub stop: CancellationToken,
 }
 
 impl Reader {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let stop = self.stop.clone();
+        let start = std::mem::replace(&mut self.start, oneshot::channel().1);
         tokio::select! {
             () = stop.cancelled() => {}
-            () = self.read() => {}
+            () = async {
+                let start = start.await.ok().flatten();
+                self.read(start).await;
+            } => {}
         }
         debug!("reader stopped");
     }
 
-    async fn read(&self) {
-        // Until the first connection tells where the stream ends.
-        let mut last: Option<String> = None;
+    async fn read(&self, start: Option<String>) {
+        // Without a start, the first connection tells where the stream ends.
+        let mut last: Option<String> = start;
         let mut backoff = super::redis_backoff();
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -76,12 +84,11 @@ impl Reader {
                 }
             }
             let last = last.as_mut().expect("positioned");
-            // Positioned before asking: every answer is read. Anything
-            // missed while disconnected is repaired by the state vector
-            // exchange this tick starts.
-            let _ = self.outbox.try_send(BusMessage::AwarenessQuery);
+            // Positioned before the room asks: every answer is read.
+            // Anything missed while disconnected is repaired by the state
+            // vector exchange this starts.
             if let Err(mpsc::error::TrySendError::Closed(_)) =
-                self.inbox.try_send(RoomCommand::Cluster(Remote::Tick))
+                self.inbox.try_send(RoomCommand::Cluster(Remote::Connected))
             {
                 return;
             }

@@ -24,7 +24,7 @@ use crdt_store::{RoomName, SnapshotId, Store};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use self::compaction::{Compaction, compaction_done};
 use super::config::RoomConfig;
@@ -159,6 +159,14 @@ const EVENT_BUFFER: usize = 1024;
 
 impl RoomTask {
     pub async fn run(mut self) {
+        if let Some(bus) = self.bus.as_mut()
+            && bus.joined().await == crate::cluster::Joined::Deleting
+        {
+            info!("room is being deleted through another node; refusing its connections");
+            self.registration.leave();
+            self.close_inbox(RoomUnavailable::Deleting);
+            return;
+        }
         let loaded = match persist::load(&self.store, &self.name).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -195,6 +203,12 @@ impl RoomTask {
         }
         crate::metrics::document_bytes(-state.document_bytes);
         crate::metrics::room_unloaded();
+        if self.bus.is_some() {
+            // What this node accepted reaches storage before the bus, as it
+            // drops, withdraws the room's claim: a node deleting the room
+            // waits for that, then deletes the rows.
+            let _ = timeout(UNLOAD_FLUSH_TIMEOUT, self.journal.flushed()).await;
+        }
     }
 
     async fn serve(&mut self, state: &mut Loaded) {
@@ -343,6 +357,27 @@ impl RoomTask {
             compaction.abort();
         }
         state.room = Room::new(super::core::server_doc());
+        for waiter in state
+            .snapshot_waiters
+            .drain(..)
+            .chain(state.queued_snapshot_waiters.drain(..))
+        {
+            let _ = waiter.send(Err(RoomUnavailable::Unloading));
+        }
+        self.close_inbox(RoomUnavailable::Unloading);
+    }
+
+    /// Another node deleted the room: every peer is closed as by a local
+    /// delete and the room unloads without saving (a snapshot would bring
+    /// the room back); `run` flushes the journal before the bus lets go.
+    fn deleted_elsewhere(&mut self, state: &mut Loaded) {
+        info!("room deleted through another node; closing it without saving");
+        for (_, link) in state.links.drain() {
+            link.close(close::ROOM_DELETED);
+        }
+        if let Some(compaction) = state.compaction.take() {
+            compaction.abort();
+        }
         for waiter in state
             .snapshot_waiters
             .drain(..)

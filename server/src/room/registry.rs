@@ -102,6 +102,11 @@ impl Rooms {
         let _ = self.inner.cluster.set(cluster);
     }
 
+    /// The cluster every room loaded joins, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.inner.cluster.get()
+    }
+
     /// The room named `name`, spawning (and loading) it if it is not in
     /// memory.
     ///

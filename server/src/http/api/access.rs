@@ -77,6 +77,9 @@ pub async fn revoke(app: &App, body: Result<Bytes, ApiError>) -> ApiResult {
         .revocations
         .revoke(revocation.clone(), &app.sessions)
         .await?;
+    if let Some(cluster) = app.rooms.cluster() {
+        cluster.announce_revocation().await;
+    }
     Ok(warp::reply::with_status(
         warp::reply::json(&json!({
             "kind": revocation.kind,

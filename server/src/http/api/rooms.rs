@@ -239,8 +239,20 @@ pub async fn delete(app: &App, room: Room, query: Query) -> ApiResult {
     // Updates the room accepted before it stopped must not land after the
     // deletion and resurrect part of it.
     app.journal.flushed().await;
+    // Nor may another node's copy (cluster mode): every node lets go first.
+    let cluster = app.rooms.cluster();
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.delete_everywhere(&room).await
+    {
+        app.rooms.end_delete(&room);
+        tracing::error!(room = %room, error = %e, "cannot tell the other nodes of a deletion; nothing deleted");
+        return Err(ApiError::Internal("the cluster could not be told".into()));
+    }
     let deleted = app.store.delete_room(&room).await;
     app.rooms.end_delete(&room);
+    if let Some(cluster) = cluster {
+        cluster.deleted(&room).await;
+    }
     let deleted = deleted?;
     if !deleted {
         return Err(ApiError::RoomNotFound(room));

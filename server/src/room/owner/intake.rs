@@ -193,6 +193,10 @@ impl RoomTask {
             return;
         };
         let outcome = bus.handle(&mut state.room, remote);
+        if outcome.deleted {
+            self.deleted_elsewhere(state);
+            return;
+        }
         if !outcome.to_peers.is_empty() {
             let effects = Effects {
                 to_others: outcome.to_peers,
