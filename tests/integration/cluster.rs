@@ -54,7 +54,10 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis must run on 127.0.0.1:6379")
+        .expect(
+            "Redis is not reachable at 127.0.0.1:6379; start it: \
+             redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no",
+        )
 }
 
 /// Deletes every key of `prefix` (streams and leases): what a Redis

@@ -485,7 +485,10 @@ impl PostgresDb {
         );
         let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
             .await
-            .expect("Postgres must run on 127.0.0.1:5432 (or set CRDT_HUB_TEST_POSTGRES_URL)");
+            .expect(
+                "PostgreSQL is not reachable at 127.0.0.1:5432 (or CRDT_HUB_TEST_POSTGRES_URL); \
+                 start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
