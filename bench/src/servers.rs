@@ -159,6 +159,10 @@ impl Server {
                     .env("CRDT_HUB_RATE_BYTES", "4GiB")
                     .env("CRDT_HUB_RATE_BYTE_BURST", "4GiB")
                     .env("CRDT_HUB_MAX_CONNECTIONS", "1000000")
+                    // Since d8a97e2 one address holds at most 256 sockets:
+                    // the idle run (2,000 and 10,000 connections) measured
+                    // 256 until this was lifted too.
+                    .env("CRDT_HUB_MAX_CONNECTIONS_PER_IP", "1000000")
                     .args(extra)
                     .args(&paths.crdt_hub_args);
                 c
