@@ -7,7 +7,7 @@
 //! logging a line per turn. So each failure in a row doubles a short sleep
 //! up to a cap (a socket closing elsewhere frees a descriptor within it),
 //! the first success resets it, and the warning is written at most once per
-//! [`LOG_EVERY`] with the number of failures since the last one. Every
+//! `LOG_EVERY` with the number of failures since the last one. Every
 //! failure is counted in `crdt_hub_accept_errors_total`.
 
 use std::io;

@@ -56,7 +56,7 @@ pub struct AuthArgs {
     pub auth_leeway: Duration,
 
     /// Browser origins allowed to open WebSockets, comma-separated
-    /// (e.g. https://app.example.com); `*` allows any. Default: any.
+    /// (e.g. `https://app.example.com`); `*` allows any. Default: any.
     #[arg(long, env = "CRDT_HUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
 }

@@ -106,7 +106,7 @@ pub struct Admitted {
 /// Not an `async fn`: an async fn keeps its arguments in its future for
 /// its whole life, and each nested async fn they are moved into keeps
 /// another copy. Everything a connection holds is moved into one
-/// [`Session`] here, before the future exists, so an idle connection's
+/// `Session` here, before the future exists, so an idle connection's
 /// task stores each piece of its state once.
 pub fn serve(
     ws: Socket,

@@ -1,7 +1,7 @@
 //! Rooms: the sans-IO document logic ([`core`], with [`held`] and
 //! [`presence`], from `crdt-hub-core`), the task that owns each room
-//! ([`owner`], set up by [`config`]), and the registry that creates each room exactly once
-//! ([`registry`]).
+//! (`owner`, set up by `config`), and the registry that creates each room exactly once
+//! (`registry`).
 
 mod config;
 mod fanout;

@@ -27,7 +27,7 @@ struct RestoreBody {
 /// Largest restore request body (it is a small JSON object).
 const MAX_BODY: usize = 64 << 10;
 
-/// The request body, read up to [`MAX_BODY`] (with or without a
+/// The request body, read up to `MAX_BODY` (with or without a
 /// Content-Length header).
 pub fn small_body()
 -> impl warp::Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
