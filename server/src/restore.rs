@@ -159,7 +159,10 @@ async fn live(
 ) -> Result<Restored, RestoreError> {
     let before = room_snapshot(rooms, room, None, "before").await?;
     let before_state = saved_state(store, room, before.id).await?;
-    let plan = Arc::new(off_runtime(move || Plan::compute(before_state, &target)).await?);
+    // The decoded `before` is dropped on the blocking thread too: freeing
+    // a big document (and its subdocuments) takes time of its own.
+    let plan = off_runtime(move || Plan::compute(before_state, &target).map(|(plan, _)| plan));
+    let plan = Arc::new(plan.await?);
     if let Some(update) = &plan.update {
         journal
             .check_capacity(update.len())
@@ -208,9 +211,9 @@ async fn offline(
     // the restore starts from exactly that.
     let before_state = saved_state(store, room, before.id).await?;
     let (update, after_state) = off_runtime(move || {
-        let plan = Plan::compute(before_state, &target)?;
-        let update = plan.update.clone();
-        Ok((update, plan.state_after()?))
+        let (plan, before) = Plan::compute(before_state, &target)?;
+        let after = state_after(before, plan.update.as_deref())?;
+        Ok((plan.update, after))
     })
     .await?;
     if let Some(update) = &update {
@@ -274,26 +277,28 @@ async fn off_runtime<T: Send + 'static>(
 struct Plan {
     /// `before` → version; `None` when they are equal.
     update: Option<Vec<u8>>,
-    /// `before` as stored, held updates and all.
-    before: StoredDoc,
     /// The whole `before` state, for a room that lacks part of it.
     before_state: Vec<u8>,
     before_snapshot: yrs::Snapshot,
 }
 
 impl Plan {
-    fn compute(before_state: Vec<u8>, target_state: &[u8]) -> Result<Self, RestoreError> {
+    /// The plan, and `before` as decoded (held updates and all).
+    fn compute(
+        before_state: Vec<u8>,
+        target_state: &[u8],
+    ) -> Result<(Self, StoredDoc), RestoreError> {
         let corrupt = |what| move |source| RestoreError::Corrupt { what, source };
         let before = doc_from_updates([before_state.as_slice()]).map_err(corrupt("room state"))?;
         let target = doc_from_updates([target_state]).map_err(corrupt("version"))?;
         let update = restore_update(&before.doc, &target.doc)?;
         let before_snapshot = before.doc.transact().snapshot();
-        Ok(Self {
+        let plan = Self {
             update,
-            before,
             before_state,
             before_snapshot,
-        })
+        };
+        Ok((plan, before))
     }
 
     /// The update for the live document. The room normally holds all of
@@ -320,21 +325,21 @@ impl Plan {
             _ => Some(yrs::merge_updates_v1(parts)?),
         })
     }
+}
 
-    /// The whole state once the restore is applied to `before`, held
-    /// updates included: the restored version as stored.
-    fn state_after(mut self) -> Result<Vec<u8>, RestoreError> {
-        if let Some(update) = &self.update {
-            let decoded = Update::decode_v1(update)
-                .map_err(|e| RestoreError::Internal(format!("the restore does not decode: {e}")))?;
-            let raw = Bytes::copy_from_slice(update);
-            self.before
-                .held
-                .apply(&self.before.doc, decoded, &raw)
-                .map_err(|e| RestoreError::Apply(RequestFailed::DoesNotApply(e)))?;
-        }
-        Ok(self.before.encode_state()?)
+/// The whole state once `update` is applied to `before`, held updates
+/// included: the restored version as stored.
+fn state_after(mut before: StoredDoc, update: Option<&[u8]>) -> Result<Vec<u8>, RestoreError> {
+    if let Some(update) = update {
+        let decoded = Update::decode_v1(update)
+            .map_err(|e| RestoreError::Internal(format!("the restore does not decode: {e}")))?;
+        let raw = Bytes::copy_from_slice(update);
+        before
+            .held
+            .apply(&before.doc, decoded, &raw)
+            .map_err(|e| RestoreError::Apply(RequestFailed::DoesNotApply(e)))?;
     }
+    Ok(before.encode_state()?)
 }
 
 /// Whether a document at `outer` has every item and deletion of `inner`.
@@ -380,7 +385,7 @@ mod tests {
     fn a_room_missing_part_of_before_receives_it_with_the_restore() {
         let version = text_doc("version");
         let before = applied_then_edited(&state(&version), 7, " then more");
-        let plan = Plan::compute(state(&before), &state(&version)).unwrap();
+        let (plan, _) = Plan::compute(state(&before), &state(&version)).unwrap();
 
         // A room that has only the version (the rest went to storage
         // directly) still ends at the version's content.
@@ -400,10 +405,8 @@ mod tests {
     fn the_state_after_a_restore_reads_as_the_version() {
         let version = text_doc("version");
         let before = applied_then_edited(&state(&version), 0, "edited ");
-        let after = Plan::compute(state(&before), &state(&version))
-            .unwrap()
-            .state_after()
-            .unwrap();
+        let (plan, decoded) = Plan::compute(state(&before), &state(&version)).unwrap();
+        let after = state_after(decoded, plan.update.as_deref()).unwrap();
         let restored = doc_from_updates([after.as_slice()]).unwrap();
         let text = restored.doc.get_or_insert_text("t");
         assert_eq!(text.get_string(&restored.doc.transact()), "version");
