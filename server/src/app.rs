@@ -93,6 +93,8 @@ pub struct AppConfig {
     pub revocation_refresh: Duration,
     /// Shares every room through Redis when set (cluster mode).
     pub cluster: Option<Arc<Cluster>>,
+    /// Sends webhooks when set (`--webhook-url`).
+    pub webhooks: Option<crate::webhooks::WebhookConfig>,
 }
 
 /// Why an [`App`] could not be built.
@@ -142,6 +144,14 @@ impl App {
         );
         if let Some(cluster) = config.cluster {
             rooms.set_cluster(cluster);
+        }
+        if let Some(webhooks) = config.webhooks {
+            rooms.set_webhooks(crate::webhooks::Webhooks::start(
+                store.clone(),
+                webhooks,
+                shutdown.clone(),
+                &tasks,
+            ));
         }
         let app = App {
             rooms,
@@ -194,6 +204,7 @@ mod tests {
             tls: None,
             revocation_refresh: Duration::from_millis(10),
             cluster: None,
+            webhooks: None,
         }
     }
 

@@ -117,6 +117,8 @@ pub(super) struct RoomTask {
     pub shutdown: CancellationToken,
     /// The room's link to the other nodes, in cluster mode.
     pub bus: Option<crate::cluster::RoomBus>,
+    /// Where the room reports events, with `--webhook-url`.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 struct Loaded {
@@ -169,6 +171,9 @@ impl RoomTask {
         };
         debug!("room loaded");
         crate::metrics::room_loaded();
+        if let Some(hooks) = &self.webhooks {
+            hooks.room_loaded(&self.name);
+        }
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
@@ -195,6 +200,9 @@ impl RoomTask {
         }
         crate::metrics::document_bytes(-state.document_bytes);
         crate::metrics::room_unloaded();
+        if let Some(hooks) = &self.webhooks {
+            hooks.room_unloaded(&self.name);
+        }
     }
 
     async fn serve(&mut self, state: &mut Loaded) {
