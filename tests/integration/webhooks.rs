@@ -254,3 +254,33 @@ async fn a_hanging_receiver_does_not_slow_the_room() {
     bystanders.assert_kept_syncing();
     server.stop().await;
 }
+
+/// A graceful stop writes what the rooms report as they stop: the change
+/// still inside its debounce and `room.unloaded` are in the outbox for the
+/// next start to deliver.
+#[tokio::test]
+async fn a_graceful_stop_keeps_the_last_change_and_the_unload() {
+    let dir = temp_dir();
+    let database = sqlite_url(dir.path());
+    let receiver = Receiver::start(SECRET, Answer::Ok).await;
+    let mut config = config(&receiver, "document.changed,room.unloaded");
+    config.debounce = Duration::from_secs(30);
+    config.max_wait = Duration::from_secs(60);
+    let server = server_with(config, Some(database.clone())).await;
+    let mut client = YClient::connect(&server.url("last")).await;
+    client.insert("t", 0, "x").await;
+    client.until("the echo of the sync", |_| true).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop().await;
+
+    let store = crdt_store::connect(&database).await.unwrap();
+    let mut events: Vec<String> = store
+        .webhooks(false, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.event)
+        .collect();
+    events.reverse(); // oldest first
+    assert_eq!(events, ["document.changed", "room.unloaded"]);
+}

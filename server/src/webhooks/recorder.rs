@@ -39,6 +39,14 @@ pub(super) enum Notice {
 /// (a hundred connections opening) is one transaction.
 const WRITE_WINDOW: Duration = Duration::from_millis(20);
 
+/// The handles that remain once every room has stopped: this task's and
+/// the registry's.
+const IDLE_HOLDERS: usize = 2;
+
+/// Longest the recorder waits at shutdown for rooms still reporting (they
+/// stop within `--shutdown-grace`, 5 s by default).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 /// Attempts to write events once shutdown has begun.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
@@ -65,6 +73,7 @@ impl Recorder {
     pub async fn run(mut self) {
         let mut changes: HashMap<String, Pending> = HashMap::new();
         let mut ready: Vec<Event> = Vec::new();
+        let mut stopped_at: Option<Instant> = None;
         // Checking every room's debounce this often bounds the lateness of
         // a `document.changed` without a timer per room.
         let tick = (self.config.debounce / 8).clamp(Duration::from_millis(5), WRITE_WINDOW * 5);
@@ -121,7 +130,15 @@ impl Recorder {
                 self.write(std::mem::take(&mut ready)).await;
             }
             if stopping && changes.is_empty() && self.queued.load(Ordering::Relaxed) == 0 {
-                return;
+                // Rooms report their last changes and `room.unloaded` as
+                // they stop, after shutdown began: each holds a handle
+                // (sharing `queued`), so wait for them, within reason.
+                let reporters = Arc::strong_count(&self.queued);
+                if reporters <= IDLE_HOLDERS
+                    || stopped_at.get_or_insert_with(Instant::now).elapsed() >= SHUTDOWN_WAIT
+                {
+                    return;
+                }
             }
         }
     }
