@@ -2,6 +2,7 @@
 //! id, delivered after a `kill -9`, sent once by two nodes sharing one
 //! Postgres, and a receiver that hangs never slowing a room.
 
+mod cli;
 mod receiver;
 
 use std::collections::HashMap;
