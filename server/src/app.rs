@@ -149,6 +149,7 @@ impl App {
             rooms.set_webhooks(crate::webhooks::Webhooks::start(
                 store.clone(),
                 webhooks,
+                render_json(rooms.clone()),
                 shutdown.clone(),
                 &tasks,
             ));
@@ -184,6 +185,23 @@ impl App {
         ));
         Ok((app, journal_task))
     }
+}
+
+/// A loaded room's document as JSON, for `--webhook-include-json`: asked
+/// of the room itself, never loading one that has unloaded.
+fn render_json(rooms: Rooms) -> crate::webhooks::RenderJson {
+    Arc::new(move |room| {
+        let rooms = rooms.clone();
+        Box::pin(async move {
+            match rooms
+                .request_if_loaded(&room, crate::room::RoomRequest::Json)
+                .await
+            {
+                Some(Ok(crate::room::RoomReply::Json(value))) => Some(value),
+                _ => None,
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ fn config(receiver: &Receiver, events: &str) -> WebhookConfig {
         debounce: Duration::from_millis(300),
         max_wait: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
+        include_json: false,
         max_age: Duration::from_secs(3600),
         concurrency: 8,
         retry_base: Duration::from_millis(200),
@@ -284,4 +285,30 @@ async fn a_graceful_stop_keeps_the_last_change_and_the_unload() {
         .collect();
     events.reverse(); // oldest first
     assert_eq!(events, ["document.changed", "room.unloaded"]);
+}
+
+/// With `--webhook-include-json`, `document.changed` carries the content
+/// as `GET /api/rooms/{room}/json` renders it.
+#[tokio::test]
+async fn document_changed_can_carry_the_documents_json() {
+    let receiver = Receiver::start(SECRET, Answer::Ok).await;
+    let mut config = config(&receiver, "document.changed");
+    config.include_json = true;
+    let server = server_with(config, None).await;
+    let mut client = YClient::connect(&server.url("rendered")).await;
+    client.insert("t", 0, "hello").await;
+    receiver
+        .until("the change", Duration::from_secs(10), |hooks| {
+            !hooks.is_empty()
+        })
+        .await;
+    let hook = &receiver.accepted("document.changed")[0];
+    let (status, rendered) =
+        crate::support::http_get(server.addr, "/api/rooms/rendered/json").await;
+    assert_eq!(status, 200);
+    let rendered: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+    assert_eq!(hook.body["json"], rendered);
+    assert_eq!(hook.body["json"]["t"], "hello");
+    assert!(hook.signed);
+    server.stop().await;
 }

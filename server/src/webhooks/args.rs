@@ -46,6 +46,12 @@ pub struct WebhookArgs {
     #[arg(long, env = "CRDT_HUB_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
     pub webhook_max_age: Duration,
 
+    /// document.changed also carries the document's content, as
+    /// GET /api/rooms/{room}/json renders it (`"json"`; null when the room
+    /// has unloaded meanwhile). Bodies grow with the documents.
+    #[arg(long, env = "CRDT_HUB_WEBHOOK_INCLUDE_JSON")]
+    pub webhook_include_json: bool,
+
     /// Deliveries in flight at once, each to a different room (a room's
     /// events go one after the other, in order).
     #[arg(long, env = "CRDT_HUB_WEBHOOK_CONCURRENCY", default_value = "16")]
@@ -108,6 +114,7 @@ impl WebhookArgs {
             // Never shorter than the debounce it bounds.
             max_wait: self.webhook_max_wait.max(self.webhook_debounce),
             timeout: self.webhook_timeout,
+            include_json: self.webhook_include_json,
             max_age: self.webhook_max_age,
             concurrency: self.webhook_concurrency,
             retry_base: Duration::from_secs(1).min(self.webhook_retry_max),

@@ -46,6 +46,8 @@ pub struct WebhookConfig {
     pub max_wait: Duration,
     /// Longest one attempt may take.
     pub timeout: Duration,
+    /// `document.changed` carries the document as JSON (`"json"`).
+    pub include_json: bool,
     /// An event still failing after this long is dead-lettered, and a dead
     /// letter is pruned after as long again.
     pub max_age: Duration,
@@ -58,6 +60,15 @@ pub struct WebhookConfig {
     /// with an error logged (the database is down that long).
     pub max_queued: usize,
 }
+
+/// Renders a loaded room's document as `GET …/json` does; `None` when
+/// the room is not loaded. Given by the app, which knows the rooms (this
+/// module does not: the rooms know it).
+pub type RenderJson = Arc<
+    dyn Fn(RoomName) -> futures_util::future::BoxFuture<'static, Option<serde_json::Value>>
+        + Send
+        + Sync,
+>;
 
 /// The rooms' and connections' way to report events. Cheap to clone.
 #[derive(Clone)]
@@ -82,6 +93,7 @@ impl Webhooks {
     pub fn start(
         store: Arc<dyn Store>,
         config: WebhookConfig,
+        render_json: RenderJson,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
@@ -96,6 +108,7 @@ impl Webhooks {
                 notices: receiver,
                 queued: queued.clone(),
                 written: written.clone(),
+                render_json,
                 shutdown: shutdown.clone(),
             }
             .run(),

@@ -66,6 +66,8 @@ pub(super) struct Recorder {
     pub queued: Arc<AtomicUsize>,
     /// Wakes the delivery worker when something was written.
     pub written: Arc<Notify>,
+    /// The document's JSON, for `--webhook-include-json`.
+    pub render_json: super::RenderJson,
     pub shutdown: CancellationToken,
 }
 
@@ -127,7 +129,11 @@ impl Recorder {
                 }
             }
             if !ready.is_empty() {
-                self.write(std::mem::take(&mut ready)).await;
+                let mut events = Vec::with_capacity(ready.len());
+                for event in ready.drain(..) {
+                    events.push(self.with_json(event).await);
+                }
+                self.write(events).await;
             }
             if stopping && changes.is_empty() && self.queued.load(Ordering::Relaxed) == 0 {
                 // Rooms report their last changes and `room.unloaded` as
@@ -184,6 +190,27 @@ impl Recorder {
             }
         }
         self.written.notify_one();
+    }
+}
+
+/// Longest the recorder waits for a room to render its JSON (a busy room
+/// answers later; the event goes without it then).
+const RENDER_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Recorder {
+    /// Adds `"json"` to a `document.changed` with `--webhook-include-json`.
+    async fn with_json(&self, event: Event) -> Event {
+        if !self.config.include_json || event.kind != EventKind::DocumentChanged {
+            return event;
+        }
+        let json = match crdt_store::RoomName::parse(&event.room) {
+            Ok(room) => tokio::time::timeout(RENDER_TIMEOUT, (self.render_json)(room))
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        event.with("json", json)
     }
 }
 
