@@ -219,3 +219,96 @@ impl Webhooks {
         self.report(Event::new(EventKind::RoomDeleted, room.as_str()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> WebhookConfig {
+        WebhookConfig {
+            // Nothing listens on the discard port: deliveries are refused
+            // and the events stay in the outbox for the test to read.
+            endpoint: Endpoint::parse("http://127.0.0.1:9/hooks").unwrap(),
+            secret: None,
+            events: EventFilter::default(),
+            debounce: Duration::from_secs(30),
+            max_wait: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+            include_json: false,
+            max_age: Duration::from_secs(3600),
+            concurrency: 1,
+            retry_base: Duration::from_secs(60),
+            retry_cap: Duration::from_secs(60),
+            max_queued: 100,
+        }
+    }
+
+    fn no_json() -> RenderJson {
+        Arc::new(|_| Box::pin(async { None }))
+    }
+
+    /// Rooms report their last change and `room.unloaded` as they stop,
+    /// after shutdown began; the recorder waits for every room's handle
+    /// to go before it ends.
+    #[tokio::test]
+    async fn at_shutdown_reports_of_rooms_still_stopping_are_written() {
+        let store = crdt_store::connect("sqlite::memory:").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let registry =
+            Webhooks::start(store.clone(), config(), no_json(), shutdown.clone(), &tasks);
+        let room = registry.clone();
+        let name = RoomName::parse("stopping").unwrap();
+
+        shutdown.cancel();
+        tasks.close();
+        // The room takes its time to stop, then reports and lets go.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        room.document_changed(&name, 3, || vec![0]);
+        room.room_unloaded(&name);
+        drop(room);
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the recorder ends once the rooms are gone");
+
+        let mut events: Vec<String> = store
+            .webhooks(false, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event)
+            .collect();
+        events.reverse();
+        assert_eq!(events, ["document.changed", "room.unloaded"]);
+    }
+
+    #[tokio::test]
+    async fn events_left_out_by_the_filter_are_not_recorded() {
+        let store = crdt_store::connect("sqlite::memory:").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = WebhookConfig {
+            events: EventFilter::parse("room.deleted").unwrap(),
+            ..config()
+        };
+        let hooks = Webhooks::start(store.clone(), config, no_json(), shutdown.clone(), &tasks);
+        let name = RoomName::parse("filtered").unwrap();
+        hooks.room_loaded(&name);
+        hooks.document_changed(&name, 1, || unreachable!("not asked for when filtered out"));
+        hooks.room_deleted(&name);
+        drop(hooks);
+        shutdown.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+        let events: Vec<String> = store
+            .webhooks(false, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event)
+            .collect();
+        assert_eq!(events, ["room.deleted"]);
+    }
+}
