@@ -9,6 +9,7 @@
 mod cover;
 mod error;
 mod merge;
+mod outbox;
 mod pack;
 mod room_name;
 mod rows;
@@ -23,6 +24,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use error::StoreError;
+pub use outbox::{
+    NewWebhookEvent, Redeliver, WebhookDelivery, WebhookRecord, WebhookRetry, WebhookState,
+};
 pub use room_name::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};
 pub use types::{
     LoggedUpdate, NewSnapshot, PendingUpdate, Revocation, RevocationKind, RoomSummary, Snapshot,
@@ -35,7 +39,7 @@ pub use types::{
 /// atomic (one transaction) so that a crash between two statements never
 /// leaves a room half-written.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookOutbox + Send + Sync + 'static {
     /// Everything stored for `room`: the latest snapshot (if any) and every
     /// log entry not yet folded into a snapshot, in append order.
     /// An unknown room is an empty [`StoredRoom`], not an error.
@@ -109,6 +113,73 @@ pub trait Store: Send + Sync + 'static {
 
     /// Which backend this is, for logs: `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
+}
+
+/// The webhook outbox (`--webhook-url`): events stored before they are
+/// acknowledged and delivered from the database, so a crash loses none.
+/// Part of every [`Store`].
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + 'static {
+    /// Puts webhook events in the outbox, in order (an event id already
+    /// there is left as it is).
+    async fn enqueue_webhooks(&self, events: &[NewWebhookEvent]) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` events due at `now` for delivery until
+    /// `lease_until`, counting an attempt for each: at most one per room,
+    /// the room's oldest pending event, so each room's events go out in
+    /// order. An event leased to another claimer is not claimed again
+    /// before its lease ends (a claimer that died leaves its events to the
+    /// others then); with Postgres, concurrent claimers never get the
+    /// same event. Sorted by id.
+    async fn claim_webhooks(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        lease_until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Marks a claimed event delivered.
+    async fn webhook_delivered(
+        &self,
+        id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a failed attempt: retried at a time, or dead-lettered.
+    async fn webhook_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry: WebhookRetry,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes delivered events finished before `delivered_before` and
+    /// dead-lettered ones finished before `dead_before`; returns how many.
+    async fn prune_webhooks(
+        &self,
+        delivered_before: chrono::DateTime<chrono::Utc>,
+        dead_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// The newest `limit` events, or only the failed ones (dead-lettered,
+    /// or pending after a failed attempt), newest first.
+    async fn webhooks(
+        &self,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<WebhookRecord>, StoreError>;
+
+    /// Puts events back in line, due at `now` and expiring at
+    /// `expires_at`; returns how many.
+    async fn redeliver_webhooks(
+        &self,
+        which: Redeliver,
+        now: chrono::DateTime<chrono::Utc>,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Events not yet delivered nor dead-lettered.
+    async fn pending_webhooks(&self) -> Result<i64, StoreError>;
 }
 
 /// Opens the store named by `url` (`postgres://…`, `postgresql://…` or

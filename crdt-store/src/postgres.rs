@@ -122,6 +122,11 @@ impl PostgresStore {
     }
 }
 
+crate::outbox::outbox_methods!(
+    PostgresStore,
+    crate::outbox::claim_sql!("FOR UPDATE SKIP LOCKED")
+);
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {

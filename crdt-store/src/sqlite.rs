@@ -114,6 +114,8 @@ fn is_in_memory(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
 }
 
+crate::outbox::outbox_methods!(SqliteStore, crate::outbox::claim_sql!(""));
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, room: &RoomName) -> Result<StoredRoom, StoreError> {

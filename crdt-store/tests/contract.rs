@@ -165,6 +165,9 @@ contract_tests!(
     concurrent_writers_lose_nothing,
     reopening_keeps_data,
     revocations_last_until_their_time_and_survive_reopening,
+    outbox_sends_each_room_in_order_one_event_at_a_time,
+    outbox_leases_expire_and_dead_letters_wait_for_redelivery_or_pruning,
+    outbox_concurrent_claimers_never_share_an_event,
 );
 
 // ---------------------------------------------------------------------------
@@ -327,6 +330,10 @@ mod contract {
     use crdt_store::StoreError;
 
     use super::*;
+
+    // The webhook outbox, in a file of its own.
+    mod outbox;
+    pub use outbox::*;
 
     pub async fn append_packs_each_rooms_updates_into_one_entry(Ctx { store, .. }: Ctx) {
         let (a, b) = (room("a"), room("b"));

@@ -93,6 +93,8 @@ pub struct AppConfig {
     pub revocation_refresh: Duration,
     /// Shares every room through Redis when set (cluster mode).
     pub cluster: Option<Arc<Cluster>>,
+    /// Sends webhooks when set (`--webhook-url`).
+    pub webhooks: Option<crate::webhooks::WebhookConfig>,
 }
 
 /// Why an [`App`] could not be built.
@@ -143,6 +145,15 @@ impl App {
         if let Some(cluster) = config.cluster {
             rooms.set_cluster(cluster);
         }
+        if let Some(webhooks) = config.webhooks {
+            rooms.set_webhooks(crate::webhooks::Webhooks::start(
+                store.clone(),
+                webhooks,
+                render_json(rooms.clone()),
+                shutdown.clone(),
+                &tasks,
+            ));
+        }
         let app = App {
             rooms,
             store,
@@ -184,6 +195,23 @@ impl App {
     }
 }
 
+/// A loaded room's document as JSON, for `--webhook-include-json`: asked
+/// of the room itself, never loading one that has unloaded.
+fn render_json(rooms: Rooms) -> crate::webhooks::RenderJson {
+    Arc::new(move |room| {
+        let rooms = rooms.clone();
+        Box::pin(async move {
+            match rooms
+                .request_if_loaded(&room, crate::room::RoomRequest::Json)
+                .await
+            {
+                Some(Ok(crate::room::RoomReply::Json(value))) => Some(value),
+                _ => None,
+            }
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +230,7 @@ mod tests {
             tls: None,
             revocation_refresh: Duration::from_millis(10),
             cluster: None,
+            webhooks: None,
         }
     }
 

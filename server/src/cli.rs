@@ -52,6 +52,8 @@ pub enum Command {
     Token(TokenArgs),
     /// List, export, import and restore the versions of stored rooms.
     Snapshot(crate::snapshot::SnapshotArgs),
+    /// List and redeliver webhook events (--webhook-url), from the database.
+    Webhooks(crate::webhooks::cli::WebhooksArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +84,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::args::WebhookArgs,
 
     /// Largest WebSocket message a client may send; bigger ones close the
     /// connection with 1009.

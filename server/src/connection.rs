@@ -236,11 +236,19 @@ impl Session {
                 return Some(reason);
             }
         };
+        let writes = access == Access::ReadWrite;
+        let hooks = rooms.webhooks();
+        if let Some(hooks) = hooks {
+            hooks.connection(true, &name, self.peer, self.sub.as_deref(), writes);
+        }
         let reason = self.run(&room, shutdown).await;
         // Whatever the room sends from now on must not follow our close
         // frame onto the wire.
         self.inbox.stop_direct_writes();
         Box::pin(room.leave(self.peer)).await;
+        if let Some(hooks) = hooks {
+            hooks.connection(false, &name, self.peer, self.sub.as_deref(), writes);
+        }
         let reason = reason?;
         debug!(code = reason.code, reason = reason.reason, "closing");
         if matches!(reason.code, 4401 | 4403) {

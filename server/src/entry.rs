@@ -50,6 +50,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(args).await,
         Command::Token(args) => token(args),
         Command::Snapshot(args) => Ok(crate::snapshot::run(args).await),
+        Command::Webhooks(args) => crate::webhooks::cli::run(args).await,
     }
 }
 
@@ -89,6 +90,7 @@ fn verifier(args: &ServeArgs) -> anyhow::Result<Option<Arc<Verifier>>> {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Before any socket or database file is opened: each takes a descriptor.
     crate::nofile::raise_and_log();
+    let webhooks = args.webhooks.webhook_config()?;
     let url = &args.database.database_url;
     let store = crdt_store::connect(url)
         .await
@@ -129,6 +131,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tls: tls.clone(),
             revocation_refresh: args.revocation_refresh,
             cluster,
+            webhooks,
         },
     )
     .await?;

@@ -38,3 +38,4 @@ pub mod shared_socket;
 pub mod snapshot;
 pub mod tls;
 pub mod units;
+pub mod webhooks;

@@ -108,6 +108,19 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!("crdt_hub_connections", "Open WebSocket connections.");
     describe_counter!(
+        "crdt_hub_webhook_deliveries_total",
+        "Webhook attempts by result: delivered (2xx), status (another status), timeout, error (connection, TLS, HTTP); and events dead_lettered (past --webhook-max-age) or dropped (the database unreachable for too long)."
+    );
+    describe_gauge!(
+        "crdt_hub_webhook_pending",
+        "Webhook events in the outbox not yet delivered nor dead-lettered (every node's)."
+    );
+    describe_histogram!(
+        "crdt_hub_webhook_delivery_seconds",
+        Unit::Seconds,
+        "Duration of webhook attempts."
+    );
+    describe_counter!(
         "crdt_hub_connections_total",
         "WebSocket connections accepted."
     );

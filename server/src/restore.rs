@@ -188,6 +188,9 @@ async fn live(
     };
 
     let restored = room_snapshot(rooms, room, Some(version), "restored").await?;
+    if let Some(hooks) = rooms.webhooks() {
+        hooks.room_restored(room, version, Some(restored.id));
+    }
     Ok(Restored {
         before: before.id,
         restored: restored.id,

@@ -26,3 +26,4 @@ mod snapshot_cli;
 mod subdocuments;
 mod sync;
 mod tls;
+mod webhooks;

@@ -60,6 +60,8 @@ pub struct ServerOptions {
     pub connection: ConnectionConfig,
     pub max_message_size: usize,
     pub limits: crdt_hub::limits::LimitsConfig,
+    /// Sends webhooks when set.
+    pub webhooks: Option<crdt_hub::webhooks::WebhookConfig>,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +79,7 @@ impl Default for ServerOptions {
                 refusal_max_delay: std::time::Duration::ZERO,
                 ..crdt_hub::limits::LimitsConfig::default()
             },
+            webhooks: None,
         }
     }
 }
@@ -130,6 +133,7 @@ impl TestServer {
                 tls: None,
                 revocation_refresh: Duration::from_secs(2),
                 cluster: None,
+                webhooks: options.webhooks,
             },
         )
         .await

@@ -117,6 +117,8 @@ pub(super) struct RoomTask {
     pub shutdown: CancellationToken,
     /// The room's link to the other nodes, in cluster mode.
     pub bus: Option<crate::cluster::RoomBus>,
+    /// Where the room reports events, with `--webhook-url`.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 struct Loaded {
@@ -177,6 +179,9 @@ impl RoomTask {
         };
         debug!("room loaded");
         crate::metrics::room_loaded();
+        if let Some(hooks) = &self.webhooks {
+            hooks.room_loaded(&self.name);
+        }
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
         let mut state = Loaded {
@@ -208,6 +213,9 @@ impl RoomTask {
             // drops, withdraws the room's claim: a node deleting the room
             // waits for that, then deletes the rows.
             let _ = timeout(UNLOAD_FLUSH_TIMEOUT, self.journal.flushed()).await;
+        }
+        if let Some(hooks) = &self.webhooks {
+            hooks.room_unloaded(&self.name);
         }
     }
 

@@ -42,6 +42,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Set in cluster mode: every room loaded joins the bus.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Set with `--webhook-url`: rooms report their events through it.
+    webhooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
     /// One lock per room being restored (see [`Rooms::restore_lock`]).
     restores: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -81,6 +83,7 @@ impl Rooms {
                 shutdown,
                 tasks,
                 cluster: std::sync::OnceLock::new(),
+                webhooks: std::sync::OnceLock::new(),
                 restores: Mutex::default(),
             }),
         }
@@ -105,6 +108,16 @@ impl Rooms {
     /// The cluster every room loaded joins, in cluster mode.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.inner.cluster.get()
+    }
+
+    /// Makes every room and connection report events to `webhooks`.
+    pub fn set_webhooks(&self, webhooks: crate::webhooks::Webhooks) {
+        let _ = self.inner.webhooks.set(webhooks);
+    }
+
+    /// Where events go, with `--webhook-url`.
+    pub fn webhooks(&self) -> Option<&crate::webhooks::Webhooks> {
+        self.inner.webhooks.get()
     }
 
     /// The room named `name`, spawning (and loading) it if it is not in
@@ -150,6 +163,7 @@ impl Rooms {
                 .cluster
                 .get()
                 .map(|cluster| cluster.join_room(name, handle.inbox.clone())),
+            webhooks: self.inner.webhooks.get().cloned(),
         };
         // parent: None, or the room would log inside the span of whichever
         // connection happened to load it.

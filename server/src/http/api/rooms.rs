@@ -258,6 +258,9 @@ pub async fn delete(app: &App, room: Room, query: Query) -> ApiResult {
         return Err(ApiError::RoomNotFound(room));
     }
     tracing::info!(room = %room, "room deleted through the API");
+    if let Some(hooks) = app.rooms.webhooks() {
+        hooks.room_deleted(&room);
+    }
     Ok(warp::reply::json(&json!({ "deleted": true })).into_response())
 }
 

@@ -89,6 +89,9 @@ impl RoomTask {
                 // that this document lacks: merge it again next time.
                 state.base = None;
                 crate::metrics::snapshot_written();
+                if let Some(hooks) = &self.webhooks {
+                    hooks.version_created(&self.name, info.id, info.restored_from);
+                }
                 crate::metrics::document_bytes(info.size - state.document_bytes);
                 state.document_bytes = info.size;
                 debug!(

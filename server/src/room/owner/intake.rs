@@ -170,6 +170,9 @@ impl RoomTask {
             state.events = None;
         }
         state.last_change = Some(SystemTime::now());
+        if local && let Some(hooks) = &self.webhooks {
+            hooks.document_changed(&self.name, applied.len(), || state.room.state_vector_v1());
+        }
         if self.log_is_long(state) {
             self.start_routine_compaction(state);
         }
