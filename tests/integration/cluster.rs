@@ -312,11 +312,18 @@ async fn nodes_that_missed_bus_messages_converge_through_anti_entropy() {
         .lock()
         .unwrap()
         .iter()
-        .any(|l| l.contains("reconnecting"))
+        // Whichever of its Redis users fails first says so: the stream
+        // reader, a reconnect, or the publisher.
+        .any(|l| {
+            l.contains("reconnecting")
+                || l.contains("cannot reach Redis")
+                || l.contains("publishing to Redis failed")
+        })
     {
         assert!(
             Instant::now() < deadline,
-            "node B did not notice the outage"
+            "node B did not notice the outage:\n{}",
+            b.stderr.lock().unwrap().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -132,16 +132,18 @@ async fn a_failing_receiver_gets_the_event_later_with_the_same_delivery_id() {
 async fn a_killed_server_delivers_what_was_pending_after_a_restart() {
     let dir = temp_dir();
     let database = sqlite_url(dir.path());
-    // A port with nothing listening on it: every attempt is refused.
-    let down = Receiver::start(SECRET, Answer::Ok).await;
+    // A receiver that fails every attempt. (Not a closed port: another
+    // test running beside this one may be given it meanwhile.)
+    let down = Receiver::start(SECRET, Answer::FailFirst(usize::MAX)).await;
     let (addr, url) = (down.addr, down.url());
-    down.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let flags = [
         "--webhook-url",
         url.as_str(),
         "--webhook-secret",
         SECRET,
+        // A lease cut short by the kill expires soon after the restart.
+        "--webhook-timeout",
+        "1s",
         "--webhook-debounce",
         "200ms",
         "--webhook-events",
@@ -171,6 +173,9 @@ async fn a_killed_server_delivers_what_was_pending_after_a_restart() {
     server.child.start_kill().unwrap(); // SIGKILL
     server.child.wait().await.unwrap();
 
+    down.stop();
+    // The aborted listener is dropped at the runtime's next turn.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let receiver = Receiver::start_on(addr, SECRET, Answer::Ok).await;
     let _restarted = ServerProcess::start(&database, &flags).await;
     receiver
