@@ -15,8 +15,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "CRDT_HUB_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Signs every webhook: X-Crdt-Hub-Signature: sha256=<hex HMAC-SHA256
-    /// of the raw body under this secret>.
+    /// Signs every webhook: X-Crdt-Hub-Signature: sha256=HEX, the hex
+    /// HMAC-SHA256 of the raw body under this secret.
     #[arg(long, env = "CRDT_HUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 

@@ -112,7 +112,7 @@ impl Endpoint {
     /// POSTs `body` with `headers`; `Ok` for any 2xx.
     ///
     /// # Errors
-    /// [`AttemptError`]: another status, a timeout, a refused connection.
+    /// `AttemptError`: another status, a timeout, a refused connection.
     pub async fn post(
         &self,
         headers: &[(&'static str, String)],

@@ -2,9 +2,9 @@
 //! least once from an outbox in the database.
 //!
 //! Rooms and connections report through a [`Webhooks`] handle, one call
-//! each, never waiting: [`recorder`] debounces and writes events into the
-//! outbox, [`delivery`] claims and POSTs them (each room's in order),
-//! [`client`] makes the request, [`signature`] signs it. Without
+//! each, never waiting: `recorder` debounces and writes events into the
+//! outbox, `delivery` claims and POSTs them (each room's in order),
+//! `client` makes the request, `signature` signs it. Without
 //! `--webhook-url` there is no handle and nothing here runs.
 
 pub mod args;
