@@ -673,26 +673,13 @@ async fn a_room_deleted_through_one_node_is_closed_and_stays_deleted_on_the_othe
         .until("bob's edit on node A", |c| c.text("t") == "more secret")
         .await;
 
-    let deleted = http_request(
-        a.addr,
-        "DELETE",
-        &format!("/api/rooms/{room}?confirm={room}"),
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    delete_through(a.addr, room).await;
     assert_eq!(alice.close_code().await, Some(1000), "closed on node A");
     assert_eq!(bob.close_code().await, Some(1000), "closed on node B too");
 
     // Long enough for B to snapshot, unload and flush whatever it kept.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stored = crdt_store::connect(&db.url).await.unwrap();
-    let name = crdt_store::RoomName::parse(room).unwrap();
-    assert!(
-        stored.load(&name).await.unwrap().is_empty(),
-        "node B brought the deleted room back"
-    );
+    assert_rows_gone(&db.url, room).await;
     for node in [&a, &b] {
         let (status, body) = http_get(node.addr, &format!("/api/rooms/{room}")).await;
         assert_eq!(status, 404, "{body}");
@@ -719,23 +706,10 @@ async fn a_room_deleted_through_a_node_that_does_not_hold_it_is_closed_where_it_
     bob.pump_for(Duration::from_millis(300)).await;
 
     // Node A never loads the room: it deletes the rows once B let go.
-    let deleted = http_request(
-        a.addr,
-        "DELETE",
-        &format!("/api/rooms/{room}?confirm={room}"),
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    delete_through(a.addr, room).await;
     assert_eq!(bob.close_code().await, Some(1000), "closed on node B");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stored = crdt_store::connect(&db.url).await.unwrap();
-    let name = crdt_store::RoomName::parse(room).unwrap();
-    assert!(
-        stored.load(&name).await.unwrap().is_empty(),
-        "node B brought the deleted room back"
-    );
+    assert_rows_gone(&db.url, room).await;
     finish(vec![a, b], &prefix).await;
 }
 
@@ -815,4 +789,27 @@ async fn a_revocation_made_through_one_node_closes_sessions_on_the_others_at_onc
     assert_eq!(on_a.close_code().await, Some(4403), "closed on node A");
     assert_eq!(on_b.close_code().await, Some(4403), "closed on node B too");
     finish(vec![a, b], &prefix).await;
+}
+
+/// Deletes `room` through the API of the node at `addr`.
+async fn delete_through(addr: std::net::SocketAddr, room: &str) {
+    let deleted = http_request(
+        addr,
+        "DELETE",
+        &format!("/api/rooms/{room}?confirm={room}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+}
+
+/// Nothing of `room` is stored: no node brought it back after the delete.
+async fn assert_rows_gone(database_url: &str, room: &str) {
+    let stored = crdt_store::connect(database_url).await.unwrap();
+    let name = crdt_store::RoomName::parse(room).unwrap();
+    assert!(
+        stored.load(&name).await.unwrap().is_empty(),
+        "node B brought the deleted room back"
+    );
 }

@@ -358,21 +358,8 @@ impl RoomTask {
     /// from storage, where the journal has put every update accepted so far.
     fn poisoned(&mut self, state: &mut Loaded) {
         error!("room state poisoned by a panic in yrs; closing all peers and reloading");
-        for (_, link) in state.links.drain() {
-            link.close(close::ROOM_FAILED);
-        }
-        if let Some(compaction) = state.compaction.take() {
-            compaction.abort();
-        }
         state.room = Room::new(super::core::server_doc());
-        for waiter in state
-            .snapshot_waiters
-            .drain(..)
-            .chain(state.queued_snapshot_waiters.drain(..))
-        {
-            let _ = waiter.send(Err(RoomUnavailable::Unloading));
-        }
-        self.close_inbox(RoomUnavailable::Unloading);
+        self.close_unsaved(state, close::ROOM_FAILED);
     }
 
     /// Another node deleted the room: every peer is closed as by a local
@@ -380,8 +367,14 @@ impl RoomTask {
     /// the room back); `run` flushes the journal before the bus lets go.
     fn deleted_elsewhere(&mut self, state: &mut Loaded) {
         info!("room deleted through another node; closing it without saving");
+        self.close_unsaved(state, close::ROOM_DELETED);
+    }
+
+    /// Closes every peer with `reason` and stops without a snapshot: none
+    /// in flight may land, and those asked for are refused.
+    fn close_unsaved(&mut self, state: &mut Loaded, reason: close::CloseReason) {
         for (_, link) in state.links.drain() {
-            link.close(close::ROOM_DELETED);
+            link.close(reason);
         }
         if let Some(compaction) = state.compaction.take() {
             compaction.abort();
