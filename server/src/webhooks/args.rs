@@ -61,6 +61,12 @@ pub struct WebhookArgs {
     /// with full jitter from 1s up to this).
     #[arg(long, env = "CRDT_HUB_WEBHOOK_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub webhook_retry_max: Duration,
+
+    /// Events held in memory while the database cannot take them; past
+    /// this, new ones are dropped (logged, and counted as
+    /// crdt_hub_webhook_deliveries_total{result="dropped"}).
+    #[arg(long, env = "CRDT_HUB_WEBHOOK_MAX_QUEUED", default_value = "100000")]
+    pub webhook_max_queued: usize,
 }
 
 /// Why the webhook flags were refused.
@@ -106,6 +112,9 @@ impl WebhookArgs {
         if self.webhook_concurrency == 0 {
             return Err(WebhookArgsError::Zero("--webhook-concurrency"));
         }
+        if self.webhook_max_queued == 0 {
+            return Err(WebhookArgsError::Zero("--webhook-max-queued"));
+        }
         Ok(Some(WebhookConfig {
             endpoint: Endpoint::parse(url)?,
             secret: self.webhook_secret.clone(),
@@ -119,7 +128,7 @@ impl WebhookArgs {
             concurrency: self.webhook_concurrency,
             retry_base: Duration::from_secs(1).min(self.webhook_retry_max),
             retry_cap: self.webhook_retry_max,
-            max_queued: 100_000,
+            max_queued: self.webhook_max_queued,
         }))
     }
 }
