@@ -142,6 +142,9 @@ async fn idle_sockets_from_one_address_leave_the_server_to_everyone_else() {
     // Past the header read timeout (5 s) the server has closed the idle
     // sockets it kept, and the attacker has opened them again: still fine,
     // and a room of honest clients kept its pace all along.
+    // The office clients leave; two bystanders take their descriptors.
+    drop(writer);
+    drop(reader);
     let mut bystanders = Bystanders::join(&server.url("bystanders")).await;
     let six_seconds_in = tokio::time::Instant::from_std(started + Duration::from_secs(6));
     bystanders
@@ -162,14 +165,17 @@ async fn idle_sockets_from_one_address_leave_the_server_to_everyone_else() {
         under_attack <= before + 256 + 8,
         "the server holds at most --max-connections-per-ip (256) of the attacker's sockets: {before} fds before, {under_attack} under attack"
     );
-    assert!(later <= before + 256 + 8, "{later} fds after 6 s of attack");
+    // The two bystanders' sockets besides the attacker's places.
+    assert!(
+        later <= before + 256 + 8 + 2,
+        "{later} fds after 6 s of attack"
+    );
     assert!(server.logged("over --max-connections-per-ip"));
     assert!(
         !server.logged("Too many open files"),
         "the server never ran out of descriptors"
     );
-    drop(writer);
-    drop(reader);
+    drop(bystanders);
     let (status, logs) = server.terminate().await;
     assert!(status.success(), "{logs}");
 }
