@@ -182,17 +182,7 @@ mod tests {
 
     /// Three edits of one client, one update each.
     fn edits(client: u64) -> Vec<Vec<u8>> {
-        let doc = Doc::with_client_id(client);
-        let text = doc.get_or_insert_text("t");
-        ["ab", "cd", "ef"]
-            .iter()
-            .map(|s| {
-                let mut txn = doc.transact_mut();
-                let end = text.len(&txn);
-                text.insert(&mut txn, end, s);
-                txn.encode_update_v1()
-            })
-            .collect()
+        crate::room::appended_edits(client, &["ab", "cd", "ef"])
     }
 
     fn text_after(updates: &[&[u8]]) -> String {

@@ -529,17 +529,7 @@ mod tests {
 
     /// One update per piece of text, appended by `client`.
     fn edits(client: u64, pieces: &[&str]) -> Vec<Vec<u8>> {
-        let doc = Doc::with_client_id(client);
-        let text = doc.get_or_insert_text("t");
-        pieces
-            .iter()
-            .map(|s| {
-                let mut txn = doc.transact_mut();
-                let end = text.len(&txn);
-                text.insert(&mut txn, end, s);
-                txn.encode_update_v1()
-            })
-            .collect()
+        crate::room::appended_edits(client, pieces)
     }
 
     fn text_of(doc: &Doc) -> String {

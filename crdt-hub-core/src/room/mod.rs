@@ -12,3 +12,21 @@ pub use self::core::{Access, Effects, Rejected, Room, RoomError};
 
 /// Identifies one connection within the process.
 pub type PeerId = u64;
+
+/// One update per piece of text, appended to text `t` by `client`: the
+/// gap and hold tests cut and reorder these.
+#[cfg(test)]
+pub(crate) fn appended_edits(client: u64, pieces: &[&str]) -> Vec<Vec<u8>> {
+    use yrs::{Doc, Text, Transact};
+    let doc = Doc::with_client_id(client);
+    let text = doc.get_or_insert_text("t");
+    pieces
+        .iter()
+        .map(|s| {
+            let mut txn = doc.transact_mut();
+            let end = text.len(&txn);
+            text.insert(&mut txn, end, s);
+            txn.encode_update_v1()
+        })
+        .collect()
+}
