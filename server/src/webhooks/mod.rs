@@ -224,6 +224,17 @@ impl Webhooks {
 mod tests {
     use super::*;
 
+    /// The events in the outbox, as the store lists them.
+    async fn recorded(store: &Arc<dyn Store>) -> Vec<String> {
+        store
+            .webhooks(false, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event)
+            .collect()
+    }
+
     fn config() -> WebhookConfig {
         WebhookConfig {
             // Nothing listens on the discard port: deliveries are refused
@@ -271,13 +282,7 @@ mod tests {
             .await
             .expect("the recorder ends once the rooms are gone");
 
-        let mut events: Vec<String> = store
-            .webhooks(false, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|record| record.event)
-            .collect();
+        let mut events = recorded(&store).await;
         events.reverse();
         assert_eq!(events, ["document.changed", "room.unloaded"]);
     }
@@ -302,13 +307,6 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
             .unwrap();
-        let events: Vec<String> = store
-            .webhooks(false, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|record| record.event)
-            .collect();
-        assert_eq!(events, ["room.deleted"]);
+        assert_eq!(recorded(&store).await, ["room.deleted"]);
     }
 }
