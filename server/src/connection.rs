@@ -324,6 +324,7 @@ impl Session {
                         }
                         Err(WriteError::Failed(e)) => {
                             debug!(error = %e, "write failed");
+                            Box::pin(self.take_what_arrived(room)).await;
                             return None;
                         }
                     }
@@ -342,10 +343,33 @@ impl Session {
                     }
                     match Box::pin(timeout(self.config.write_timeout, self.ws.send(Message::Ping(Bytes::new())))).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => return None,
+                        Ok(Err(_)) => {
+                            Box::pin(self.take_what_arrived(room)).await;
+                            return None;
+                        }
                         Err(_) => return Some(close::WRITE_TIMEOUT),
                     }
                 }
+            }
+        }
+    }
+
+    /// A write failed: the client is gone (it reset the connection, say by
+    /// closing with our frames unread). What it sent before it went may
+    /// still be in the socket's receive buffer, and an edit typed just
+    /// before closing a tab can be among it: pass that to the room, or it
+    /// is lost. The reset socket reads to its end at once; the deadline
+    /// only guards against a write that failed on a socket still open.
+    /// A client past its rate is not read further.
+    async fn take_what_arrived(&mut self, room: &RoomHandle) {
+        let deadline = Instant::now() + CLOSE_HANDSHAKE_TIMEOUT;
+        let mut paused_until = None;
+        while paused_until.is_none() {
+            let Ok(item) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return;
+            };
+            if let Flow::End(_) = self.on_incoming(room, item, &mut paused_until).await {
+                return;
             }
         }
     }

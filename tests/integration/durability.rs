@@ -304,3 +304,56 @@ async fn two_servers_on_one_database_never_lose_each_others_updates() {
     assert_eq!(text_of(&doc, "a"), text_a);
     assert_eq!(text_of(&doc, "b"), text_b);
 }
+
+/// A client that sends an edit and resets the connection at once (a tab
+/// closed just after typing; a script that writes and exits) has its edit
+/// kept. The server may find the client gone when it writes its greeting,
+/// before it has read what the client sent: that is still in the socket.
+#[tokio::test]
+async fn an_edit_sent_just_before_a_connection_reset_is_kept() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::MaybeTlsStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use yrs::Text;
+    use yrs::sync::{Message as YMessage, SyncMessage};
+    use yrs::updates::encoder::Encode;
+
+    let server = TestServer::start().await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("reset-{i}")).collect();
+    for room in &rooms {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        // As browsers do: each frame leaves at once.
+        tcp.set_nodelay(true).unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(server.url(room), MaybeTlsStream::Plain(tcp))
+                .await
+                .unwrap();
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let update = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, room);
+            txn.encode_update_v1()
+        };
+        let hello = YMessage::Sync(SyncMessage::SyncStep1(Default::default()));
+        let edit = YMessage::Sync(SyncMessage::Update(update));
+        ws.feed(Message::binary(hello.encode_v1())).await.unwrap();
+        ws.feed(Message::binary(edit.encode_v1())).await.unwrap();
+        ws.flush().await.unwrap();
+        // An abortive close: RST, not FIN, and nothing the server sent is read.
+        let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            unreachable!("plain TCP on loopback");
+        };
+        tcp.set_zero_linger().unwrap();
+        drop(ws);
+    }
+    for room in &rooms {
+        let mut reader = YClient::connect(&server.url(room)).await;
+        reader
+            .until(&format!("the edit sent to {room}"), |c| {
+                c.text("t") == *room
+            })
+            .await;
+    }
+    server.stop().await;
+}

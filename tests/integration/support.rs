@@ -207,7 +207,11 @@ impl ServerProcess {
                 database_url,
             ])
             .args(extra)
-            .env("RUST_LOG", "info")
+            // `SERVER_LOG=debug` to see more of a failing test's server.
+            .env(
+                "RUST_LOG",
+                std::env::var("SERVER_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -319,6 +323,7 @@ impl YClient {
     /// Connects over a TCP stream the caller opened (say, bound to another
     /// loopback address).
     pub async fn connect_over(url: &str, stream: TcpStream) -> Self {
+        stream.set_nodelay(true).unwrap();
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
             .await
             .expect("WebSocket handshake");
@@ -339,7 +344,10 @@ impl YClient {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(256 << 20));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+        // Nagle off, as browsers have it: with it on, a client that sends
+        // an edit and drops its socket at once (an abortive close, since
+        // the server's frames are unread) loses the edit in its own kernel.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .expect("connect");
         Self::start_sync(ws, doc).await
