@@ -66,7 +66,21 @@ pub fn seeded_doc() -> Doc {
 /// updates that create subdocuments: yrs 0.28.1 frees memory it still uses
 /// when a container holding one is deleted (see [`crate::subdocs`]), so a
 /// room that allows them is not fuzzed until yrs is fixed.
+///
+/// The same bytes also go in as a Hocuspocus provider's message
+/// ([`crate::hocuspocus::parse`]); one that carries a room message is
+/// handled as the y-websocket frame it holds.
 pub fn frame_into_room(data: &[u8]) -> Outcome {
+    let frame = Bytes::copy_from_slice(data);
+    if let Ok(incoming) = crate::hocuspocus::parse(&frame)
+        && let crate::hocuspocus::ProviderMessage::Room(inner) = incoming.message
+    {
+        y_websocket_frame_into_room(&inner);
+    }
+    y_websocket_frame_into_room(data)
+}
+
+fn y_websocket_frame_into_room(data: &[u8]) -> Outcome {
     let mut room = Room::new(seeded_doc());
     room.join(1, Access::ReadWrite);
     room.join(2, Access::ReadOnly);

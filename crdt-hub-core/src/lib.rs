@@ -32,6 +32,7 @@ pub mod decode_guard;
 pub mod doc_json;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod hocuspocus;
 pub mod metrics;
 pub mod protocol;
 pub mod restore_diff;

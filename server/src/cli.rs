@@ -113,6 +113,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_MAX_QUEUED_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub max_queued_bytes: usize,
 
+    /// Documents one Hocuspocus socket (a `HocuspocusProviderWebsocket`
+    /// shared by several providers) may have open at once; a provider past
+    /// it is told "permission denied" with the reason.
+    #[arg(
+        long,
+        env = "CRDT_HUB_MAX_DOCUMENTS_PER_CONNECTION",
+        default_value = "100"
+    )]
+    pub max_documents_per_connection: usize,
+
     /// A busy room holds a frame for up to this long when its recent pace
     /// says the next will come by then, and sends them together, several
     /// frames per socket write (only for the next frame, not the one
@@ -268,6 +278,7 @@ impl ServeArgs {
             write_timeout: self.write_timeout,
             subdocuments: self.subdocuments.into(),
             awareness: self.limits.awareness_state_limits(),
+            max_documents: self.max_documents_per_connection.max(1),
         }
     }
 }

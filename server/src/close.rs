@@ -43,6 +43,20 @@ impl CloseReason {
 /// stops reconnecting on its own on 44xx, so an app refreshes the token
 /// and reconnects (README, Authentication).
 pub const TOKEN_EXPIRED: CloseReason = CloseReason::new(4401, "token expired", "token_expired");
+/// 4401: a Hocuspocus provider sent a message for a document it never
+/// sent a token for on this socket.
+pub const NOT_AUTHENTICATED: CloseReason = CloseReason::new(
+    4401,
+    "document not authenticated on this socket",
+    "not_authenticated",
+);
+/// 1008: a Hocuspocus provider sent more for a document than is held
+/// while its token is awaited.
+pub const UNAUTHENTICATED_BACKLOG: CloseReason = CloseReason::new(
+    1008,
+    "too much sent before the document's token",
+    "unauthenticated_backlog",
+);
 /// 4403: the token's subject or the token itself was revoked
 /// (`POST /api/revocations`).
 pub const ACCESS_REVOKED: CloseReason = CloseReason::new(4403, "access revoked", "access_revoked");

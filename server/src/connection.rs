@@ -52,6 +52,9 @@ pub struct ConnectionConfig {
     /// Bounds on each awareness state a client sends (see
     /// [`crate::awareness_guard`]).
     pub awareness: StateLimits,
+    /// Documents one multiplexed (Hocuspocus) socket may have open: each
+    /// is a peer in its room, with its own queue.
+    pub max_documents: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -63,18 +66,24 @@ impl Default for ConnectionConfig {
             write_timeout: Duration::from_secs(10),
             subdocuments: SubdocPolicy::default(),
             awareness: StateLimits::default(),
+            max_documents: 100,
         }
     }
 }
 
 /// Most frames written per flush when a client's queue backs up: enough to
 /// turn many small writes into one syscall, few enough to keep reading.
-const MAX_FRAMES_PER_FLUSH: usize = 256;
+pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 256;
 
 /// How long to wait for the client's answer to our close frame.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A peer id no other connection (or multiplexed document) has.
+pub(crate) fn new_peer_id() -> PeerId {
+    NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The socket type every connection task works with: a WebSocket over the
 /// client's socket, its incoming frames counted ([`crate::frames`]). The
@@ -115,7 +124,7 @@ pub fn serve(
     config: Arc<ConnectionConfig>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let peer = NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed);
+    let peer = new_peer_id();
     let Admitted {
         room,
         access,
@@ -562,7 +571,7 @@ const MAX_BURST_BYTES: usize = 64 * 1024;
 
 /// One message from the client as what the room must handle; the reason
 /// to close when it is not acceptable.
-fn parse_message(
+pub(crate) fn parse_message(
     message: Message,
     rules: protocol::FrameRules,
 ) -> Result<Vec<protocol::ClientMessage>, CloseReason> {
@@ -606,7 +615,7 @@ const FRAGMENT_SIZE: usize = 64 * 1024;
 /// unread client data in it makes the kernel send a reset, which can
 /// destroy our close frame before the client reads it: a client refused
 /// for an oversized frame would see 1006 instead of 1009.
-async fn close_socket(ws: &mut Socket, reason: CloseReason) {
+pub(crate) async fn close_socket(ws: &mut Socket, reason: CloseReason) {
     let handshake = async {
         let frame = CloseFrame {
             code: CloseCode::from(reason.code),
@@ -635,13 +644,13 @@ async fn close_socket(ws: &mut Socket, reason: CloseReason) {
 }
 
 /// Whether a read error is tungstenite refusing a frame over the size limit.
-fn is_too_big(error: &tungstenite::Error) -> bool {
+pub(crate) fn is_too_big(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Capacity(_))
 }
 
 /// Whether a read error is [`crate::frames`] refusing a message of too
 /// many fragments.
-fn is_too_fragmented(error: &tungstenite::Error) -> bool {
+pub(crate) fn is_too_fragmented(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Io(e)
         if e.get_ref().is_some_and(|inner| inner.is::<crate::frames::TooManyFragments>()))
 }

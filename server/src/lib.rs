@@ -21,6 +21,8 @@ pub mod cluster;
 pub mod connection;
 pub mod entry;
 pub mod frames;
+pub mod grant;
+pub mod hocuspocus;
 pub mod http;
 pub mod ip_connections;
 pub mod limits;

@@ -17,6 +17,7 @@ use warp::reply::Response;
 use super::{api, json_error, room_from_path};
 use crate::app::App;
 use crate::auth::{self, AuthError, Claims};
+use crate::grant::{Grant, grant_in_room};
 use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::room::Access;
@@ -48,24 +49,15 @@ pub fn admit_upgrade(
     addr: Option<SocketAddr>,
 ) -> Result<Admission, Refusal> {
     check_origin(app, headers)?;
-    let (access, holder, deadline) = match &app.auth {
-        None => (Access::ReadWrite, Holder::default(), None),
-        Some(verifier) => {
+    let Grant {
+        access,
+        holder,
+        deadline,
+    } = match &app.auth {
+        None => Grant::open(),
+        Some(_) => {
             let claims = authenticate(app, headers, query)?;
-            if !claims.allows_room(room.as_str()) {
-                return Err(refuse_for(AuthError::WrongRoom, &claims, Some(room)));
-            }
-            let holder = Holder {
-                sub: claims.sub.as_deref().map(Into::into),
-                jti: claims.jti.as_deref().map(Into::into),
-            };
-            let deadline = claims.session_deadline(verifier.leeway());
-            if deadline <= SystemTime::now() {
-                // The verifier counts in whole seconds; a session would
-                // end the moment it began.
-                return Err(refuse_for(AuthError::Expired, &claims, Some(room)));
-            }
-            (claims.role.access(), holder, Some(deadline))
+            grant_in_room(app, &claims, room).map_err(|e| refuse_for(e, &claims, Some(room)))?
         }
     };
     if let Some(addr) = addr {
@@ -94,6 +86,29 @@ pub fn admit_upgrade(
         slot,
         holder,
         deadline,
+    })
+}
+
+/// Checks a multiplexed (Hocuspocus) upgrade at `/`: Origin, the client's
+/// connection rate and the server's connection cap. Each document's token
+/// and room are checked as its provider asks for it.
+///
+/// # Errors
+/// The HTTP response to send instead of upgrading.
+pub fn admit_multiplexed(
+    app: &App,
+    headers: &HeaderMap,
+    addr: Option<SocketAddr>,
+) -> Result<OwnedSemaphorePermit, Refusal> {
+    check_origin(app, headers)?;
+    if let Some(addr) = addr {
+        app.limits
+            .admit_connection(addr.ip())
+            .map_err(|retry| too_many("too many new connections from this address", retry))?;
+    }
+    app.limits.connection_slot().ok_or_else(|| {
+        metrics::rate_limited("max_connections");
+        unavailable("server is at its connection limit (--max-connections)")
     })
 }
 

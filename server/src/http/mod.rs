@@ -1,7 +1,7 @@
 //! HTTP routes: the WebSocket upgrade at `/{room}` and the plain HTTP
 //! endpoints beside it, on one port.
 
-mod admission;
+pub(crate) mod admission;
 pub mod api;
 mod demo;
 mod room_path;
@@ -153,6 +153,11 @@ struct UpgradeRequest<'a> {
 }
 
 fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> Response {
+    if request.path == "/" {
+        // No room in the path: a Hocuspocus provider, naming its
+        // documents in its messages.
+        return upgrade_multiplexed(ws, request, app);
+    }
     let room = match room_from_path(request.path) {
         Ok(room) => room,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid room name: {e}")),
@@ -184,6 +189,27 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
             app.connection.clone(),
             app.shutdown.clone(),
         ))
+    })
+}
+
+fn upgrade_multiplexed(
+    ws: websocket::WsUpgrade,
+    request: UpgradeRequest<'_>,
+    app: App,
+) -> Response {
+    let slot = match admission::admit_multiplexed(&app, request.headers, request.addr) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
+    };
+    let admitted = crate::hocuspocus::Multiplexed {
+        peer_addr: request.addr,
+        slot,
+        ip_slot: request.ip_slot,
+    };
+    let config = websocket::socket_config(app.max_message_size);
+    ws.on_upgrade(config, move |socket| {
+        let tasks = app.tasks.clone();
+        tasks.track_future(crate::hocuspocus::serve(socket, admitted, app))
     })
 }
 

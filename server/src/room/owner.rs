@@ -49,6 +49,9 @@ pub enum RoomCommand {
         messages: Vec<ClientMessage>,
         /// When the connection read the frame, for the fan-out latency.
         received_at: Instant,
+        /// Answered `true` once the frame's updates are in storage, `false`
+        /// if the room refused them (a Hocuspocus provider's sync status).
+        stored: Option<oneshot::Sender<bool>>,
     },
     Leave {
         peer: PeerId,
@@ -339,7 +342,8 @@ impl RoomTask {
                 peer,
                 messages,
                 received_at,
-            } => self.on_frame(state, peer, messages, received_at),
+                stored,
+            } => self.on_frame(state, peer, messages, received_at, stored),
             RoomCommand::Leave { peer } => {
                 if state.links.remove(&peer).is_some() {
                     let effects = state.room.leave(peer);

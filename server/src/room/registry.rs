@@ -405,11 +405,25 @@ impl RoomHandle {
         messages: Vec<ClientMessage>,
         received_at: tokio::time::Instant,
     ) -> bool {
+        self.send_frame_then(peer, messages, received_at, None)
+            .await
+    }
+
+    /// [`Self::send_frame`], with `stored` answered once the frame's
+    /// updates are in storage (`true`) or refused (`false`, or dropped).
+    pub async fn send_frame_then(
+        &self,
+        peer: PeerId,
+        messages: Vec<ClientMessage>,
+        received_at: tokio::time::Instant,
+        stored: Option<oneshot::Sender<bool>>,
+    ) -> bool {
         self.inbox
             .send(RoomCommand::Frame {
                 peer,
                 messages,
                 received_at,
+                stored,
             })
             .await
             .is_ok()

@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -21,9 +22,10 @@ impl RoomTask {
         peer: PeerId,
         mut messages: Vec<ClientMessage>,
         received_at: Instant,
+        stored: Option<oneshot::Sender<bool>>,
     ) {
         if !state.links.contains_key(&peer) {
-            return; // evicted while its frame was queued
+            return; // evicted while its frame was queued (`stored` says no)
         }
         // The messages up to the first update storage or the size cap
         // cannot take are handled, as they would have been one by one.
@@ -33,6 +35,17 @@ impl RoomTask {
         }
         if let Some(reason) = refusal {
             self.evict(state, peer, reason);
+        } else if let Some(stored) = stored
+            // Evicted for what it sent: the answer is no.
+            && state.links.contains_key(&peer)
+        {
+            // The journal writes in order: once everything queued so far
+            // is written, so are this frame's updates.
+            let journal = self.journal.clone();
+            tokio::spawn(async move {
+                journal.flushed().await;
+                let _ = stored.send(true);
+            });
         }
     }
 
