@@ -43,11 +43,11 @@ impl CloseReason {
 /// stops reconnecting on its own on 44xx, so an app refreshes the token
 /// and reconnects (README, Authentication).
 pub const TOKEN_EXPIRED: CloseReason = CloseReason::new(4401, "token expired", "token_expired");
-/// 4401: a Hocuspocus provider sent a message for a document it never
-/// sent a token for on this socket.
+/// 4401: a Hocuspocus provider sent messages for a document and no
+/// token for it within 10 s.
 pub const NOT_AUTHENTICATED: CloseReason = CloseReason::new(
     4401,
-    "document not authenticated on this socket",
+    "no token came for a document on this socket",
     "not_authenticated",
 );
 /// 1008: a Hocuspocus provider sent more for a document than is held

@@ -42,9 +42,9 @@ pub struct Multiplexed {
 /// and the room closes it as a slow consumer (never a silent drop).
 const OUT_CAPACITY: usize = 256;
 
-/// Addresses refused on one socket that are remembered (their late
-/// messages are ignored rather than closing the socket).
-const MAX_DENIED: usize = 1024;
+/// Addresses refused or detached on one socket that are remembered
+/// (their late messages are ignored rather than held for a token).
+const MAX_ENDED: usize = 1024;
 
 /// What a socket may send for documents whose token has not come yet (a
 /// v2 provider sends its sync step 1 first): held, then handled once the
@@ -52,6 +52,17 @@ const MAX_DENIED: usize = 1024;
 /// closes (1008).
 const MAX_HELD_MESSAGES: usize = 256;
 const MAX_HELD_BYTES: usize = 1 << 20;
+
+/// How long a document's messages wait for its token before the socket
+/// is closed (4401): a provider sends its token right after connecting.
+const TOKEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Messages for one document whose token has not come.
+struct Held {
+    since: Instant,
+    /// Each with its size on the wire.
+    messages: Vec<(ProviderMessage, usize)>,
+}
 
 /// Serves one multiplexed socket until it closes.
 pub fn serve(
@@ -67,7 +78,7 @@ pub fn serve(
         app,
         peer_addr: admitted.peer_addr,
         documents: HashMap::new(),
-        denied: HashSet::new(),
+        ended: HashSet::new(),
         held: HashMap::new(),
         held_messages: 0,
         held_bytes: 0,
@@ -90,11 +101,11 @@ struct Session {
     peer_addr: Option<SocketAddr>,
     /// Attached documents, by address.
     documents: HashMap<String, Attached>,
-    /// Addresses whose token was refused: their provider may still send a
-    /// message or two (awareness) before it hears.
-    denied: HashSet<String>,
+    /// Addresses whose token was refused, or whose provider detached: a
+    /// message or two (awareness) may still come; they are ignored.
+    ended: HashSet<String>,
     /// Messages for documents whose token is awaited, by address.
-    held: HashMap<String, Vec<(ProviderMessage, usize)>>,
+    held: HashMap<String, Held>,
     held_messages: usize,
     held_bytes: usize,
     /// Given to each document's task.
@@ -133,9 +144,14 @@ impl Session {
         let shutdown = self.app.shutdown.clone();
         loop {
             let access_ends = self.documents.values().filter_map(|d| d.access_ends).min();
+            let token_overdue = self.held.values().map(|h| h.since + TOKEN_WAIT).min();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Some(close::SHUTTING_DOWN),
+                () = sleep_until(token_overdue.unwrap_or_else(Instant::now)), if token_overdue.is_some() => {
+                    warn!(documents = self.held.len(), "messages for a document whose token never came; closing");
+                    return Some(close::NOT_AUTHENTICATED);
+                }
                 () = sleep_until(access_ends.unwrap_or_else(Instant::now)), if access_ends.is_some() => {
                     return Some(close::TOKEN_EXPIRED);
                 }
@@ -260,7 +276,7 @@ impl Session {
         })?;
         if !matches!(incoming.message, ProviderMessage::Auth { .. })
             && !self.documents.contains_key(&incoming.address)
-            && !self.denied.contains(&incoming.address)
+            && !self.ended.contains(&incoming.address)
         {
             return self.hold(incoming, frame.len());
         }
@@ -277,11 +293,13 @@ impl Session {
                     debug!(address, "provider detached");
                     self.connection_event(false, &document);
                     document.detach().await;
+                    if self.ended.len() < MAX_ENDED {
+                        self.ended.insert(address);
+                    }
                 }
                 Ok(())
             }
             ProviderMessage::Stateless(_) => {
-                self.known(&address)?;
                 debug!(address, "stateless message ignored");
                 Ok(())
             }
@@ -292,25 +310,10 @@ impl Session {
         }
     }
 
-    /// Whether messages for `address` may be taken: it is attached, or was
-    /// refused and its provider has not heard yet (ignored). A message for
-    /// a document the socket never asked for closes the socket.
-    fn known(&self, address: &str) -> Flow {
-        if self.documents.contains_key(address) || self.denied.contains(address) {
-            Ok(())
-        } else {
-            warn!(
-                address,
-                "message for a document this socket has not authenticated; closing"
-            );
-            Err(Some(close::NOT_AUTHENTICATED))
-        }
-    }
-
     async fn pass_to_room(&mut self, address: &str, frame: Bytes) -> Flow {
-        self.known(address)?;
         let Some(document) = self.documents.get(address) else {
-            return Ok(()); // refused: its provider has not heard yet
+            // Refused, or detached: its provider has not heard yet.
+            return Ok(());
         };
         let rules = protocol::FrameRules {
             subdocuments: self.app.connection.subdocuments,

@@ -9,13 +9,14 @@ use crdt_store::RoomName;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
-use super::{Flow, MAX_DENIED, MAX_HELD_BYTES, MAX_HELD_MESSAGES, Session, instant_of};
+use super::{Flow, Held, MAX_ENDED, MAX_HELD_BYTES, MAX_HELD_MESSAGES, Session, instant_of};
 use crate::close;
 use crate::connection::new_peer_id;
 use crate::grant::{Grant, grant_for_token};
 use crate::hocuspocus::document::{Attached, forward};
 use crate::metrics;
 use crate::room::{Access, OutboxLimits, RoomUnavailable};
+use tokio::time::Instant;
 
 impl Session {
     /// Keeps a message for a document whose token has not come yet.
@@ -37,14 +38,22 @@ impl Session {
         self.held_bytes += len;
         self.held
             .entry(incoming.address)
-            .or_default()
+            .or_insert_with(|| Held {
+                since: Instant::now(),
+                messages: Vec::new(),
+            })
+            .messages
             .push((incoming.message, len));
         Ok(())
     }
 
     /// The messages held for `address`, no longer counted.
     pub(super) fn take_held(&mut self, address: &str) -> Vec<(ProviderMessage, usize)> {
-        let held = self.held.remove(address).unwrap_or_default();
+        let held = self
+            .held
+            .remove(address)
+            .map(|h| h.messages)
+            .unwrap_or_default();
         self.held_messages -= held.len();
         self.held_bytes -= held.iter().map(|(_, len)| len).sum::<usize>();
         held
@@ -58,7 +67,7 @@ impl Session {
             debug!(address, "token for a document already attached; ignored");
             return Ok(());
         }
-        self.denied.remove(&address);
+        self.ended.remove(&address);
         match self.admit(&address, token) {
             Ok((room, grant)) => {
                 self.join(address.clone(), room, grant).await?;
@@ -108,8 +117,8 @@ impl Session {
 
     async fn deny(&mut self, address: String, reason: &str) -> Flow {
         let frame = permission_denied(&address, reason);
-        if self.denied.len() < MAX_DENIED {
-            self.denied.insert(address);
+        if self.ended.len() < MAX_ENDED {
+            self.ended.insert(address);
         }
         self.send_now(frame).await
     }
