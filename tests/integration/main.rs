@@ -12,6 +12,7 @@ mod durability;
 mod fuzz_regressions;
 mod gap_props;
 mod gaps;
+mod hocuspocus;
 mod hostile_access;
 mod hostile_awareness;
 mod hostile_network;
