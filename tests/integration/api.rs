@@ -170,7 +170,7 @@ async fn errors_are_json_with_the_right_status() {
 }
 
 /// Reads SSE events (`event` name, `id`, `data`) until `count` arrived.
-async fn read_events(
+pub(crate) async fn read_events(
     body: &mut hyper::body::Incoming,
     buffer: &mut String,
     count: usize,

@@ -16,9 +16,10 @@ use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 use yrs::{Doc, Text, Transact};
 
+use crate::api::read_events;
 use crate::support::{
-    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, sqlite_url, stored_doc,
-    temp_dir, text_of,
+    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, http_request, http_send,
+    sqlite_url, stored_doc, temp_dir, text_of,
 };
 
 const SECRET: &str = "hocuspocus-test-secret";
@@ -363,5 +364,63 @@ async fn held_messages_and_documents_are_bounded() {
     many.send(message("one", kind::CLOSE, &[])).await;
     many.auth("three", "").await;
     assert_eq!(many.next("three", kind::AUTH).await.auth().0, 2);
+    server.stop().await;
+}
+
+/// Stateless messages: a provider's reaches the room's event feed (not the
+/// other providers, as with Hocuspocus); one posted to the API reaches
+/// every provider in the room, and nobody in another room.
+#[tokio::test]
+async fn stateless_messages_go_to_the_feed_and_from_the_api() {
+    let server = TestServer::start().await;
+    let mut alice = Provider::connect(server.addr).await;
+    let mut bob = Provider::connect(server.addr).await;
+    alice.auth("chat", "").await;
+    alice.next("chat", kind::AUTH).await;
+    for room in ["chat", "elsewhere"] {
+        bob.auth(room, "").await;
+        bob.next(room, kind::AUTH).await;
+    }
+    let feed = http_send(server.addr, "GET", "/api/rooms/chat/events", &[], vec![]).await;
+    let mut body = feed.into_body();
+    let mut buffer = String::new();
+    assert_eq!(read_events(&mut body, &mut buffer, 1).await[0].0, "ready");
+
+    let mut said = vec![kind::STATELESS];
+    said.write_string("typing: alice");
+    alice
+        .send(message("chat", kind::STATELESS, &said[1..]))
+        .await;
+    let events = read_events(&mut body, &mut buffer, 1).await;
+    assert_eq!(
+        (events[0].0.as_str(), events[0].2.as_str()),
+        ("stateless", "typing: alice")
+    );
+
+    let response = http_request(
+        server.addr,
+        "POST",
+        "/api/rooms/chat/stateless",
+        &[("content-type", "text/plain")],
+        b"saved by the backend".to_vec(),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(answer["delivered"], 2);
+    for provider in [&mut alice, &mut bob] {
+        let got = provider.next("chat", kind::STATELESS).await;
+        let mut cursor = Cursor::new(&got.payload);
+        assert_eq!(cursor.read_string().unwrap(), "saved by the backend");
+    }
+    let bad = http_request(
+        server.addr,
+        "POST",
+        "/api/rooms/chat/stateless",
+        &[],
+        vec![0xff, 0xfe],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
     server.stop().await;
 }

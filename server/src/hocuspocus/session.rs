@@ -299,9 +299,15 @@ impl Session {
                 }
                 Ok(())
             }
-            ProviderMessage::Stateless(_) => {
-                debug!(address, "stateless message ignored");
-                Ok(())
+            ProviderMessage::Stateless(payload) => {
+                let Some(document) = self.documents.get(&address) else {
+                    return Ok(()); // refused or detached
+                };
+                if document.room.stateless(document.peer, payload).await {
+                    Ok(())
+                } else {
+                    Err(Some(close::ROOM_FAILED))
+                }
             }
             ProviderMessage::Ignored { kind } => {
                 debug!(address, kind, "message type ignored");

@@ -15,6 +15,7 @@ mod compaction;
 mod delivery;
 mod intake;
 mod requests;
+mod stateless;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +64,12 @@ pub enum RoomCommand {
     /// From the cluster bus (`--redis-url`): another node's update,
     /// awareness or state vector, or the anti-entropy tick.
     Cluster(crate::cluster::Remote),
+    /// A Hocuspocus provider's stateless message, for the room's event
+    /// feed and webhooks.
+    Stateless {
+        peer: PeerId,
+        payload: String,
+    },
 }
 
 /// Why a room could not take a join or a request.
@@ -353,6 +360,9 @@ impl RoomTask {
             }
             RoomCommand::Request { request, done } => self.on_request(state, request, done),
             RoomCommand::Cluster(remote) => self.on_cluster(state, remote),
+            RoomCommand::Stateless { peer, payload } => {
+                self.on_stateless(state, peer, payload);
+            }
         }
     }
 
@@ -446,8 +456,10 @@ impl RoomTask {
                 RoomCommand::Request { done, .. } => {
                     let _ = done.send(Err(refusal));
                 }
-                RoomCommand::Frame { .. } | RoomCommand::Leave { .. } | RoomCommand::Cluster(_) => {
-                }
+                RoomCommand::Frame { .. }
+                | RoomCommand::Leave { .. }
+                | RoomCommand::Cluster(_)
+                | RoomCommand::Stateless { .. } => {}
             }
         }
     }

@@ -60,6 +60,21 @@ impl Default for OutboxLimits {
 /// Creates the two ends of a peer link holding at most what `limits`
 /// allow; with `socket`, the room writes frames to it directly while it can.
 pub fn link(limits: OutboxLimits, socket: Option<Arc<SharedSocket>>) -> (PeerLink, PeerInbox) {
+    new_link(limits, socket, false)
+}
+
+/// A link for a document on a multiplexed (Hocuspocus) socket: its frames
+/// go through the connection, which addresses them, and it takes
+/// stateless messages.
+pub fn multiplexed_link(limits: OutboxLimits) -> (PeerLink, PeerInbox) {
+    new_link(limits, None, true)
+}
+
+fn new_link(
+    limits: OutboxLimits,
+    socket: Option<Arc<SharedSocket>>,
+    stateless: bool,
+) -> (PeerLink, PeerInbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -77,6 +92,7 @@ pub fn link(limits: OutboxLimits, socket: Option<Arc<SharedSocket>>) -> (PeerLin
         }),
         wake: Notify::new(),
         socket,
+        stateless,
     });
     (
         PeerLink {
@@ -108,6 +124,9 @@ struct Shared {
     wake: Notify,
     /// The peer's socket, when the room may write to it itself.
     socket: Option<Arc<SharedSocket>>,
+    /// The peer speaks the Hocuspocus protocol, which has stateless
+    /// messages; a y-websocket client would log them as unknown.
+    stateless: bool,
 }
 
 #[derive(Debug)]
@@ -200,6 +219,11 @@ impl Shared {
 }
 
 impl PeerLink {
+    /// Whether stateless messages are sent to this peer.
+    pub fn takes_stateless(&self) -> bool {
+        self.shared.stateless
+    }
+
     /// Writes a frame to the socket if nothing is ahead of it there, or
     /// queues it: [`PeerLink::send_all`] for one frame, as the tests send
     /// (the room sends everything through `send_all`).

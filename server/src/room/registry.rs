@@ -429,6 +429,15 @@ impl RoomHandle {
             .is_ok()
     }
 
+    /// A Hocuspocus provider's stateless message, for the room's event
+    /// feed and webhooks.
+    pub async fn stateless(&self, peer: PeerId, payload: String) -> bool {
+        self.inbox
+            .send(RoomCommand::Stateless { peer, payload })
+            .await
+            .is_ok()
+    }
+
     pub async fn leave(&self, peer: PeerId) {
         let _ = self.inbox.send(RoomCommand::Leave { peer }).await;
     }

@@ -40,6 +40,9 @@ pub enum RoomRequest {
     /// Closes every connection and stops the room without saving, so that
     /// its stored data can be deleted.
     Delete,
+    /// A stateless message for every Hocuspocus provider in the room (it
+    /// is not part of the document, nor stored).
+    Stateless(String),
 }
 
 /// Answers, one variant per request.
@@ -56,6 +59,8 @@ pub enum RoomReply {
     Snapshot(Result<SnapshotInfo, SnapshotFailed>),
     Events(Subscription),
     Deleted,
+    /// How many peers a stateless message was queued for.
+    Delivered(usize),
 }
 
 /// Why an update from outside (or a transform's) changed nothing.
@@ -112,13 +117,19 @@ pub struct RoomInfo {
     pub held_bytes: usize,
 }
 
-/// One applied update, for event feeds (SSE).
+/// What event feeds (SSE) are told.
 #[derive(Debug, Clone)]
-pub struct RoomEvent {
-    /// `{room generation}-{sequence}`: increases by one per update within
-    /// one loaded lifetime of the room.
-    pub id: String,
-    pub update: Bytes,
+pub enum RoomEvent {
+    /// One applied update.
+    Update {
+        /// `{room generation}-{sequence}`: increases by one per update
+        /// within one loaded lifetime of the room.
+        id: String,
+        update: Bytes,
+    },
+    /// A Hocuspocus provider's stateless message (not part of the
+    /// document).
+    Stateless { payload: std::sync::Arc<str> },
 }
 
 /// A live feed of a room's updates.

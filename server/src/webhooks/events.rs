@@ -17,10 +17,11 @@ pub enum EventKind {
     VersionCreated,
     RoomRestored,
     RoomDeleted,
+    StatelessReceived,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::DocumentChanged,
         EventKind::RoomLoaded,
         EventKind::RoomUnloaded,
@@ -29,6 +30,7 @@ impl EventKind {
         EventKind::VersionCreated,
         EventKind::RoomRestored,
         EventKind::RoomDeleted,
+        EventKind::StatelessReceived,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +43,7 @@ impl EventKind {
             EventKind::VersionCreated => "version.created",
             EventKind::RoomRestored => "room.restored",
             EventKind::RoomDeleted => "room.deleted",
+            EventKind::StatelessReceived => "stateless.received",
         }
     }
 }

@@ -218,6 +218,15 @@ impl Webhooks {
     pub fn room_deleted(&self, room: &RoomName) {
         self.report(Event::new(EventKind::RoomDeleted, room.as_str()));
     }
+
+    /// A Hocuspocus provider sent a stateless message.
+    pub fn stateless(&self, room: &RoomName, peer: u64, payload: &str) {
+        self.report(
+            Event::new(EventKind::StatelessReceived, room.as_str())
+                .with("connection", peer)
+                .with("payload", payload),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ impl Session {
             frames: config.outbox_capacity,
             bytes: config.outbox_max_bytes,
         };
-        let (link, inbox) = crate::room::link(outbox, None);
+        let (link, inbox) = crate::room::multiplexed_link(outbox);
         let peer = new_peer_id();
         let handle = match Box::pin(self.app.rooms.join(&room, peer, grant.access, link)).await {
             Ok(handle) => handle,

@@ -2,7 +2,8 @@
 //! Server-Sent Events, for read-only consumers such as dashboards.
 //!
 //! Each event is `event: update`, `id: {generation}-{sequence}`, `data:`
-//! the update in base64. The stream starts with `event: ready` carrying the
+//! the update in base64; a Hocuspocus provider's stateless message is
+//! `event: stateless` with the payload as `data:` (no id). The stream starts with `event: ready` carrying the
 //! current id. A consumer that reconnects with a `Last-Event-ID` other than
 //! that id (it missed updates, or the room was reloaded meanwhile), or that
 //! falls more than the buffer behind, gets `event: refetch`: it should
@@ -59,10 +60,14 @@ pub async fn stream(
 fn updates(receiver: broadcast::Receiver<RoomEvent>) -> impl Stream<Item = Event> {
     stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
-            Ok(RoomEvent { id, update }) => Event::default()
+            Ok(RoomEvent::Update { id, update }) => Event::default()
                 .event("update")
                 .id(id)
                 .data(BASE64.encode(&update)),
+            // No id: ids count updates, which a consumer resumes from.
+            Ok(RoomEvent::Stateless { payload }) => {
+                Event::default().event("stateless").data(&*payload)
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 refetch(&format!("fell {missed} updates behind"))
             }

@@ -75,6 +75,7 @@ pub const ROUTES: &[ApiRoute] = &[
     route("get", "/api/rooms/{room}/snapshots", Some(Role::Read)),
     route("post", "/api/rooms/{room}/restore", Some(Role::Admin)),
     route("post", "/api/rooms/{room}/disconnect", Some(Role::Admin)),
+    route("post", "/api/rooms/{room}/stateless", Some(Role::Write)),
     every_room("get", "/api/revocations", Role::Admin),
     every_room("post", "/api/revocations", Role::Admin),
     route("get", "/api/openapi.yaml", None),
@@ -323,6 +324,13 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(warp::post())
         .and(with_app.clone())
         .then(|room, app: App| async move { finish(access::disconnect(&app, room).await) });
+    let stateless = room_route("stateless")
+        .and(warp::post())
+        .and(restore::small_body())
+        .and(with_app.clone())
+        .then(
+            |room, body, app: App| async move { finish(rooms::stateless(&app, room, body).await) },
+        );
     let revocations = warp::path!("api" / "revocations")
         .and(warp::get())
         .and(with_app.clone())
@@ -336,6 +344,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
     list.or(openapi)
         .unify()
         .or(disconnect)
+        .unify()
+        .or(stateless)
         .unify()
         .or(revocations)
         .unify()

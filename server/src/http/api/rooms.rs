@@ -273,3 +273,30 @@ pub fn snapshot_json(info: &SnapshotInfo) -> serde_json::Value {
         "restored_from": info.restored_from,
     })
 }
+
+/// `POST /api/rooms/{room}/stateless`: the body (UTF-8 text, at most
+/// 64 KiB) goes to every Hocuspocus provider in the room as a stateless
+/// message, as a Hocuspocus server's `broadcastStateless` does. Answers
+/// how many it was queued for; a room not loaded has none.
+pub async fn stateless(app: &App, room: Room, body: Result<Bytes, ApiError>) -> ApiResult {
+    let room = room?;
+    let payload = String::from_utf8(body?.to_vec())
+        .map_err(|_| ApiError::BadRequest("the body must be UTF-8 text".into()))?;
+    // Never loads a room: with nobody in it, there is nobody to tell.
+    let delivered = if app.rooms.is_loaded(&room) {
+        match app
+            .rooms
+            .request(&room, || RoomRequest::Stateless(payload.clone()))
+            .await?
+        {
+            RoomReply::Delivered(n) => n,
+            _ => return Err(ApiError::Internal("unexpected reply".into())),
+        }
+    } else {
+        0
+    };
+    Ok(
+        warp::reply::json(&json!({ "room": room.as_str(), "delivered": delivered }))
+            .into_response(),
+    )
+}

@@ -169,7 +169,7 @@ impl RoomTask {
                 self.journal.append(&self.name, update.clone());
             }
             if let Some(events) = &state.events {
-                let _ = events.send(RoomEvent {
+                let _ = events.send(RoomEvent::Update {
                     id: self.event_id(state.applied),
                     update: update.clone(),
                 });

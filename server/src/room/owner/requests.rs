@@ -82,6 +82,9 @@ impl RoomTask {
                 info!("room closed for deletion");
                 RoomReply::Deleted
             }
+            RoomRequest::Stateless(payload) => {
+                RoomReply::Delivered(self.send_stateless(state, &payload))
+            }
         };
         let _ = done.send(Ok(reply));
     }
