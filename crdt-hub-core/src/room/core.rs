@@ -637,6 +637,27 @@ mod tests {
     }
 
     #[test]
+    fn a_held_update_that_splits_when_retried_reaches_the_room_and_its_peers() {
+        let (a, both, x, all) = crate::room::split_on_retry_edits();
+        let mut room = Room::new(server_doc());
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let mut seen = Vec::new();
+        for update in [both, x, a] {
+            let effects = room.receive(1, updates(&[update])).unwrap();
+            seen.extend(effects.to_others);
+        }
+        assert!(room.held().is_empty());
+        assert_eq!(
+            room.doc().transact().state_vector(),
+            all.transact().state_vector()
+        );
+        assert_eq!(text_after(&seen), "aby", "the other peer got it all");
+        let joiner = protocol::encode_sync_step2(&room.encode_state());
+        assert_eq!(text_after(&[joiner]), "aby", "and so does a joiner");
+    }
+
+    #[test]
     fn a_peer_cannot_rename_or_remove_another_peers_presence() {
         let mut room = Room::new(server_doc());
         for peer in 1..=3 {

@@ -236,7 +236,8 @@ impl HeldUpdates {
 
     /// Integrates what of `update` (encoded as `raw`) can integrate now
     /// and holds the rest. `have` is the document's state vector. A piece
-    /// being retried keeps its `id`.
+    /// being retried keeps its `id` (for the first part of it held again;
+    /// see [`Self::hold`]).
     fn take_in(
         &mut self,
         doc: &Doc,
@@ -334,6 +335,15 @@ impl HeldUpdates {
 
     /// Holds `update`, which a document at `have` cannot integrate (yet).
     /// Returns whether it is new (not held already).
+    ///
+    /// A retried piece's `id` goes to the first part held of it; a second
+    /// part takes a new one (so counts as the newest for the caps). A retry can leave two parts: `take_in` cuts
+    /// the piece, integrates the ready part, and holds both what of that
+    /// part yrs could not integrate (it builds on an id in the waiting
+    /// part) and the waiting part. Held under one id, the second replaced
+    /// the first, which was then lost from memory (its wakeups and bytes
+    /// left behind): the `convergence` fuzz target found a replica that
+    /// never integrated a client's item that way.
     fn hold(&mut self, update: Bytes, have: &StateVector, id: Option<u64>) -> bool {
         if self.pieces.values().any(|p| p.update == update) {
             return false;
@@ -344,10 +354,13 @@ impl HeldUpdates {
             // redundant or cannot apply. Storage keeps it as it came.
             return false;
         }
-        let id = id.unwrap_or_else(|| {
-            self.next_id += 1;
-            self.next_id
-        });
+        let id = match id {
+            Some(id) if !self.pieces.contains_key(&id) => id,
+            _ => {
+                self.next_id += 1;
+                self.next_id
+            }
+        };
         for (client, clock) in &needs {
             self.wakeups.insert((client.get(), *clock, id));
         }
@@ -697,6 +710,24 @@ mod tests {
         let mut sent: Vec<Bytes> = together.integrated.into_iter().collect();
         sent.extend(together.released);
         assert_eq!(text_after(&sent), "abcd");
+    }
+
+    #[test]
+    fn a_retried_piece_that_splits_in_two_keeps_both_parts() {
+        let (a, both, x, all) = crate::room::split_on_retry_edits();
+        let doc = Doc::new();
+        let mut held = HeldUpdates::default();
+        apply(&mut held, &doc, &both);
+        assert_eq!(held.len(), 1);
+        // "x" wakes it: client 20's part ("y") is ready but still needs
+        // "b", which waits for "a" in client 10's part.
+        apply(&mut held, &doc, &x);
+        assert_eq!(held.len(), 2, "each part held on its own");
+        assert_eq!(held.bytes(), held.iter().map(Bytes::len).sum::<usize>());
+        apply(&mut held, &doc, &a);
+        assert!(held.is_empty() && held.wakeups.is_empty() && held.bytes() == 0);
+        assert_eq!(text_of(&doc), "aby");
+        assert_eq!(doc.transact().state_vector(), all.transact().state_vector());
     }
 
     #[test]
