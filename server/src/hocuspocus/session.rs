@@ -274,11 +274,19 @@ impl Session {
             warn!(error = %e, len = frame.len(), "malformed Hocuspocus message; closing");
             Some(close::PROTOCOL_ERROR)
         })?;
-        if !matches!(incoming.message, ProviderMessage::Auth { .. })
-            && !self.documents.contains_key(&incoming.address)
+        if !matches!(
+            incoming.message,
+            ProviderMessage::Auth { .. } | ProviderMessage::Close
+        ) && !self.documents.contains_key(&incoming.address)
             && !self.ended.contains(&incoming.address)
         {
-            return self.hold(incoming, frame.len());
+            if self.app.auth.is_some() {
+                return self.hold(incoming, frame.len());
+            }
+            // Without authentication a document opens on its first
+            // message, as on a Hocuspocus server without an auth hook: a
+            // v2 provider with no token never sends one.
+            self.attach(incoming.address.clone(), "").await?;
         }
         self.on_message(incoming).await
     }
