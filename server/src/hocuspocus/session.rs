@@ -351,17 +351,23 @@ impl Session {
                 }
                 _ => true,
             });
-            let _ = document.acks.send(Ack::Now(saved));
+            document
+                .acks
+                .try_send(Ack::Now(saved))
+                .map_err(|_| Some(acks_backlog()))?;
             if messages.is_empty() {
                 return Ok(());
             }
         }
         let stored = if document.access == Access::ReadWrite && updates > 0 {
             let (tx, rx) = oneshot::channel();
-            let _ = document.acks.send(Ack::Stored {
-                updates,
-                stored: rx,
-            });
+            document
+                .acks
+                .try_send(Ack::Stored {
+                    updates,
+                    stored: rx,
+                })
+                .map_err(|_| Some(acks_backlog()))?;
             Some(tx)
         } else {
             None
@@ -376,6 +382,13 @@ impl Session {
             Err(Some(close::ROOM_FAILED))
         }
     }
+}
+
+/// Too many of a document's updates wait for storage: the provider
+/// reconnects and resyncs once storage keeps up.
+fn acks_backlog() -> CloseReason {
+    warn!("too many updates waiting for storage on one document; closing");
+    close::STORAGE_BACKLOG
 }
 
 /// A wall-clock time as a point on the runtime's clock.
