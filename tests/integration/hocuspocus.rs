@@ -25,16 +25,16 @@ use crate::support::{
 const SECRET: &str = "hocuspocus-test-secret";
 
 /// A provider's socket, written by hand.
-struct Provider {
+pub(crate) struct Provider {
     ws: Socket,
 }
 
 /// One message from the server: its address, type and the rest.
 #[derive(Debug)]
-struct Received {
-    address: String,
-    kind: u8,
-    payload: Vec<u8>,
+pub(crate) struct Received {
+    pub address: String,
+    pub kind: u8,
+    pub payload: Vec<u8>,
 }
 
 impl Received {
@@ -45,13 +45,13 @@ impl Received {
         (sub, cursor.read_string().unwrap().to_string())
     }
 
-    fn sync_status(&self) -> bool {
+    pub fn sync_status(&self) -> bool {
         assert_eq!(self.kind, kind::SYNC_STATUS, "{self:?}");
         self.payload == [1]
     }
 }
 
-fn message(address: &str, kind: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn message(address: &str, kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.write_string(address);
     out.write_var(kind);
@@ -71,7 +71,7 @@ fn update_payload(update: &[u8]) -> Vec<u8> {
     payload
 }
 
-fn insert(doc: &Doc, content: &str) -> Vec<u8> {
+pub(crate) fn insert(doc: &Doc, content: &str) -> Vec<u8> {
     let text = doc.get_or_insert_text("t");
     let mut txn = doc.transact_mut();
     text.insert(&mut txn, 0, content);
@@ -79,29 +79,29 @@ fn insert(doc: &Doc, content: &str) -> Vec<u8> {
 }
 
 impl Provider {
-    async fn connect(addr: SocketAddr) -> Self {
+    pub async fn connect(addr: SocketAddr) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .expect("upgrade at /");
         Self { ws }
     }
 
-    async fn send(&mut self, bytes: Vec<u8>) {
+    pub async fn send(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }
 
-    async fn auth(&mut self, address: &str, token: &str) {
+    pub async fn auth(&mut self, address: &str, token: &str) {
         self.send(message(address, kind::AUTH, &token_payload(token)))
             .await;
     }
 
-    async fn update(&mut self, address: &str, update: &[u8]) {
+    pub async fn update(&mut self, address: &str, update: &[u8]) {
         self.send(message(address, kind::SYNC, &update_payload(update)))
             .await;
     }
 
     /// The next message addressed to `address` of type `kind`.
-    async fn next(&mut self, address: &str, kind: u8) -> Received {
+    pub async fn next(&mut self, address: &str, kind: u8) -> Received {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
