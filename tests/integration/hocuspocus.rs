@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crdt_hub::auth::{Role, mint_hs256};
 use crdt_hub::connection::ConnectionConfig;
-use crdt_hub::persist::JournalConfig;
 use crdt_hub_core::hocuspocus::kind;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -147,15 +146,7 @@ impl Provider {
 async fn the_sync_status_waits_for_the_database() {
     let dir = temp_dir();
     let database = sqlite_url(dir.path());
-    let server = TestServer::start_with(ServerOptions {
-        database_url: Some(database.clone()),
-        journal: JournalConfig {
-            flush_interval: Duration::from_secs(1),
-            ..JournalConfig::default()
-        },
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::start_with(ServerOptions::slow_flush(&database)).await;
     let mut provider = Provider::connect(server.addr).await;
     provider.auth("durable", "").await;
     let (sub, scope) = provider.next("durable", kind::AUTH).await.auth();

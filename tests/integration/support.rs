@@ -88,6 +88,19 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
+    /// The defaults on `database_url`, flushing the journal once a second:
+    /// long enough that an answer sent before the flush would show.
+    pub fn slow_flush(database_url: &str) -> Self {
+        Self {
+            database_url: Some(database_url.to_string()),
+            journal: JournalConfig {
+                flush_interval: Duration::from_secs(1),
+                ..JournalConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
     /// The defaults with the per-connection message rate lifted, for tests
     /// that send thousands of frames as fast as they can.
     pub fn unthrottled() -> Self {
