@@ -17,8 +17,8 @@ use yrs::{Doc, Text, Transact};
 
 use crate::api::read_events;
 use crate::support::{
-    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, http_request, http_send,
-    sqlite_url, stored_doc, temp_dir, text_of,
+    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, close_code_of,
+    http_request, http_send, sqlite_url, stored_doc, temp_dir, text_of,
 };
 
 const SECRET: &str = "hocuspocus-test-secret";
@@ -126,15 +126,7 @@ impl Provider {
 
     /// Reads until the server closes; its close code.
     async fn close_code(&mut self, within: Duration) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no close frame within {within:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return None,
-            }
-        }
+        close_code_of(&mut self.ws, within).await
     }
 }
 
