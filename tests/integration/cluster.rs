@@ -860,5 +860,23 @@ async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_r
         let update = yrs::Update::decode_v1(cursor.read_buf().unwrap()).unwrap();
         replica.transact_mut().apply_update(update).unwrap();
     }
-    finish(vec![node_a, node_b], &prefix).await;
+
+    // A stateless message posted to any node reaches the provider: through
+    // node B, which holds the room, and through node C, which does not.
+    let node_c = start_node(&db.url, REDIS, &prefix, &[]).await;
+    for (node, said) in [(&node_b, "through B"), (&node_c, "through C")] {
+        let answer = http_request(
+            node.addr,
+            "POST",
+            &format!("/api/rooms/{room}/stateless"),
+            &[],
+            said.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{said}");
+        let got = provider.next(room, kind::STATELESS).await;
+        let mut cursor = Cursor::new(&got.payload);
+        assert_eq!(cursor.read_string().unwrap(), said);
+    }
+    finish(vec![node_a, node_b, node_c], &prefix).await;
 }

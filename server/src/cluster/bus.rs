@@ -49,6 +49,8 @@ pub struct RemoteOutcome {
     /// The room was deleted through another node: close it without
     /// saving anything (see `delete`).
     pub deleted: bool,
+    /// A stateless message for the local Hocuspocus providers.
+    pub stateless: Option<String>,
 }
 
 /// What the room's first claim found.
@@ -158,6 +160,16 @@ impl RoomBus {
         }
     }
 
+    /// Publishes a stateless message posted to this node's API, when
+    /// another node holds the room.
+    pub fn publish_stateless(&self, payload: &str) {
+        if self.sharing.is_shared() {
+            self.publish(BusMessage::Stateless(Bytes::copy_from_slice(
+                payload.as_bytes(),
+            )));
+        }
+    }
+
     /// Publishes the awareness frames among `effects` (changes of this
     /// node's own clients, including their removal when they leave), when
     /// another node holds the room.
@@ -178,6 +190,11 @@ impl RoomBus {
         let now = Instant::now();
         match remote {
             Remote::Message(BusMessage::Deleted) => outcome.deleted = true,
+            // Possibly from a node that does not hold the room (posted to
+            // its API): not a sign that another node shares it.
+            Remote::Message(message @ BusMessage::Stateless(_)) => {
+                self.on_message(room, message, now, &mut outcome);
+            }
             Remote::Message(message) => {
                 if self.sharing.heard_from_another(now) {
                     self.announce(room);
@@ -253,6 +270,10 @@ impl RoomBus {
                 }
             }
             BusMessage::Deleted => outcome.deleted = true,
+            BusMessage::Stateless(payload) => match String::from_utf8(payload.to_vec()) {
+                Ok(payload) => outcome.stateless = Some(payload),
+                Err(_) => warn!("a stateless message from another node is not UTF-8; ignored"),
+            },
         }
     }
 

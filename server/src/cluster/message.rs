@@ -18,6 +18,10 @@ pub enum BusMessage {
     /// "This room was deleted through my API": every node holding it
     /// closes it without saving (see `delete`).
     Deleted,
+    /// A stateless message for every Hocuspocus provider in the room (the
+    /// UTF-8 payload), posted to another node's API. Best effort, as
+    /// Hocuspocus's own Redis fan-out is: a dropped one is not repaired.
+    Stateless(Bytes),
 }
 
 impl BusMessage {
@@ -28,12 +32,13 @@ impl BusMessage {
             Self::StateVector(_) => "s",
             Self::AwarenessQuery => "q",
             Self::Deleted => "x",
+            Self::Stateless(_) => "t",
         }
     }
 
     pub fn payload(&self) -> &[u8] {
         match self {
-            Self::Update(b) | Self::Awareness(b) | Self::StateVector(b) => b,
+            Self::Update(b) | Self::Awareness(b) | Self::StateVector(b) | Self::Stateless(b) => b,
             Self::AwarenessQuery | Self::Deleted => &[],
         }
     }
@@ -48,6 +53,7 @@ impl BusMessage {
             "s" => Self::StateVector(payload),
             "q" => Self::AwarenessQuery,
             "x" => Self::Deleted,
+            "t" => Self::Stateless(payload),
             _ => return None,
         })
     }
@@ -78,6 +84,7 @@ mod tests {
             BusMessage::Awareness(Bytes::from_static(b"\x01\x00")),
             BusMessage::StateVector(Bytes::from_static(b"\x00")),
             BusMessage::AwarenessQuery,
+            BusMessage::Stateless(Bytes::from_static(b"saved")),
             BusMessage::Deleted,
         ] {
             let parsed = BusMessage::parse(message.kind(), message.payload().to_vec());

@@ -33,6 +33,7 @@ mod metrics;
 mod publisher;
 mod reader;
 mod revocations;
+mod stateless;
 
 use std::sync::Arc;
 use std::time::Duration;

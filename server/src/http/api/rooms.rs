@@ -275,14 +275,16 @@ pub fn snapshot_json(info: &SnapshotInfo) -> serde_json::Value {
 }
 
 /// `POST /api/rooms/{room}/stateless`: the body (UTF-8 text, at most
-/// 64 KiB) goes to every Hocuspocus provider in the room as a stateless
-/// message, as a Hocuspocus server's `broadcastStateless` does. Answers
-/// how many it was queued for; a room not loaded has none.
+/// 64 KiB) goes to every Hocuspocus provider in the room, on every node,
+/// as a stateless message, as a Hocuspocus server's `broadcastStateless`
+/// does. Answers how many on this node it was queued for.
 pub async fn stateless(app: &App, room: Room, body: Result<Bytes, ApiError>) -> ApiResult {
     let room = room?;
     let payload = String::from_utf8(body?.to_vec())
         .map_err(|_| ApiError::BadRequest("the body must be UTF-8 text".into()))?;
-    // Never loads a room: with nobody in it, there is nobody to tell.
+    // Never loads a room: with nobody in it, there is nobody to tell. A
+    // room held here reaches the other nodes through its bus; one that is
+    // not, through the room's stream directly.
     let delivered = if app.rooms.is_loaded(&room) {
         match app
             .rooms
@@ -293,6 +295,12 @@ pub async fn stateless(app: &App, room: Room, body: Result<Bytes, ApiError>) -> 
             _ => return Err(ApiError::Internal("unexpected reply".into())),
         }
     } else {
+        if let Some(cluster) = app.rooms.cluster()
+            && let Err(e) = cluster.publish_stateless(&room, &payload).await
+        {
+            tracing::error!(room = %room, error = %e, "cannot pass a stateless message to the other nodes");
+            return Err(ApiError::Internal("the cluster could not be told".into()));
+        }
         0
     };
     Ok(

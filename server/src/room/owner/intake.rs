@@ -224,6 +224,9 @@ impl RoomTask {
             };
             self.deliver(state, None, effects);
         }
+        if let Some(payload) = outcome.stateless {
+            self.send_stateless(state, &payload);
+        }
         let Some(update) = outcome.update else {
             return;
         };

@@ -83,7 +83,7 @@ impl RoomTask {
                 RoomReply::Deleted
             }
             RoomRequest::Stateless(payload) => {
-                RoomReply::Delivered(self.send_stateless(state, &payload))
+                RoomReply::Delivered(self.broadcast_stateless(state, &payload))
             }
         };
         let _ = done.send(Ok(reply));

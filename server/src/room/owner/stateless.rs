@@ -2,7 +2,7 @@
 //! of the document and are never stored. A provider's goes to the room's
 //! event feed and webhooks (where an application decides what to do with
 //! it, as a Hocuspocus `onStateless` hook would); one posted to the API
-//! goes to every Hocuspocus provider in the room.
+//! goes to every Hocuspocus provider in the room, on every node.
 
 use std::sync::Arc;
 
@@ -30,8 +30,18 @@ impl RoomTask {
         }
     }
 
-    /// Queues `payload` for every peer that takes stateless messages; a
-    /// peer whose queue is full is closed as a slow consumer, as for any
+    /// A stateless message posted to this node's API: for the peers here,
+    /// and through the bus for those on other nodes. Returns how many here
+    /// it was queued for.
+    pub(super) fn broadcast_stateless(&self, state: &mut Loaded, payload: &str) -> usize {
+        if let Some(bus) = &self.bus {
+            bus.publish_stateless(payload);
+        }
+        self.send_stateless(state, payload)
+    }
+
+    /// Queues `payload` for every peer here that takes stateless messages;
+    /// a peer whose queue is full is closed as a slow consumer, as for any
     /// frame. Returns how many it was queued for.
     pub(super) fn send_stateless(&self, state: &mut Loaded, payload: &str) -> usize {
         // The frame after the address, which the peer's connection adds.
