@@ -402,10 +402,11 @@ pub fn token_from(authorization: Option<&str>, query: Option<&str>) -> Option<St
         return Some(bearer.trim().to_string());
     }
     let query = query?;
-    url_query_value(query, "token")
+    query_value(query, "token")
 }
 
-fn url_query_value(query: &str, name: &str) -> Option<String> {
+/// The percent-decoded value of `name` in a raw query string.
+pub fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| {

@@ -28,6 +28,7 @@ use crate::limits::{Admission, ConnectionRate, Limits};
 use crate::room::{
     Access, Next, OutboxLimits, PeerId, PeerInbox, PeerLink, RoomHandle, RoomUnavailable, Rooms,
 };
+use crate::saved::SavedQueue;
 use crate::sessions::{Holder, Registered, Sessions};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
@@ -108,6 +109,8 @@ pub struct Admitted {
     pub deadline: Option<SystemTime>,
     /// Where it registers, so that revocations can end it.
     pub sessions: Arc<Sessions>,
+    /// It asked to be told when its updates are stored (`?acks=1`).
+    pub acks: bool,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -136,6 +139,7 @@ pub fn serve(
         holder,
         deadline,
         sessions,
+        acks,
     } = admitted;
     let span = info_span!("conn", room = %room, conn = peer, addr = ?peer_addr);
     // A wall-clock expiry as a point on the runtime's clock.
@@ -162,6 +166,7 @@ pub fn serve(
         access_ends,
         sub,
         registered,
+        saved: acks.then(Box::default),
     };
     let joining = Joining {
         rooms,
@@ -197,6 +202,9 @@ struct Session {
     sub: Option<Arc<str>>,
     /// Its place among the live sessions; revocations close it through it.
     registered: Registered,
+    /// Its updates waiting to be stored, with `?acks=1` (boxed: most
+    /// connections do not ask, and an idle one's state is kept small).
+    saved: Option<Box<SavedQueue>>,
 }
 
 impl Session {
@@ -339,6 +347,17 @@ impl Session {
                     }
                     self.inbox.written();
                 }
+                Some(message) = next_saved(&mut self.saved), if self.saved.as_ref().is_some_and(|s| !s.is_empty()) => {
+                    match Box::pin(self.write_frames(message)).await {
+                        Ok(()) => {}
+                        Err(WriteError::TimedOut) => return Some(close::WRITE_TIMEOUT),
+                        Err(WriteError::Failed(e)) => {
+                            debug!(error = %e, "write failed");
+                            Box::pin(self.take_what_arrived(room)).await;
+                            return None;
+                        }
+                    }
+                }
                 incoming = self.ws.next(), if paused_until.is_none() => {
                     last_heard = Instant::now();
                     if let Flow::End(reason) = Box::pin(self.on_incoming(room, incoming, &mut paused_until)).await {
@@ -459,8 +478,14 @@ impl Session {
         };
         // What came before a bad frame or the end of the stream still
         // counts, as it would have frame by frame.
-        if !batch.is_empty() && !room.send_frame(self.peer, batch, received_at).await {
-            return Flow::End(Some(close::ROOM_FAILED));
+        if !batch.is_empty() {
+            let stored = self.saved.as_mut().and_then(|saved| saved.expect(&batch));
+            if !room
+                .send_frame_then(self.peer, batch, received_at, stored)
+                .await
+            {
+                return Flow::End(Some(close::ROOM_FAILED));
+            }
         }
         flow
     }
@@ -537,6 +562,11 @@ impl Session {
             Err(_) => Err(WriteError::TimedOut),
         }
     }
+}
+
+/// The next "saved" message to send (`None` for a refused batch).
+async fn next_saved(saved: &mut Option<Box<SavedQueue>>) -> Option<Bytes> {
+    saved.as_mut()?.next().await
 }
 
 /// Why a write to the client did not complete.

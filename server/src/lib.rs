@@ -34,6 +34,7 @@ pub mod refusals;
 pub mod restore;
 pub mod revocations;
 pub mod room;
+pub mod saved;
 pub mod server;
 pub mod sessions;
 pub mod shared_socket;

@@ -21,6 +21,7 @@ mod keys;
 mod metrics;
 mod restore;
 mod rooms;
+mod saved;
 mod security;
 mod shutdown;
 mod snapshot_cli;

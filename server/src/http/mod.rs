@@ -178,6 +178,7 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
         holder: admission.holder,
         deadline: admission.deadline,
         sessions: app.sessions.clone(),
+        acks: crate::saved::SavedQueue::wanted(request.query),
     };
     let config = websocket::socket_config(app.max_message_size);
     ws.on_upgrade(config, move |socket| {

@@ -30,13 +30,13 @@ impl RoomTask {
         // The messages up to the first update storage or the size cap
         // cannot take are handled, as they would have been one by one.
         let refusal = self.admit_updates(state, peer, &mut messages);
-        if !messages.is_empty() {
-            self.receive(state, peer, messages, received_at);
-        }
+        let all_taken = messages.is_empty() || self.receive(state, peer, messages, received_at);
         if let Some(reason) = refusal {
             self.evict(state, peer, reason);
         } else if let Some(stored) = stored
-            // Evicted for what it sent: the answer is no.
+            // Refused (a read-only peer's update), or evicted for what it
+            // sent: the answer is no.
+            && all_taken
             && state.links.contains_key(&peer)
         {
             // The journal writes in order: once everything queued so far
@@ -92,13 +92,15 @@ impl RoomTask {
         None
     }
 
+    /// Returns whether every update in `messages` was taken (none refused
+    /// as a read-only peer's, none failed).
     pub(super) fn receive(
         &mut self,
         state: &mut Loaded,
         peer: PeerId,
         messages: Vec<ClientMessage>,
         received_at: Instant,
-    ) {
+    ) -> bool {
         let (effects, error) = match state.room.receive(peer, messages) {
             Ok(effects) => (effects, None),
             Err(Rejected {
@@ -108,7 +110,7 @@ impl RoomTask {
                 // Storage has everything up to here; the peer resyncs
                 // whatever of its own did not get there.
                 self.poisoned(state);
-                return;
+                return false;
             }
             Err(Rejected {
                 error: RoomError::Apply(e),
@@ -124,6 +126,7 @@ impl RoomTask {
                 "awareness entries ignored: another connection's client id, or past --max-awareness-clients / --max-awareness-room-bytes (logged once per connection; counted in crdt_hub_awareness_ignored_total)"
             );
         }
+        let all_taken = effects.refused_read_only == 0 && error.is_none();
         if effects.refused_read_only > 0 {
             debug!(
                 peer,
@@ -142,6 +145,7 @@ impl RoomTask {
             warn!(peer, error = %e, "update failed to apply; closing connection");
             self.evict(state, peer, close::BAD_UPDATE);
         }
+        all_taken
     }
 
     /// Bookkeeping for updates the room applied: journal, events,
