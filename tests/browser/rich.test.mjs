@@ -75,6 +75,21 @@ function get (url, headers) {
   })
 }
 
+/**
+ * Starts recording what the status badge says (every change, in order);
+ * returns a function that resolves to the list so far.
+ */
+async function recordStatus (page) {
+  await page.evaluate(() => {
+    const text = document.querySelector('#status .status-text')
+    window.statusLog = [text.textContent]
+    new MutationObserver(() => {
+      if (window.statusLog.at(-1) !== text.textContent) window.statusLog.push(text.textContent)
+    }).observe(text, { childList: true, characterData: true, subtree: true })
+  })
+  return () => page.evaluate(() => window.statusLog)
+}
+
 async function storedJson (srv, room) {
   const response = await fetch(`${srv.url}/api/rooms/${encodeURIComponent(room)}/json`)
   assert.equal(response.status, 200)
@@ -180,14 +195,20 @@ test('rich text: two people see each other\'s text and named carets, one goes of
 })
 
 test('rich text: "Saved" means stored: a server killed right after keeps the edit', async () => {
-  const crashing = await startServer()
+  // Updates reach the database once a second: "Saved" any sooner would
+  // be a lie that the crash below shows.
+  const crashing = await startServer(['--flush-interval', '1s'])
   servers.push(crashing)
   const room = uniqueRoom('rich-durable')
   const page = await open(crashing, room, 'Dora')
   await waitStatus(page, 'Saved')
+  const statusLog = await recordStatus(page)
   await typeAtEnd(page, 'Stored before the crash')
   // "Saving…" shows first (the edit waits for the database), then "Saved".
   await waitStatus(page, 'Saved')
+  const log = await statusLog()
+  assert.ok(log[1] === 'Saving…' && log.at(-1) === 'Saved' && log.every(t => t === 'Saved' || t === 'Saving…'),
+    `"Saving…" while the edit waited for the database, then "Saved": ${JSON.stringify(log)}`)
   await crashing.crash()
   await waitFor(async () => (await statusPhase(page)) === 'offline', 'the page to notice the crash')
 
