@@ -479,6 +479,10 @@ impl Session {
         // What came before a bad frame or the end of the stream still
         // counts, as it would have frame by frame.
         if !batch.is_empty() {
+            if self.saved.as_ref().is_some_and(|saved| saved.is_full()) {
+                warn!("too many updates waiting for storage (?acks=1); closing");
+                return Flow::End(Some(close::STORAGE_BACKLOG));
+            }
             let stored = self.saved.as_mut().and_then(|saved| saved.expect(&batch));
             if !room
                 .send_frame_then(self.peer, batch, received_at, stored)

@@ -22,6 +22,10 @@ use crate::protocol::ClientMessage;
 /// The message type: past y-websocket's (0–3) and Hocuspocus's (0–8).
 pub const MESSAGE_SAVED: u8 = 100;
 
+/// Batches of one connection waiting for storage, at most; past that its
+/// connection is closed (1013) rather than the answers piling up.
+const MAX_WAITING: usize = 4096;
+
 /// Updates of one connection waiting for the journal, in order.
 #[derive(Default)]
 pub struct SavedQueue {
@@ -36,6 +40,12 @@ impl SavedQueue {
         query
             .and_then(|q| crate::auth::query_value(q, "acks"))
             .is_some_and(|v| v == "1" || v == "true")
+    }
+
+    /// Whether as many batches wait as one connection may have waiting:
+    /// the client sends faster than storage takes it (or storage is down).
+    pub fn is_full(&self) -> bool {
+        self.waiting.len() >= MAX_WAITING
     }
 
     /// Called before `messages` go to the room: when they hold updates,

@@ -263,15 +263,27 @@ async fn tokens_are_checked_per_document() {
 /// comes, never before.
 #[tokio::test]
 async fn what_comes_before_the_token_waits_for_it() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(ServerOptions {
+        auth_secret: Some(SECRET),
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = mint_hs256(
+        SECRET,
+        vec!["early".into()],
+        Role::Write,
+        Duration::from_secs(600),
+    )
+    .unwrap();
     let mut provider = Provider::connect(server.addr).await;
     provider
         .update("early", &insert(&Doc::new(), "early"))
         .await;
-    let mut reader = YClient::connect(&server.url("early")).await;
+    let read = format!("{}?token={token}", server.url("early"));
+    let mut reader = YClient::connect(&read).await;
     reader.pump_for(Duration::from_millis(300)).await;
     assert_eq!(reader.text("t"), "", "applied before the token");
-    provider.auth("early", "").await;
+    provider.auth("early", &token).await;
     provider.next("early", kind::AUTH).await;
     assert!(
         provider
@@ -282,6 +294,19 @@ async fn what_comes_before_the_token_waits_for_it() {
     reader
         .until("the held edit", |c| c.text("t") == "early")
         .await;
+    server.stop().await;
+}
+
+/// Without authentication a document opens on its first message: a v2
+/// provider without a token sends no auth message at all.
+#[tokio::test]
+async fn without_authentication_a_document_opens_on_its_first_message() {
+    let server = TestServer::start().await;
+    let mut provider = Provider::connect(server.addr).await;
+    provider.update("open", &insert(&Doc::new(), "open")).await;
+    assert!(provider.next("open", kind::SYNC_STATUS).await.sync_status());
+    let mut reader = YClient::connect(&server.url("open")).await;
+    reader.until("the edit", |c| c.text("t") == "open").await;
     server.stop().await;
 }
 
@@ -326,9 +351,17 @@ async fn held_messages_and_documents_are_bounded() {
             max_documents: 2,
             ..ConnectionConfig::default()
         },
+        auth_secret: Some(SECRET),
         ..ServerOptions::unthrottled()
     })
     .await;
+    let token = mint_hs256(
+        SECRET,
+        vec!["*".into()],
+        Role::Write,
+        Duration::from_secs(600),
+    )
+    .unwrap();
     let mut flood = Provider::connect(server.addr).await;
     for _ in 0..300 {
         flood
@@ -350,7 +383,7 @@ async fn held_messages_and_documents_are_bounded() {
 
     let mut many = Provider::connect(server.addr).await;
     for document in ["one", "two", "three"] {
-        many.auth(document, "").await;
+        many.auth(document, &token).await;
     }
     assert_eq!(many.next("one", kind::AUTH).await.auth().0, 2);
     assert_eq!(many.next("two", kind::AUTH).await.auth().0, 2);
@@ -362,7 +395,7 @@ async fn held_messages_and_documents_are_bounded() {
     );
     // Detaching one makes room for another.
     many.send(message("one", kind::CLOSE, &[])).await;
-    many.auth("three", "").await;
+    many.auth("three", &token).await;
     assert_eq!(many.next("three", kind::AUTH).await.auth().0, 2);
     server.stop().await;
 }

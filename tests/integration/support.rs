@@ -62,6 +62,8 @@ pub struct ServerOptions {
     pub limits: crdt_hub::limits::LimitsConfig,
     /// Sends webhooks when set.
     pub webhooks: Option<crdt_hub::webhooks::WebhookConfig>,
+    /// Authentication on, with this HS256 secret.
+    pub auth_secret: Option<&'static str>,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +82,7 @@ impl Default for ServerOptions {
                 ..crdt_hub::limits::LimitsConfig::default()
             },
             webhooks: None,
+            auth_secret: None,
         }
     }
 }
@@ -128,7 +131,9 @@ impl TestServer {
                 limits: options.limits,
                 room_max_connections: 10_000,
                 max_message_size: options.max_message_size,
-                auth: None,
+                auth: options.auth_secret.map(|secret| {
+                    Arc::new(crdt_hub::auth::Verifier::hs256(secret).expect("a secret"))
+                }),
                 allowed_origins: None,
                 tls: None,
                 revocation_refresh: Duration::from_secs(2),

@@ -271,12 +271,14 @@ test('an invalid room name gets HTTP 400 before any upgrade', async t => {
     '258 bytes of 3-byte characters (86 chars)': '%E2%82%AC'.repeat(86),
     'invalid UTF-8 after decoding': '%FF',
     'truncated UTF-8 sequence': 'ab%E2%82',
-    'overlong UTF-8 encoding of "/"': '%C0%AF',
-    'empty name': ''
+    'overlong UTF-8 encoding of "/"': '%C0%AF'
   }
   for (const [what, path] of Object.entries(bad)) {
     assert.equal(await upgradeStatus(server, path), 400, `${what}: /${path.slice(0, 40)}`)
   }
+  // No name at all is not a y-websocket room: it is where Hocuspocus
+  // providers connect (they name their documents in their messages).
+  assert.equal(await upgradeStatus(server, ''), 101, '/ upgrades for Hocuspocus providers')
   // The boundaries are accepted.
   const good = {
     '256 bytes': 'x'.repeat(256),

@@ -213,6 +213,18 @@ export class Server {
     }
   }
 
+  /**
+   * SIGKILL at once, like a crash or a power cut: no close frames, no last
+   * save. The signal is sent before this returns its promise, so a caller
+   * may fire it from an event handler without awaiting. Resolves with
+   * `{ code, signal }`.
+   */
+  kill () {
+    const child = this.process
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    return this.exited.finally(() => liveServers.delete(this))
+  }
+
   /** Stops the server and removes its temp dir (unless it was reused). */
   async dispose () {
     await this.stop()
@@ -230,10 +242,12 @@ export class Server {
  * @param {string[]} [options.args] extra flags, e.g. ['--room-idle-timeout', '500ms']
  * @param {string} [options.dir] reuse this directory (and its database) instead of a fresh one
  * @param {string} [options.databaseUrl] a database instead of the SQLite file in `dir`
+ * @param {string} [options.bind] listen here instead of a free port, e.g. a
+ *   stopped server's `addr` so that its clients reconnect to the new one
  * @param {Record<string,string>} [options.env]
  * @returns {Promise<Server>}
  */
-export async function startServer ({ args = [], dir, databaseUrl, env = {} } = {}) {
+export async function startServer ({ args = [], dir, databaseUrl, bind = '127.0.0.1:0', env = {} } = {}) {
   if (!fs.existsSync(SERVER_BIN)) {
     throw new Error(`server binary not found at ${SERVER_BIN}: run \`cargo build -p crdt-hub\` or set CRDT_HUB_BIN`)
   }
@@ -241,7 +255,7 @@ export async function startServer ({ args = [], dir, databaseUrl, env = {} } = {
   dir = dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-interop-'))
   const dbPath = path.join(dir, 'hub.db')
   databaseUrl = databaseUrl ?? `sqlite://${dbPath}`
-  const fullArgs = ['serve', '--bind', '127.0.0.1:0', '--database-url', databaseUrl, ...args]
+  const fullArgs = ['serve', '--bind', bind, '--database-url', databaseUrl, ...args]
   const child = spawn(SERVER_BIN, fullArgs, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: {
@@ -414,6 +428,16 @@ export class Scope {
   }
 
   defer (fn) { this.cleanups.push(fn) }
+
+  /**
+   * Tears `thing` down (its `destroy()`, which must not throw) with the
+   * clients, before the servers stop: for providers this harness does not
+   * make itself, such as Hocuspocus ones.
+   */
+  adopt (thing) {
+    this.clients.push(thing)
+    return thing
+  }
 
   /**
    * A fresh, empty Postgres database (dropped when the scope closes), from

@@ -33,6 +33,12 @@ pub(super) enum Ack {
     Now(Vec<bool>),
 }
 
+/// Updates of one document waiting for the database (with as many in
+/// the channel to this task): past that, the provider is sending faster
+/// than storage takes it (or storage is down), and its socket is closed
+/// (1013) rather than its answers piling up.
+pub(super) const MAX_WAITING_ACKS: usize = 4096;
+
 /// A document a provider attached.
 pub(super) struct Attached {
     pub room: RoomHandle,
@@ -43,7 +49,7 @@ pub(super) struct Attached {
     pub access_ends: Option<Instant>,
     pub sub: Option<std::sync::Arc<str>>,
     /// Sync statuses to send, in order.
-    pub acks: mpsc::UnboundedSender<Ack>,
+    pub acks: mpsc::Sender<Ack>,
     /// Its place among the live sessions (revocations and admin closes).
     pub _registered: Registered,
     pub forwarder: JoinHandle<()>,
@@ -66,7 +72,7 @@ pub(super) async fn forward(
     address: String,
     inbox: PeerInbox,
     closer: std::sync::Arc<Closer>,
-    mut acks: mpsc::UnboundedReceiver<Ack>,
+    mut acks: mpsc::Receiver<Ack>,
     out: mpsc::Sender<Out>,
 ) {
     let prefix = address_prefix(&address);
@@ -95,7 +101,7 @@ pub(super) async fn forward(
                 let _ = out.send(Out::Close(reason)).await;
                 return;
             }
-            Some(ack) = acks.recv() => waiting.push_back(async move {
+            Some(ack) = acks.recv(), if waiting.len() < MAX_WAITING_ACKS => waiting.push_back(async move {
                 match ack {
                     Ack::Stored { updates, stored } => {
                         vec![stored.await.unwrap_or(false); updates]

@@ -274,11 +274,19 @@ impl Session {
             warn!(error = %e, len = frame.len(), "malformed Hocuspocus message; closing");
             Some(close::PROTOCOL_ERROR)
         })?;
-        if !matches!(incoming.message, ProviderMessage::Auth { .. })
-            && !self.documents.contains_key(&incoming.address)
+        if !matches!(
+            incoming.message,
+            ProviderMessage::Auth { .. } | ProviderMessage::Close
+        ) && !self.documents.contains_key(&incoming.address)
             && !self.ended.contains(&incoming.address)
         {
-            return self.hold(incoming, frame.len());
+            if self.app.auth.is_some() {
+                return self.hold(incoming, frame.len());
+            }
+            // Without authentication a document opens on its first
+            // message, as on a Hocuspocus server without an auth hook: a
+            // v2 provider with no token never sends one.
+            self.attach(incoming.address.clone(), "").await?;
         }
         self.on_message(incoming).await
     }
@@ -343,17 +351,23 @@ impl Session {
                 }
                 _ => true,
             });
-            let _ = document.acks.send(Ack::Now(saved));
+            document
+                .acks
+                .try_send(Ack::Now(saved))
+                .map_err(|_| Some(acks_backlog()))?;
             if messages.is_empty() {
                 return Ok(());
             }
         }
         let stored = if document.access == Access::ReadWrite && updates > 0 {
             let (tx, rx) = oneshot::channel();
-            let _ = document.acks.send(Ack::Stored {
-                updates,
-                stored: rx,
-            });
+            document
+                .acks
+                .try_send(Ack::Stored {
+                    updates,
+                    stored: rx,
+                })
+                .map_err(|_| Some(acks_backlog()))?;
             Some(tx)
         } else {
             None
@@ -368,6 +382,13 @@ impl Session {
             Err(Some(close::ROOM_FAILED))
         }
     }
+}
+
+/// Too many of a document's updates wait for storage: the provider
+/// reconnects and resyncs once storage keeps up.
+fn acks_backlog() -> CloseReason {
+    warn!("too many updates waiting for storage on one document; closing");
+    close::STORAGE_BACKLOG
 }
 
 /// A wall-clock time as a point on the runtime's clock.

@@ -13,7 +13,7 @@ use super::{Flow, Held, MAX_ENDED, MAX_HELD_BYTES, MAX_HELD_MESSAGES, Session, i
 use crate::close;
 use crate::connection::new_peer_id;
 use crate::grant::{Grant, grant_for_token};
-use crate::hocuspocus::document::{Attached, forward};
+use crate::hocuspocus::document::{Attached, MAX_WAITING_ACKS, forward};
 use crate::metrics;
 use crate::room::{Access, OutboxLimits, RoomUnavailable};
 use tokio::time::Instant;
@@ -147,7 +147,7 @@ impl Session {
             .app
             .sessions
             .register(peer, room.clone(), grant.holder.clone());
-        let (acks, ack_queue) = mpsc::unbounded_channel();
+        let (acks, ack_queue) = mpsc::channel(MAX_WAITING_ACKS);
         let forwarder = tokio::spawn(
             forward(
                 address.clone(),
