@@ -189,10 +189,37 @@ test('rich text: two people see each other\'s text and named carets, one goes of
   await fs.promises.writeFile(path.join(ARTIFACTS, 'rich-alice.png'), shots[0])
   await fs.promises.writeFile(path.join(ARTIFACTS, 'rich-bob.png'), shots[1])
 
-  for (const page of [alice, bob]) {
+  // On a 375 px phone nothing sticks out sideways, online or offline.
+  const phone = await open(server, room, 'Dana on a phone', { viewport: { width: 375, height: 740 }, mobile: true })
+  await waitStatus(phone, 'Saved')
+  await waitFor(async () => (await editorText(phone)) === final, 'the phone to sync')
+  await assertFitsWidth(phone)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'rich-phone-375.png'), await phone.screenshot())
+  await phone.click('#toggle-online')
+  await typeAtEnd(phone, ' (read on the train)')
+  await waitFor(async () => /unsaved/.test(await statusText(phone)), 'the phone to count unsaved edits')
+  await assertFitsWidth(phone)
+  await fs.promises.writeFile(path.join(ARTIFACTS, 'rich-phone-375-offline.png'), await phone.screenshot())
+  await phone.click('#toggle-online')
+  await waitFor(async () => (await editorText(alice)).endsWith('(read on the train)'), 'the phone\'s offline edit to reach Alice')
+  await waitStatus(phone, 'Saved')
+
+  for (const page of [alice, bob, phone]) {
     assert.deepEqual(page.problems, [], 'the page logged errors or reached outside the server')
   }
 })
+
+/** Nothing on the page sticks out sideways: no horizontal scrolling, every control reachable. */
+async function assertFitsWidth (page) {
+  const { overflow, outside } = await page.evaluate(() => ({
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    outside: Array.from(document.querySelectorAll('button, .status'))
+      .filter(el => { const r = el.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth })
+      .map(el => el.id || el.className)
+  }))
+  assert.ok(overflow <= 0, `no horizontal scrolling (overflows by ${overflow} px)`)
+  assert.deepEqual(outside, [], 'controls cut off at the side')
+}
 
 test('rich text: "Saved" means stored: a server killed right after keeps the edit', async () => {
   // Updates reach the database once a second: "Saved" any sooner would
