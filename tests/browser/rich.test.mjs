@@ -6,6 +6,7 @@
 // crash right after proves.
 
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, test } from 'node:test'
@@ -13,7 +14,7 @@ import { request } from 'node:http'
 import { gunzipSync } from 'node:zlib'
 
 import {
-  ARTIFACTS, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
+  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
 } from './harness.mjs'
 
 let server
@@ -36,13 +37,14 @@ after(async () => {
 })
 
 /** Opens /rich?room=… as `name` (stored where the page reads its identity). */
-async function open (srv, room, name, options) {
+async function open (srv, room, name, options = {}) {
   const page = await openPage(browser, srv, options)
   pages.push(page)
   page.sockets = []
   page.on('websocket', ws => page.sockets.push(ws.url()))
   await page.context().addInitScript(n => window.localStorage.setItem('crdt-hub:name', n), name)
-  await page.goto(`${srv.url}/rich?room=${encodeURIComponent(room)}`)
+  const token = options.token ? `&token=${encodeURIComponent(options.token)}` : ''
+  await page.goto(`${srv.url}/rich?room=${encodeURIComponent(room)}${token}`)
   await page.locator('.ProseMirror').waitFor()
   return page
 }
@@ -242,4 +244,30 @@ test('rich text: "Saved" means stored: a server killed right after keeps the edi
   const reopened = await startServer([], { dir: crashing.dir })
   servers.push(reopened)
   assert.match(await storedJson(reopened, room), /Stored before the crash/)
+})
+
+test('rich text with auth on: the page token opens the document; read-only is read-only; a wrong room is refused', async () => {
+  const secret = 'rich-secret-0123456789abcdef'
+  const mint = (room, role) => execFileSync(SERVER_BIN,
+    ['token', '--auth-secret', secret, '--room', room, '--role', role, '--ttl', '1h', '--sub', 'browser'],
+    { encoding: 'utf8' }).trim()
+  const guarded = await startServer(['--auth-secret', secret])
+  servers.push(guarded)
+  const room = uniqueRoom('rich-auth')
+
+  const writer = await open(guarded, room, 'Wanda', { token: mint(room, 'write') })
+  await waitStatus(writer, 'Saved')
+  await typeAtEnd(writer, 'Written with a token')
+  await waitStatus(writer, 'Saved')
+
+  const reader = await open(guarded, room, 'Rita', { token: mint(room, 'read') })
+  await waitStatus(reader, 'Read-only')
+  await waitFor(async () => (await editorText(reader)) === 'Written with a token', 'the reader to see the text')
+  assert.equal(await reader.locator('.ProseMirror').getAttribute('contenteditable'), 'false')
+
+  const stranger = await open(guarded, room, 'Sam', { token: mint(`${room}-other`, 'write') })
+  await waitStatus(stranger, 'Refused by the server')
+  assert.match(await stranger.locator('#sync-note').textContent(), /refused/)
+  assert.equal(await editorText(stranger), '', 'nothing of the room reaches a refused page')
+  assert.deepEqual(writer.problems, [])
 })

@@ -39,7 +39,7 @@ const people = document.getElementById('people')
 const doc = new Y.Doc()
 const identity = loadIdentity()
 
-const state = { socket: 'connecting', everConnected: false, refused: null }
+const state = { socket: 'connecting', everConnected: false, refused: null, readOnly: false }
 // The provider emits its first events while its constructor runs, before
 // `provider` is assigned: draw on the next microtask.
 const later = draw => () => queueMicrotask(draw)
@@ -59,8 +59,12 @@ const provider = new HocuspocusProvider({
   },
   onSynced: later(render),
   onUnsyncedChanges: later(render),
-  onAuthenticated: () => {
+  onAuthenticated: ({ scope }) => {
     state.refused = null
+    // A read-only token: the server would refuse our edits, so the
+    // editor does not take any.
+    state.readOnly = scope === 'readonly'
+    queueMicrotask(() => editor.setEditable(!state.readOnly))
     later(render)()
   },
   onAuthenticationFailed: ({ reason }) => {
@@ -113,7 +117,8 @@ function currentStatus () {
     synced: provider.synced,
     unsynced: provider.unsyncedChanges,
     everConnected: state.everConnected,
-    refused: state.refused
+    refused: state.refused,
+    readOnly: state.readOnly
   })
 }
 
@@ -122,6 +127,7 @@ const NOTES = {
   syncing: 'Catching up with the room…',
   saving: 'Sending your edits to the server…',
   saved: 'Every edit of yours is stored on the server.',
+  readonly: 'Read-only: your token lets you read this room, not write to it.',
   offline: 'Offline: your edits are kept here and merge when you are back online.',
   refused: 'The server refused this page.'
 }
@@ -134,7 +140,7 @@ function render () {
   note.textContent = NOTES[phase] + (phase === 'refused' && state.refused ? ` Reason: ${state.refused}` : '')
   toggle.textContent = wantOnline() ? 'Go offline' : 'Go online'
   toggle.setAttribute('aria-pressed', String(!wantOnline()))
-  document.body.dataset.connection = phase === 'saving' || phase === 'saved' ? 'connected' : phase
+  document.body.dataset.connection = ['saving', 'saved', 'readonly'].includes(phase) ? 'connected' : phase
 }
 
 function renderPeople () {

@@ -7,7 +7,7 @@
 
 /**
  * @typedef {'connecting' | 'connected' | 'disconnected'} SocketStatus
- * @typedef {'connecting' | 'syncing' | 'saving' | 'saved' | 'offline' | 'refused'} RichPhase
+ * @typedef {'connecting' | 'syncing' | 'saving' | 'saved' | 'readonly' | 'offline' | 'refused'} RichPhase
  */
 
 function plural (n, word) {
@@ -15,13 +15,15 @@ function plural (n, word) {
 }
 
 /**
- * @param {{ socket: SocketStatus, synced: boolean, unsynced: number, everConnected: boolean, refused: string | null }} state
+ * @param {{ socket: SocketStatus, synced: boolean, unsynced: number, everConnected: boolean, refused: string | null, readOnly?: boolean }} state
  * @returns {{ phase: RichPhase, text: string }}
  */
-export function describeRichStatus ({ socket, synced, unsynced, everConnected, refused }) {
+export function describeRichStatus ({ socket, synced, unsynced, everConnected, refused, readOnly = false }) {
   if (refused !== null) return { phase: 'refused', text: 'Refused by the server' }
   if (socket === 'connected') {
     if (!synced) return { phase: 'syncing', text: 'Syncing…' }
+    // The token only lets us read: nothing of ours is sent to be saved.
+    if (readOnly) return { phase: 'readonly', text: 'Read-only' }
     return unsynced > 0 ? { phase: 'saving', text: 'Saving…' } : { phase: 'saved', text: 'Saved' }
   }
   // The first connection attempt is "Connecting…"; after a connection was
