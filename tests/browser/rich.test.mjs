@@ -271,3 +271,27 @@ test('rich text with auth on: the page token opens the document; read-only is re
   assert.equal(await editorText(stranger), '', 'nothing of the room reaches a refused page')
   assert.deepEqual(writer.problems, [])
 })
+
+test('rich text: a dropped socket reconnects by itself; what was typed meanwhile is merged and saved', async () => {
+  const room = uniqueRoom('rich-drop')
+  const alice = await open(server, room, 'Alice')
+  const bob = await open(server, room, 'Bob')
+  for (const page of [alice, bob]) await waitStatus(page, 'Saved')
+  await typeAtEnd(alice, 'Before the drop.')
+  await waitFor(async () => (await editorText(bob)) === 'Before the drop.', 'Bob to see the first line')
+
+  // The network drops Alice's socket (not her choice): the provider
+  // retries on its own, and her edits meanwhile wait.
+  const statusLog = await recordStatus(alice)
+  await alice.evaluate(() => window.crdtHub.provider.configuration.websocketProvider.webSocket.close())
+  await waitFor(async () => (await statusPhase(alice)) === 'offline', 'Alice to notice the drop')
+  await typeAtEnd(alice, ' Typed during the drop.')
+  assert.ok((await statusLog()).some(t => /^Offline — \d+ unsaved edits?$/.test(t)),
+    `the edits typed during the drop were counted: ${JSON.stringify(await statusLog())}`)
+  await waitFor(async () => alice.sockets.length === 2, 'a second socket, opened by the provider itself')
+  assert.equal(await alice.locator('#toggle-online').textContent(), 'Go offline', 'still meant to be online')
+  await waitFor(async () => (await editorText(bob)) === 'Before the drop. Typed during the drop.',
+    async () => `Bob to get the edit made during the drop, he has ${JSON.stringify(await editorText(bob))}`)
+  await waitStatus(alice, 'Saved')
+  assert.deepEqual(alice.problems, [])
+})
