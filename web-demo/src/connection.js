@@ -71,7 +71,10 @@ export class Connection {
      * Its length is the "N unsaved edits" shown offline (a count of local
      * updates, not of characters: the clock difference would count every
      * character of a paste). A deletion does not advance the clock, so an
-     * update that only deletes is covered by the next ack after it.
+     * update that only deletes counts as covered by the next ack after it
+     * (the server acks it with an empty state vector). That is an
+     * approximation: an ack already on its way for an earlier edit can
+     * arrive first and cover the deletion a flush too soon.
      */
     this.unackedEnds = []
 
