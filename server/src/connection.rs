@@ -439,18 +439,8 @@ impl Session {
                     break Flow::End(None);
                 }
             };
-            let wire_frames = self.ws.get_mut().take_frames().max(1);
-            match self.rate.admit(wire_frames, message.len()) {
-                Admission::Go => {}
-                Admission::Pause(wait) => {
-                    metrics::rate_limited("connection_paused");
-                    *paused_until = Some(Instant::now() + wait);
-                }
-                Admission::Close => {
-                    warn!("over its rate limit for too long; closing");
-                    metrics::rate_limited("connection_closed");
-                    break Flow::End(Some(close::RATE_LIMITED));
-                }
+            if let Err(reason) = admit_read(&mut self.ws, &mut self.rate, &message, paused_until) {
+                break Flow::End(Some(reason));
             }
             bytes += message.len();
             frames += 1;
@@ -564,6 +554,35 @@ impl Session {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WriteError::Failed(e)),
             Err(_) => Err(WriteError::TimedOut),
+        }
+    }
+}
+
+/// Counts a message just read (and the wire frames it came in) against
+/// the connection's rate: over it, reading pauses until `paused_until`
+/// (TCP pushes back on the client); over it for too long, the connection
+/// closes.
+///
+/// # Errors
+/// [`close::RATE_LIMITED`] when the connection must close.
+pub(crate) fn admit_read(
+    ws: &mut Socket,
+    rate: &mut ConnectionRate,
+    message: &Message,
+    paused_until: &mut Option<Instant>,
+) -> Result<(), CloseReason> {
+    let wire_frames = ws.get_mut().take_frames().max(1);
+    match rate.admit(wire_frames, message.len()) {
+        Admission::Go => Ok(()),
+        Admission::Pause(wait) => {
+            metrics::rate_limited("connection_paused");
+            *paused_until = Some(Instant::now() + wait);
+            Ok(())
+        }
+        Admission::Close => {
+            warn!("over its rate limit for too long; closing");
+            metrics::rate_limited("connection_closed");
+            Err(close::RATE_LIMITED)
         }
     }
 }

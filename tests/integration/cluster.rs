@@ -813,3 +813,52 @@ async fn assert_rows_gone(database_url: &str, room: &str) {
         "node B brought the deleted room back"
     );
 }
+
+/// A Hocuspocus provider on one node and a y-websocket client on another
+/// share a room through the bus, both ways.
+#[tokio::test]
+async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_room() {
+    use crate::hocuspocus::{Provider, insert};
+    use crdt_hub_core::hocuspocus::kind;
+    use yrs::encoding::read::{Cursor, Read};
+    use yrs::updates::decoder::Decode;
+
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("hocuspocus");
+    let node_a = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_b = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let room = "mixed";
+    let mut provider = Provider::connect(node_a.addr).await;
+    provider.auth(room, "").await;
+    provider.next(room, kind::AUTH).await;
+    // The provider's own replica: what it sent, then what it receives.
+    let replica = yrs::Doc::new();
+    provider
+        .update(room, &insert(&replica, "from hocuspocus"))
+        .await;
+    assert!(provider.next(room, kind::SYNC_STATUS).await.sync_status());
+    let mut b = YClient::connect(&node_b.url(room)).await;
+    b.until("the provider's edit on node B", |c| {
+        c.text("t") == "from hocuspocus"
+    })
+    .await;
+
+    b.insert("t", 0, "y-websocket, ").await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while text_of(&replica, "t") != "y-websocket, from hocuspocus" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provider has {:?}",
+            text_of(&replica, "t")
+        );
+        let sync = provider.next(room, kind::SYNC).await;
+        let mut cursor = Cursor::new(&sync.payload);
+        let step: u8 = cursor.read_var().unwrap();
+        if step == 0 {
+            continue; // the server's sync step 1
+        }
+        let update = yrs::Update::decode_v1(cursor.read_buf().unwrap()).unwrap();
+        replica.transact_mut().apply_update(update).unwrap();
+    }
+    finish(vec![node_a, node_b], &prefix).await;
+}

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crdt_hub::auth::{Role, mint_hs256};
 use crdt_hub::connection::ConnectionConfig;
-use crdt_hub::persist::JournalConfig;
 use crdt_hub_core::hocuspocus::kind;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,23 +17,23 @@ use yrs::{Doc, Text, Transact};
 
 use crate::api::read_events;
 use crate::support::{
-    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, http_request, http_send,
-    sqlite_url, stored_doc, temp_dir, text_of,
+    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, close_code_of,
+    http_request, http_send, sqlite_url, stored_doc, temp_dir, text_of,
 };
 
 const SECRET: &str = "hocuspocus-test-secret";
 
 /// A provider's socket, written by hand.
-struct Provider {
+pub(crate) struct Provider {
     ws: Socket,
 }
 
 /// One message from the server: its address, type and the rest.
 #[derive(Debug)]
-struct Received {
-    address: String,
-    kind: u8,
-    payload: Vec<u8>,
+pub(crate) struct Received {
+    pub address: String,
+    pub kind: u8,
+    pub payload: Vec<u8>,
 }
 
 impl Received {
@@ -45,13 +44,13 @@ impl Received {
         (sub, cursor.read_string().unwrap().to_string())
     }
 
-    fn sync_status(&self) -> bool {
+    pub fn sync_status(&self) -> bool {
         assert_eq!(self.kind, kind::SYNC_STATUS, "{self:?}");
         self.payload == [1]
     }
 }
 
-fn message(address: &str, kind: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn message(address: &str, kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.write_string(address);
     out.write_var(kind);
@@ -71,7 +70,7 @@ fn update_payload(update: &[u8]) -> Vec<u8> {
     payload
 }
 
-fn insert(doc: &Doc, content: &str) -> Vec<u8> {
+pub(crate) fn insert(doc: &Doc, content: &str) -> Vec<u8> {
     let text = doc.get_or_insert_text("t");
     let mut txn = doc.transact_mut();
     text.insert(&mut txn, 0, content);
@@ -79,29 +78,29 @@ fn insert(doc: &Doc, content: &str) -> Vec<u8> {
 }
 
 impl Provider {
-    async fn connect(addr: SocketAddr) -> Self {
+    pub async fn connect(addr: SocketAddr) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .expect("upgrade at /");
         Self { ws }
     }
 
-    async fn send(&mut self, bytes: Vec<u8>) {
+    pub async fn send(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }
 
-    async fn auth(&mut self, address: &str, token: &str) {
+    pub async fn auth(&mut self, address: &str, token: &str) {
         self.send(message(address, kind::AUTH, &token_payload(token)))
             .await;
     }
 
-    async fn update(&mut self, address: &str, update: &[u8]) {
+    pub async fn update(&mut self, address: &str, update: &[u8]) {
         self.send(message(address, kind::SYNC, &update_payload(update)))
             .await;
     }
 
     /// The next message addressed to `address` of type `kind`.
-    async fn next(&mut self, address: &str, kind: u8) -> Received {
+    pub async fn next(&mut self, address: &str, kind: u8) -> Received {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
@@ -127,15 +126,7 @@ impl Provider {
 
     /// Reads until the server closes; its close code.
     async fn close_code(&mut self, within: Duration) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no close frame within {within:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return None,
-            }
-        }
+        close_code_of(&mut self.ws, within).await
     }
 }
 
@@ -147,15 +138,7 @@ impl Provider {
 async fn the_sync_status_waits_for_the_database() {
     let dir = temp_dir();
     let database = sqlite_url(dir.path());
-    let server = TestServer::start_with(ServerOptions {
-        database_url: Some(database.clone()),
-        journal: JournalConfig {
-            flush_interval: Duration::from_secs(1),
-            ..JournalConfig::default()
-        },
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::start_with(ServerOptions::slow_flush(&database)).await;
     let mut provider = Provider::connect(server.addr).await;
     provider.auth("durable", "").await;
     let (sub, scope) = provider.next("durable", kind::AUTH).await.auth();

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use crdt_hub::auth::{Role, mint_hs256};
-use crdt_hub::persist::JournalConfig;
 use crdt_hub::saved::MESSAGE_SAVED;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,15 +36,7 @@ async fn saved_within(client: &mut YClient, within: Duration) -> Option<StateVec
 async fn a_client_that_asks_is_told_once_its_edit_is_stored() {
     let dir = temp_dir();
     let database = sqlite_url(dir.path());
-    let server = TestServer::start_with(ServerOptions {
-        database_url: Some(database.clone()),
-        journal: JournalConfig {
-            flush_interval: Duration::from_secs(1),
-            ..JournalConfig::default()
-        },
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::start_with(ServerOptions::slow_flush(&database)).await;
     let mut asking = YClient::connect(&format!("{}?acks=1", server.url("saved"))).await;
     let sent = Instant::now();
     asking.insert("t", 0, "stored").await;

@@ -88,6 +88,19 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
+    /// The defaults on `database_url`, flushing the journal once a second:
+    /// long enough that an answer sent before the flush would show.
+    pub fn slow_flush(database_url: &str) -> Self {
+        Self {
+            database_url: Some(database_url.to_string()),
+            journal: JournalConfig {
+                flush_interval: Duration::from_secs(1),
+                ..JournalConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
     /// The defaults with the per-connection message rate lifted, for tests
     /// that send thousands of frames as fast as they can.
     pub fn unthrottled() -> Self {
@@ -464,21 +477,27 @@ impl YClient {
 
     /// Waits for the server's close frame and returns its code.
     pub async fn close_code(&mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no close frame within {TIMEOUT:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return None,
-            }
-        }
+        close_code_of(&mut self.ws, TIMEOUT).await
     }
 
     pub fn text(&self, name: &str) -> String {
         use yrs::GetString;
         let text = self.doc().get_or_insert_text(name);
         text.get_string(&self.doc().transact())
+    }
+}
+
+/// Reads (and drops) what the server sends until it closes; its close
+/// code, `None` when the socket ended without one. Panics after `within`.
+pub async fn close_code_of(ws: &mut Socket, within: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no close frame within {within:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return None,
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! and then takes part in its room as a peer of its own: a Hocuspocus
 //! client and a y-websocket client in the same room see each other's
 //! edits and presence. The room's frames reach the provider with the
-//! document's address in front ([`document`]).
+//! document's address in front (`document.rs`).
 //!
 //! Unlike Hocuspocus, which acknowledges an update once it is in memory,
 //! the sync status (type 8) is sent once the journal flush holding the

@@ -20,11 +20,11 @@ use super::document::{Ack, Attached, Out};
 use crate::app::App;
 use crate::close::{self, CloseReason};
 use crate::connection::{
-    MAX_FRAMES_PER_FLUSH, Socket, close_socket, is_too_big, is_too_fragmented, new_peer_id,
-    parse_message,
+    MAX_FRAMES_PER_FLUSH, Socket, admit_read, close_socket, is_too_big, is_too_fragmented,
+    new_peer_id, parse_message,
 };
 use crate::ip_connections::IpSlot;
-use crate::limits::{Admission, ConnectionRate};
+use crate::limits::ConnectionRate;
 use crate::room::Access;
 use crate::{metrics, protocol};
 
@@ -248,19 +248,7 @@ impl Session {
                 return Err(None);
             }
         };
-        let wire_frames = self.ws.get_mut().take_frames().max(1);
-        match self.rate.admit(wire_frames, message.len()) {
-            Admission::Go => {}
-            Admission::Pause(wait) => {
-                metrics::rate_limited("connection_paused");
-                *paused_until = Some(Instant::now() + wait);
-            }
-            Admission::Close => {
-                warn!("over its rate limit for too long; closing");
-                metrics::rate_limited("connection_closed");
-                return Err(Some(close::RATE_LIMITED));
-            }
-        }
+        admit_read(&mut self.ws, &mut self.rate, &message, paused_until).map_err(Some)?;
         let frame = match message {
             Message::Binary(frame) => frame,
             Message::Text(_) => {
