@@ -1,7 +1,10 @@
-// Builds the page crdt-hub serves at `/` into dist/: index.html, app.js and
-// app.css (minified), plus gzip copies of the two assets that the server
-// sends to browsers that accept gzip. The asset URLs in index.html carry a
-// content hash (`?v=…`), so the server can let browsers cache them for good.
+// Builds the pages crdt-hub serves into dist/: the plain-text editor at `/`
+// (index.html, app.js, app.css) and the rich-text one at `/rich`
+// (rich.html, rich.js, rich.css), minified, plus gzip copies of the assets
+// that the server sends to browsers that accept gzip. The asset URLs in the
+// pages carry a content hash (`?v=…`), so the server can let browsers cache
+// them for good. Each page is its own bundle (no shared chunks): a page
+// loads exactly one script and one stylesheet.
 //
 //   npm ci && npm run build
 //
@@ -27,7 +30,7 @@ await fs.rm(dist, { recursive: true, force: true })
 await fs.mkdir(dist, { recursive: true })
 
 const result = await esbuild.build({
-  entryPoints: { app: path.join(src, 'main.js') },
+  entryPoints: { app: path.join(src, 'main.js'), rich: path.join(src, 'rich', 'main.js') },
   outdir: dist,
   bundle: true,
   minify: true,
@@ -42,25 +45,33 @@ const result = await esbuild.build({
 
 const files = {}
 for (const file of result.outputFiles) files[path.basename(file.path)] = file.contents
-const js = files['app.js']
-const css = files['app.css']
-if (!js || !css) throw new Error(`esbuild produced ${Object.keys(files).join(', ')}, expected app.js and app.css`)
 
-const template = await fs.readFile(path.join(src, 'index.html'), 'utf8')
-const html = template
-  .replace('%APP_JS%', `/assets/app.js?v=${hash(js)}`)
-  .replace('%APP_CSS%', `/assets/app.css?v=${hash(css)}`)
-  // Whitespace between tags carries no meaning in this document.
-  .replace(/>\s+</g, '><')
-  .trim() + '\n'
-if (html.includes('%APP_')) throw new Error('index.html: a placeholder was not replaced')
+/** A page: its template in src/, its bundle's name, and the file it becomes. */
+const PAGES = [
+  { template: 'index.html', bundle: 'app', out: 'index.html' },
+  { template: 'rich.html', bundle: 'rich', out: 'rich.html' }
+]
 
-const outputs = {
-  'index.html': Buffer.from(html),
-  'app.js': js,
-  'app.js.gz': gzip(js),
-  'app.css': css,
-  'app.css.gz': gzip(css)
+const outputs = {}
+for (const { template, bundle, out } of PAGES) {
+  const js = files[`${bundle}.js`]
+  const css = files[`${bundle}.css`]
+  if (!js || !css) throw new Error(`esbuild produced ${Object.keys(files).join(', ')}, expected ${bundle}.js and ${bundle}.css`)
+  const placeholder = bundle.toUpperCase()
+  const html = (await fs.readFile(path.join(src, template), 'utf8'))
+    .replace(`%${placeholder}_JS%`, `/assets/${bundle}.js?v=${hash(js)}`)
+    .replace(`%${placeholder}_CSS%`, `/assets/${bundle}.css?v=${hash(css)}`)
+    // Whitespace between tags carries no meaning in this document.
+    .replace(/>\s+</g, '><')
+    .trim() + '\n'
+  if (/%[A-Z]+_(JS|CSS)%/.test(html)) throw new Error(`${template}: a placeholder was not replaced`)
+  Object.assign(outputs, {
+    [out]: Buffer.from(html),
+    [`${bundle}.js`]: js,
+    [`${bundle}.js.gz`]: gzip(js),
+    [`${bundle}.css`]: css,
+    [`${bundle}.css.gz`]: gzip(css)
+  })
 }
 for (const [name, bytes] of Object.entries(outputs)) {
   await fs.writeFile(path.join(dist, name), bytes)

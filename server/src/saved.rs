@@ -56,7 +56,14 @@ impl SavedQueue {
         for message in messages {
             if let ClientMessage::DocUpdate(update) = message {
                 updates += 1;
-                covered.merge(update.update.state_vector());
+                // Not `Update::state_vector()`: yrs counts a client there
+                // only if its blocks start at clock 0, so every update
+                // after a client's first would ack nothing.
+                for (client, ranges) in update.update.insertions(true).iter() {
+                    if let Some(end) = ranges.iter().map(|range| range.end).max() {
+                        covered.set_max(*client, end);
+                    }
+                }
             }
         }
         if updates == 0 {
@@ -94,7 +101,7 @@ mod tests {
     use crate::protocol::DocUpdate;
     use yrs::encoding::read::{Cursor, Read};
     use yrs::updates::decoder::Decode;
-    use yrs::{Doc, Text, Transact};
+    use yrs::{Doc, ReadTxn, Text, Transact};
 
     fn update(client: u64, text: &str) -> ClientMessage {
         let doc = Doc::with_client_id(client);
@@ -124,6 +131,27 @@ mod tests {
         assert_eq!(queue.next().await, None, "the refused batch");
         assert!(queue.next().await.is_some());
         assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_later_update_acks_its_end_clock() {
+        let doc = Doc::with_client_id(7);
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, "abc");
+        let before = doc.transact().state_vector();
+        t.insert(&mut doc.transact_mut(), 3, "de");
+        let later = doc.transact().encode_state_as_update_v1(&before);
+        let mut queue = SavedQueue::default();
+        queue
+            .expect(&[ClientMessage::DocUpdate(DocUpdate::decode(later).unwrap())])
+            .unwrap()
+            .send(true)
+            .unwrap();
+        let message = queue.next().await.unwrap();
+        let mut cursor = Cursor::new(&message);
+        assert_eq!(cursor.read_var::<u8>().unwrap(), MESSAGE_SAVED);
+        let sv = StateVector::decode_v1(cursor.read_buf().unwrap()).unwrap();
+        assert_eq!(sv.get(&yrs::block::ClientID::new(7)), 5);
     }
 
     #[test]

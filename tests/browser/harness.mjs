@@ -81,13 +81,15 @@ export function uniqueRoom (prefix) {
 
 /**
  * Starts `crdt-hub serve` on 127.0.0.1:0 with a fresh SQLite database and
- * resolves once it logged its `listening … addr=HOST:PORT` line.
+ * resolves once it logged its `listening … addr=HOST:PORT` line. With
+ * `dir` (the `dir` of a server that crashed), it reopens that database
+ * instead, to see what was stored.
  */
-export async function startServer (extraArgs = []) {
+export async function startServer (extraArgs = [], { dir: reuseDir = null } = {}) {
   if (!fs.existsSync(SERVER_BIN)) {
     throw new Error(`server binary not found at ${SERVER_BIN}: run \`cargo build -p crdt-hub\` or set CRDT_HUB_BIN`)
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-browser-'))
+  const dir = reuseDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'crdt-hub-browser-'))
   const args = ['serve', '--bind', '127.0.0.1:0', '--database-url', `sqlite://${path.join(dir, 'x.db')}`, ...extraArgs]
   const child = spawn(SERVER_BIN, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -126,6 +128,17 @@ export async function startServer (extraArgs = []) {
         clearTimeout(timer)
       }
       fs.rmSync(dir, { recursive: true, force: true })
+    },
+    /**
+     * SIGKILL: no shutdown, no last flush. The database keeps only what
+     * the server had stored; `startServer([], { dir })` reopens it. The
+     * caller removes `dir` (by `stop()` of the reopened server).
+     */
+    async crash () {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL')
+        await exited
+      }
     }
   }
   // Last resort if the test process dies without running its hooks.

@@ -19,9 +19,11 @@ mountTopbar(document.getElementById('topbar'), session)
 mountFooter(document.querySelector('.editor-footer'), session)
 document.getElementById('sidebar').append(...PANELS.map(make => make(session)))
 
-// Leaving with edits the server has not got would lose them.
+// Leaving with edits the server has not got (or, with acks, not stored)
+// would lose them.
 window.addEventListener('beforeunload', event => {
-  if (session.connection.unsent > 0) event.preventDefault()
+  const { connection } = session
+  if (connection.unsent > 0 || (connection.acksSeen && connection.saving)) event.preventDefault()
 })
 
 // A handle for the browser console (and end-to-end tests).

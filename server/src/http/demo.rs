@@ -1,10 +1,13 @@
-//! The collaborative editor at `/`: the page built from `web-demo/`
-//! (`npm run build` writes `web-demo/dist/`, which is committed) embedded in
-//! the binary, so `crdt-hub serve` needs neither npm nor files beside it.
+//! The collaborative editors at `/` (plain text: CodeMirror + y-websocket)
+//! and `/rich` (rich text: Tiptap + @hocuspocus/provider): the pages built
+//! from `web-demo/` (`npm run build` writes `web-demo/dist/`, which is
+//! committed) embedded in the binary, so `crdt-hub serve` needs neither npm
+//! nor files beside it.
 //!
-//! - `/` is `index.html`, revalidated on every load (`no-cache` + `ETag`),
-//!   so a new binary's page is picked up at once.
-//! - `/assets/app.js` and `/assets/app.css` are linked from it as
+//! - `/` is `index.html` and `/rich` is `rich.html`, revalidated on every
+//!   load (`no-cache` + `ETag`), so a new binary's page is picked up at once.
+//! - Each page links its own script and stylesheet (`/assets/app.js` and
+//!   `/assets/app.css`; `/assets/rich.js` and `/assets/rich.css`) as
 //!   `?v=<content hash>`: requested with the current hash they are cached
 //!   for a year; with any other (or no) hash they are revalidated, so a
 //!   stale URL never pins the wrong bytes in a cache for a year.
@@ -28,16 +31,23 @@ const APP_JS: &[u8] = include_bytes!("../../web-demo-dist/app.js");
 const APP_JS_GZ: &[u8] = include_bytes!("../../web-demo-dist/app.js.gz");
 const APP_CSS: &[u8] = include_bytes!("../../web-demo-dist/app.css");
 const APP_CSS_GZ: &[u8] = include_bytes!("../../web-demo-dist/app.css.gz");
+const RICH_HTML: &[u8] = include_bytes!("../../web-demo-dist/rich.html");
+const RICH_JS: &[u8] = include_bytes!("../../web-demo-dist/rich.js");
+const RICH_JS_GZ: &[u8] = include_bytes!("../../web-demo-dist/rich.js.gz");
+const RICH_CSS: &[u8] = include_bytes!("../../web-demo-dist/rich.css");
+const RICH_CSS_GZ: &[u8] = include_bytes!("../../web-demo-dist/rich.css.gz");
 
 /// Cache for a year: the URL changes whenever the bytes do.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Keep a copy but ask first (cheap: `If-None-Match` gets a 304).
 const REVALIDATE: &str = "no-cache";
 
-/// The page loads only its own script and stylesheet and talks only to
+/// A page loads only its own script and stylesheet and talks only to
 /// this server (`'self'` covers `ws:`/`wss:` to the same host). Inline
 /// styles stay allowed: CodeMirror positions carets and colours peers'
-/// selections with `style` attributes.
+/// selections with `style` attributes, and Tiptap does the same for its
+/// collaboration carets and adds its base styles as a `<style>` element.
+/// The rich page needs nothing more, so both pages share this policy.
 const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
@@ -71,8 +81,9 @@ impl Asset {
         }
     }
 
-    fn linked_as(mut self, url: &str) -> Self {
-        self.version = version_in_page(INDEX_HTML, url);
+    /// This asset as `page` links it (`url?v=…`).
+    fn linked_from(mut self, page: &[u8], url: &str) -> Self {
+        self.version = version_in_page(page, url);
         self
     }
 }
@@ -81,32 +92,58 @@ static INDEX: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("text/html; charset=utf-8", INDEX_HTML, None));
 static SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
     Asset::new("text/javascript; charset=utf-8", APP_JS, Some(APP_JS_GZ))
-        .linked_as("/assets/app.js")
+        .linked_from(INDEX_HTML, "/assets/app.js")
 });
 static STYLESHEET: LazyLock<Asset> = LazyLock::new(|| {
-    Asset::new("text/css; charset=utf-8", APP_CSS, Some(APP_CSS_GZ)).linked_as("/assets/app.css")
+    Asset::new("text/css; charset=utf-8", APP_CSS, Some(APP_CSS_GZ))
+        .linked_from(INDEX_HTML, "/assets/app.css")
+});
+static RICH: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/html; charset=utf-8", RICH_HTML, None));
+static RICH_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new("text/javascript; charset=utf-8", RICH_JS, Some(RICH_JS_GZ))
+        .linked_from(RICH_HTML, "/assets/rich.js")
+});
+static RICH_STYLESHEET: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new("text/css; charset=utf-8", RICH_CSS, Some(RICH_CSS_GZ))
+        .linked_from(RICH_HTML, "/assets/rich.css")
 });
 
-/// `GET /`, `GET /assets/app.js`, `GET /assets/app.css`. Rejects anything
-/// else, so the routes after it (a room path without an upgrade) still
-/// answer.
+/// `GET /`, `GET /rich` and their assets under `/assets/`. Rejects
+/// anything else, so the routes after it (a room path without an upgrade)
+/// still answer. A WebSocket upgrade to `/rich` never gets here: the room
+/// `rich` stays a room.
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let page = warp::path::end()
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .map(|headers: HeaderMap| serve(&INDEX, &headers, REVALIDATE).into_response());
-    let script = warp::path!("assets" / "app.js")
+    let rich = warp::path!("rich")
         .and(warp::get())
-        .and(query)
         .and(warp::header::headers_cloned())
-        .map(|query: String, headers: HeaderMap| serve_asset(&SCRIPT, &query, &headers));
-    let stylesheet = warp::path!("assets" / "app.css")
+        .map(|headers: HeaderMap| serve(&RICH, &headers, REVALIDATE).into_response());
+    let assets = warp::path!("assets" / String)
         .and(warp::get())
-        .and(query)
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .map(|query: String, headers: HeaderMap| serve_asset(&STYLESHEET, &query, &headers));
-    page.or(script).unify().or(stylesheet).unify()
+        .and_then(
+            |name: String, query: String, headers: HeaderMap| async move {
+                let asset = asset_named(&name).ok_or_else(warp::reject::not_found)?;
+                Ok::<_, Rejection>(serve_asset(asset, &query, &headers))
+            },
+        );
+    page.or(rich).unify().or(assets).unify()
+}
+
+/// The embedded asset served at `/assets/{name}`, if any.
+fn asset_named(name: &str) -> Option<&'static Asset> {
+    match name {
+        "app.js" => Some(&SCRIPT),
+        "app.css" => Some(&STYLESHEET),
+        "rich.js" => Some(&RICH_SCRIPT),
+        "rich.css" => Some(&RICH_STYLESHEET),
+        _ => None,
+    }
 }
 
 fn serve_asset(asset: &Asset, query: &str, headers: &HeaderMap) -> Response {
@@ -220,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn the_page_links_both_assets_with_a_version() {
+    fn each_page_links_both_its_assets_with_a_version() {
         assert!(
             SCRIPT.version.is_some(),
             "index.html has no /assets/app.js?v=…"
@@ -229,6 +266,22 @@ mod tests {
             STYLESHEET.version.is_some(),
             "index.html has no /assets/app.css?v=…"
         );
+        assert!(
+            RICH_SCRIPT.version.is_some(),
+            "rich.html has no /assets/rich.js?v=…"
+        );
+        assert!(
+            RICH_STYLESHEET.version.is_some(),
+            "rich.html has no /assets/rich.css?v=…"
+        );
+    }
+
+    #[test]
+    fn assets_are_found_by_name_only() {
+        assert!(std::ptr::eq(asset_named("rich.js").unwrap(), &*RICH_SCRIPT));
+        assert!(std::ptr::eq(asset_named("app.css").unwrap(), &*STYLESHEET));
+        assert!(asset_named("other.js").is_none());
+        assert!(asset_named("rich.js.gz").is_none());
     }
 
     #[test]
@@ -268,18 +321,22 @@ mod tests {
     }
 
     #[test]
-    fn the_page_is_revalidated_and_answers_304_to_its_etag() {
-        let page = serve(&INDEX, &headers(&[]), REVALIDATE);
-        assert_eq!(page.status(), StatusCode::OK);
-        assert_eq!(page.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
-        assert!(page.headers().contains_key(CONTENT_SECURITY_POLICY));
+    fn the_pages_are_revalidated_and_answer_304_to_their_etag() {
+        for asset in [&*INDEX, &*RICH] {
+            let page = serve(asset, &headers(&[]), REVALIDATE);
+            assert_eq!(page.status(), StatusCode::OK);
+            assert_eq!(page.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+            assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+            assert_eq!(page.headers()[CONTENT_SECURITY_POLICY], PAGE_CSP);
+            assert_eq!(page.headers()[REFERRER_POLICY], "no-referrer");
 
-        let mut conditional = HeaderMap::new();
-        conditional.insert(IF_NONE_MATCH, page.headers()[ETAG].clone());
-        let again = serve(&INDEX, &conditional, REVALIDATE);
-        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-        assert_eq!(again.headers()[ETAG], page.headers()[ETAG]);
+            let mut conditional = HeaderMap::new();
+            conditional.insert(IF_NONE_MATCH, page.headers()[ETAG].clone());
+            let again = serve(asset, &conditional, REVALIDATE);
+            assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+            assert_eq!(again.headers()[ETAG], page.headers()[ETAG]);
+        }
+        assert_ne!(INDEX.etag, RICH.etag);
     }
 
     #[test]
