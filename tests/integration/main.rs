@@ -3,6 +3,7 @@
 
 mod support;
 
+mod a_services;
 mod api;
 mod api_roles;
 mod bad_input;
