@@ -109,7 +109,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let cluster = match &args.cluster.redis_url {
         Some(url) => {
-            let cluster = crate::cluster::Cluster::new(url, args.cluster.cluster_config())
+            let ca = match &args.cluster.redis_ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("--redis-ca-file {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let cluster = crate::cluster::Cluster::new(url, args.cluster.cluster_config(), ca)
                 .context("--redis-url")?;
             info!(node = cluster.node(), prefix = %cluster.config().prefix, "cluster mode: rooms are shared through Redis");
             Some(cluster)

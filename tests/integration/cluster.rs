@@ -880,3 +880,82 @@ async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_r
     }
     finish(vec![node_a, node_b, node_c], &prefix).await;
 }
+
+/// `rediss://`: two nodes share a room through a Redis that speaks only
+/// TLS, trusting its private CA with `--redis-ca-file` (without it, the
+/// system's roots do not know the CA and the nodes never hear each other).
+#[tokio::test]
+async fn nodes_share_rooms_through_a_tls_redis() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    let dir = crate::support::temp_dir();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("redis.pem"), cert.pem()).unwrap();
+    std::fs::write(path("redis.key"), server_key.serialize_pem()).unwrap();
+
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", &path("redis.pem")])
+        .args(["--tls-key-file", &path("redis.key")])
+        .args(["--tls-ca-cert-file", &path("ca.pem")])
+        .args(["--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server (with TLS) starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the TLS Redis did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let db = PostgresDb::create().await;
+    let url = format!("rediss://127.0.0.1:{port}");
+    let prefix = unique_prefix("tls");
+    let ca = path("ca.pem");
+    let flags = ["--redis-ca-file", ca.as_str()];
+    let node_a = start_node(&db.url, &url, &prefix, &flags).await;
+    let node_b = start_node(&db.url, &url, &prefix, &flags).await;
+    let room = "over-tls";
+    let mut a = YClient::connect(&node_a.url(room)).await;
+    let mut b = YClient::connect(&node_b.url(room)).await;
+    a.insert("t", 0, "a").await;
+    b.until("a's edit through the TLS bus", |c| c.text("t") == "a")
+        .await;
+    b.insert("t", 1, "b").await;
+    a.until("b's edit through the TLS bus", |c| c.text("t") == "ab")
+        .await;
+    for mut node in [node_a, node_b] {
+        let _ = node.child.kill().await;
+    }
+    let _ = redis.kill().await;
+}

@@ -9,11 +9,17 @@ use crate::units::parse_duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// Join a cluster through this Redis (redis://HOST:PORT[/DB]): rooms
-    /// share updates and awareness with every other node using the same
-    /// Redis and prefix. Without it the node runs standalone.
+    /// Join a cluster through this Redis (redis://HOST:PORT[/DB], or
+    /// rediss:// for TLS): rooms share updates and awareness with every
+    /// other node using the same Redis and prefix. Without it the node
+    /// runs standalone.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// With a rediss:// URL: trust the CA certificates in this PEM file
+    /// (a private CA) instead of the system's roots.
+    #[arg(long, env = "CRDT_HUB_REDIS_CA_FILE", requires = "redis_url")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Prefix of the Redis keys (streams, leases): nodes of one cluster use
     /// the same prefix; different prefixes isolate clusters on one Redis.

@@ -115,12 +115,26 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Prepares the connection to Redis (lazily: a node starts, and serves
-    /// locally, while Redis is unreachable).
+    /// locally, while Redis is unreachable). With `ca_pem`, a rediss://
+    /// connection trusts those CA certificates instead of the system's.
     ///
     /// # Errors
     /// When the URL is not a valid Redis URL.
-    pub fn new(url: &str, config: ClusterConfig) -> redis::RedisResult<Arc<Self>> {
-        let client = redis::Client::open(url)?;
+    pub fn new(
+        url: &str,
+        config: ClusterConfig,
+        ca_pem: Option<Vec<u8>>,
+    ) -> redis::RedisResult<Arc<Self>> {
+        let client = match ca_pem {
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => redis::Client::open(url)?,
+        };
         let manager = client.get_connection_manager_lazy(
             redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
