@@ -10,7 +10,8 @@ import { after, before, test } from 'node:test'
 import { gunzipSync } from 'node:zlib'
 
 import {
-  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
+  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout,
+  assertFitsWidth, recordStatus
 } from './harness.mjs'
 
 let server
@@ -70,20 +71,6 @@ function remoteCarets (page) {
   }))
 }
 
-/**
- * Starts recording what the status badge says (every change, in order);
- * returns a function that resolves to the list so far.
- */
-async function recordStatus (page) {
-  await page.evaluate(() => {
-    const text = document.querySelector('#status .status-text')
-    window.statusLog = [text.textContent]
-    new MutationObserver(() => {
-      if (window.statusLog.at(-1) !== text.textContent) window.statusLog.push(text.textContent)
-    }).observe(text, { childList: true, characterData: true, subtree: true })
-  })
-  return () => page.evaluate(() => window.statusLog)
-}
 
 function assertNoProblems (page) {
   assert.deepEqual(page.problems, [], 'the page logged errors or reached outside the server')
@@ -234,17 +221,6 @@ test('two people edit together, one goes offline, both converge; other rooms see
   for (const page of pages) assertNoProblems(page)
 })
 
-/** Nothing on the page sticks out sideways: no horizontal scrolling, every control reachable. */
-async function assertFitsWidth (page) {
-  const { overflow, outside } = await page.evaluate(() => ({
-    overflow: document.documentElement.scrollWidth - window.innerWidth,
-    outside: Array.from(document.querySelectorAll('button, input, .status'))
-      .filter(el => { const r = el.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth })
-      .map(el => el.id || el.className)
-  }))
-  assert.ok(overflow <= 0, `no horizontal scrolling (overflows by ${overflow} px)`)
-  assert.deepEqual(outside, [], 'controls cut off at the side')
-}
 
 /** Puts two screenshots next to each other by letting Chromium draw them. */
 async function writeSideBySide (pngs, file) {

@@ -3,6 +3,7 @@
 // playwright-core. Everything started here is stopped by `dispose()` even
 // when an assertion fails, so `node --test` always exits.
 
+import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs'
@@ -197,4 +198,31 @@ export async function openPage (browser, server, { viewport = { width: 1100, hei
     }
   })
   return page
+}
+
+/**
+ * Starts recording what the status badge says (every change, in order);
+ * returns a function that resolves to the list so far.
+ */
+export async function recordStatus (page) {
+  await page.evaluate(() => {
+    const text = document.querySelector('#status .status-text')
+    window.statusLog = [text.textContent]
+    new MutationObserver(() => {
+      if (window.statusLog.at(-1) !== text.textContent) window.statusLog.push(text.textContent)
+    }).observe(text, { childList: true, characterData: true, subtree: true })
+  })
+  return () => page.evaluate(() => window.statusLog)
+}
+
+/** Nothing on the page sticks out sideways: no horizontal scrolling, every control reachable. */
+export async function assertFitsWidth (page) {
+  const { overflow, outside } = await page.evaluate(() => ({
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    outside: Array.from(document.querySelectorAll('button, input, .status'))
+      .filter(el => { const r = el.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth })
+      .map(el => el.id || el.className)
+  }))
+  assert.ok(overflow <= 0, `no horizontal scrolling (overflows by ${overflow} px)`)
+  assert.deepEqual(outside, [], 'controls cut off at the side')
 }

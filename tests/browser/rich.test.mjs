@@ -14,7 +14,8 @@ import { request } from 'node:http'
 import { gunzipSync } from 'node:zlib'
 
 import {
-  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout
+  ARTIFACTS, SERVER_BIN, delay, launchBrowser, openPage, startServer, uniqueRoom, waitFor, withTimeout,
+  assertFitsWidth, recordStatus
 } from './harness.mjs'
 
 let server
@@ -77,20 +78,6 @@ function get (url, headers) {
   })
 }
 
-/**
- * Starts recording what the status badge says (every change, in order);
- * returns a function that resolves to the list so far.
- */
-async function recordStatus (page) {
-  await page.evaluate(() => {
-    const text = document.querySelector('#status .status-text')
-    window.statusLog = [text.textContent]
-    new MutationObserver(() => {
-      if (window.statusLog.at(-1) !== text.textContent) window.statusLog.push(text.textContent)
-    }).observe(text, { childList: true, characterData: true, subtree: true })
-  })
-  return () => page.evaluate(() => window.statusLog)
-}
 
 async function storedJson (srv, room) {
   const response = await fetch(`${srv.url}/api/rooms/${encodeURIComponent(room)}/json`)
@@ -211,17 +198,6 @@ test('rich text: two people see each other\'s text and named carets, one goes of
   }
 })
 
-/** Nothing on the page sticks out sideways: no horizontal scrolling, every control reachable. */
-async function assertFitsWidth (page) {
-  const { overflow, outside } = await page.evaluate(() => ({
-    overflow: document.documentElement.scrollWidth - window.innerWidth,
-    outside: Array.from(document.querySelectorAll('button, .status'))
-      .filter(el => { const r = el.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth })
-      .map(el => el.id || el.className)
-  }))
-  assert.ok(overflow <= 0, `no horizontal scrolling (overflows by ${overflow} px)`)
-  assert.deepEqual(outside, [], 'controls cut off at the side')
-}
 
 test('rich text: "Saved" means stored: a server killed right after keeps the edit', async () => {
   // Updates reach the database once a second: "Saved" any sooner would

@@ -886,24 +886,12 @@ async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_r
 /// system's roots do not know the CA and the nodes never hear each other).
 #[tokio::test]
 async fn nodes_share_rooms_through_a_tls_redis() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-
     let dir = crate::support::temp_dir();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    let pki = crate::support::make_pki();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("redis.pem"), cert.pem()).unwrap();
-    std::fs::write(path("redis.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(path("redis.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(path("redis.key"), &pki.key_pem).unwrap();
 
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

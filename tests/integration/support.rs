@@ -869,3 +869,34 @@ impl Bystanders {
         );
     }
 }
+
+/// A CA made for one test, and a certificate it signed for `localhost` and
+/// 127.0.0.1.
+pub struct TestPki {
+    pub ca: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn make_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    TestPki {
+        ca: ca_cert.der().clone(),
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: server_key.serialize_pem(),
+    }
+}

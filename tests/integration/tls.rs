@@ -4,38 +4,11 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::support::{ServerProcess, sqlite_url, temp_dir};
-
-struct TestPki {
-    ca: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn make_pki() -> TestPki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&server_key, &issuer).unwrap();
-    TestPki {
-        ca: ca_cert.der().clone(),
-        cert_pem: cert.pem(),
-        key_pem: server_key.serialize_pem(),
-    }
-}
+use crate::support::{ServerProcess, make_pki, sqlite_url, temp_dir};
 
 fn connector(ca: CertificateDer<'static>) -> TlsConnector {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
