@@ -440,3 +440,51 @@ async fn stateless_messages_go_to_the_feed_and_from_the_api() {
     assert_eq!(bad.status, 400);
     server.stop().await;
 }
+
+/// A provider that sends its token and an edit and resets the connection
+/// at once (a tab closed right after typing) has its edit kept, as a
+/// y-websocket client's is: the server may find it gone when it answers
+/// the token, before it has read the edit.
+#[tokio::test]
+async fn an_edit_sent_just_before_a_connection_reset_is_kept() {
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let server = TestServer::start().await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("hp-reset-{i}")).collect();
+    for room in &rooms {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let url = format!("ws://{}/", server.addr);
+        let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        let mut token = vec![0];
+        token.write_string("");
+        ws.feed(Message::binary(message(room, kind::AUTH, &token)))
+            .await
+            .unwrap();
+        let update = insert(&Doc::new(), room);
+        ws.feed(Message::binary(message(
+            room,
+            kind::SYNC,
+            &update_payload(&update),
+        )))
+        .await
+        .unwrap();
+        ws.flush().await.unwrap();
+        let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            unreachable!("plain TCP on loopback");
+        };
+        tcp.set_zero_linger().unwrap();
+        drop(ws);
+    }
+    for room in &rooms {
+        let mut reader = YClient::connect(&server.url(room)).await;
+        reader
+            .until(&format!("the edit sent to {room}"), |c| {
+                c.text("t") == *room
+            })
+            .await;
+    }
+    server.stop().await;
+}

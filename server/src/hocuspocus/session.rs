@@ -20,8 +20,8 @@ use super::document::{Ack, Attached, Out};
 use crate::app::App;
 use crate::close::{self, CloseReason};
 use crate::connection::{
-    MAX_FRAMES_PER_FLUSH, Socket, admit_read, close_socket, is_too_big, is_too_fragmented,
-    new_peer_id, parse_message,
+    CLOSE_HANDSHAKE_TIMEOUT, MAX_FRAMES_PER_FLUSH, Socket, admit_read, close_socket, is_too_big,
+    is_too_fragmented, new_peer_id, parse_message,
 };
 use crate::ip_connections::IpSlot;
 use crate::limits::ConnectionRate;
@@ -120,6 +120,9 @@ type Flow = Result<(), Option<CloseReason>>;
 impl Session {
     async fn run(mut self) -> Option<CloseReason> {
         let reason = self.serve().await;
+        if reason.is_none() {
+            Box::pin(self.take_what_arrived()).await;
+        }
         let documents: Vec<Attached> = self.documents.drain().map(|(_, d)| d).collect();
         for document in documents {
             self.connection_event(false, &document);
@@ -131,6 +134,29 @@ impl Session {
             close_socket(&mut self.ws, reason).await;
         }
         Some(reason)
+    }
+
+    /// The socket failed (the client reset it, say by closing with our
+    /// frames unread): what it sent before it went may still be in the
+    /// receive buffer, an edit typed just before a tab closed among it.
+    /// Take it, as the y-websocket connection does; the reset socket reads
+    /// to its end at once, the deadline only guards a half-open one.
+    async fn take_what_arrived(&mut self) {
+        let deadline = Instant::now() + CLOSE_HANDSHAKE_TIMEOUT;
+        let mut paused_until = None;
+        while paused_until.is_none() {
+            let Ok(item) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return;
+            };
+            if item.is_none() {
+                return;
+            }
+            // A write failing again (an answer to a token) ends nothing
+            // here: the next message may be that document's edit.
+            if let Err(Some(_)) = self.on_incoming(item, &mut paused_until).await {
+                return;
+            }
+        }
     }
 
     /// Runs until the socket ends; returns the close frame to send, if any.

@@ -70,16 +70,20 @@ impl Session {
         self.ended.remove(&address);
         match self.admit(&address, token) {
             Ok((room, grant)) => {
-                self.join(address.clone(), room, grant).await?;
-                let held = self.take_held(&address);
-                for (message, _) in held {
-                    Box::pin(self.on_message(Incoming {
-                        address: address.clone(),
-                        message,
-                    }))
-                    .await?;
+                let joined = self.join(address.clone(), room, grant).await;
+                // Attached even when the answer could not be written: what
+                // came before the token still goes in.
+                if self.documents.contains_key(&address) {
+                    let held = self.take_held(&address);
+                    for (message, _) in held {
+                        Box::pin(self.on_message(Incoming {
+                            address: address.clone(),
+                            message,
+                        }))
+                        .await?;
+                    }
                 }
-                Ok(())
+                joined
             }
             Err(reason) => {
                 self.take_held(&address);
@@ -139,10 +143,14 @@ impl Session {
         // Before the room's first frame (its sync step 1), which the
         // document's task sends once started below.
         let answer = authenticated(&address, grant.access == Access::ReadOnly);
-        if let Err(reason) = self.send_now(answer).await {
+        let answered = self.send_now(answer).await;
+        if let Err(Some(reason)) = answered {
             handle.leave(peer).await;
-            return Err(reason);
+            return Err(Some(reason));
         }
+        // A failed write (`Err(None)`: the client is gone) still attaches
+        // the document: what the client sent for it before it went is read
+        // and taken once the session ends (`Session::take_what_arrived`).
         let registered = self
             .app
             .sessions
@@ -172,7 +180,7 @@ impl Session {
         debug!(address, room = %document.name, "document attached");
         self.connection_event(true, &document);
         self.documents.insert(address, document);
-        Ok(())
+        answered
     }
 
     pub(super) fn connection_event(&self, opened: bool, document: &Attached) {
