@@ -14,6 +14,7 @@ mod pack;
 mod room_name;
 mod rows;
 mod types;
+mod unreported;
 
 pub mod postgres;
 pub mod sqlite;
@@ -32,6 +33,7 @@ pub use types::{
     LoggedUpdate, NewSnapshot, PendingUpdate, Revocation, RevocationKind, RoomSummary, Snapshot,
     SnapshotId, SnapshotInfo, StoredRoom, UpdateId,
 };
+pub use unreported::{UnreportedChanges, UnreportedFilter};
 
 /// What the rooms need from storage.
 ///
@@ -51,7 +53,28 @@ pub trait Store: WebhookOutbox + Send + Sync + 'static {
     /// given to the updates, in the order of `batch`: a room's updates in
     /// one batch go into one log entry and share its id, and a later
     /// append's ids are greater.
-    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError>;
+    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError> {
+        self.append_counted(batch, false).await
+    }
+
+    /// [`Store::append`] that also counts the batch's updates as changes
+    /// not yet reported in a `document.changed` webhook, in the same
+    /// transaction: once the edits are committed, so is the knowledge that
+    /// they are to be reported (see [`WebhookOutbox::report_changes`]).
+    async fn append_unreported(
+        &self,
+        batch: &[PendingUpdate],
+    ) -> Result<Vec<UpdateId>, StoreError> {
+        self.append_counted(batch, true).await
+    }
+
+    /// What both appends do: [`Store::append_unreported`] when
+    /// `count_unreported`, else [`Store::append`].
+    async fn append_counted(
+        &self,
+        batch: &[PendingUpdate],
+        count_unreported: bool,
+    ) -> Result<Vec<UpdateId>, StoreError>;
 
     /// Writes a compacted snapshot, in one transaction:
     /// 1. the new snapshot's state is the CRDT merge of `snapshot.state`,
@@ -177,6 +200,26 @@ pub trait WebhookOutbox: Send + Sync + 'static {
         now: chrono::DateTime<chrono::Utc>,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Rooms with changes not yet reported (see
+    /// [`Store::append_unreported`]), at most `limit`.
+    async fn unreported_changes(
+        &self,
+        filter: UnreportedFilter<'_>,
+        limit: usize,
+    ) -> Result<Vec<UnreportedChanges>, StoreError>;
+
+    /// Puts `event`, the `document.changed` that reports `changes`, in the
+    /// outbox and takes `changes.updates` off the room's count, in one
+    /// transaction. When another reporter took that count first (the
+    /// room's generation moved on), writes nothing and returns `false`.
+    /// Edits counted after `changes` was read stay counted, waiting from
+    /// `event.created_at` on.
+    async fn report_changes(
+        &self,
+        changes: &UnreportedChanges,
+        event: &NewWebhookEvent,
+    ) -> Result<bool, StoreError>;
 
     /// Events not yet delivered nor dead-lettered.
     async fn pending_webhooks(&self) -> Result<i64, StoreError>;

@@ -149,6 +149,23 @@ pub(crate) const INSERT: &str = "INSERT INTO webhook_outbox \
     (event_id, event, room, body, created_at, next_attempt_at, expires_at) \
     VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (event_id) DO NOTHING";
 
+/// Inserts one [`NewWebhookEvent`] through `$executor` (an event id
+/// already there is left as it is).
+macro_rules! insert_event {
+    ($event:expr, $executor:expr) => {
+        sqlx::query($crate::outbox::INSERT)
+            .bind(&$event.event_id)
+            .bind(&$event.event)
+            .bind(&$event.room)
+            .bind(&$event.body)
+            .bind($crate::outbox::millis($event.created_at))
+            .bind($crate::outbox::millis($event.expires_at))
+            .execute($executor)
+            .await?
+    };
+}
+pub(crate) use insert_event;
+
 /// The events that may be sent now: pending, due, not leased by a live
 /// claim, and first in line for their room (nothing older of the room is
 /// pending), so a room's events go out in order, one at a time. `{lock}`
@@ -217,15 +234,7 @@ macro_rules! outbox_methods {
             ) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await?;
                 for event in events {
-                    sqlx::query($crate::outbox::INSERT)
-                        .bind(&event.event_id)
-                        .bind(&event.event)
-                        .bind(&event.room)
-                        .bind(&event.body)
-                        .bind($crate::outbox::millis(event.created_at))
-                        .bind($crate::outbox::millis(event.expires_at))
-                        .execute(&mut *tx)
-                        .await?;
+                    $crate::outbox::insert_event!(event, &mut *tx);
                 }
                 tx.commit().await?;
                 Ok(())
@@ -336,6 +345,55 @@ macro_rules! outbox_methods {
                     }
                 };
                 Ok(done.rows_affected())
+            }
+
+            async fn unreported_changes(
+                &self,
+                filter: $crate::UnreportedFilter<'_>,
+                limit: usize,
+            ) -> Result<Vec<$crate::UnreportedChanges>, StoreError> {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let rows: Vec<$crate::unreported::UnreportedRow> = match filter {
+                    $crate::UnreportedFilter::Due {
+                        quiet_since,
+                        waiting_since,
+                    } => {
+                        sqlx::query_as($crate::unreported::DUE)
+                            .bind($crate::outbox::millis(quiet_since))
+                            .bind($crate::outbox::millis(waiting_since))
+                            .bind(limit)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    $crate::UnreportedFilter::Room(room) => {
+                        sqlx::query_as($crate::unreported::ROOM)
+                            .bind(room)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn report_changes(
+                &self,
+                changes: &$crate::UnreportedChanges,
+                event: &$crate::NewWebhookEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let taken = sqlx::query($crate::unreported::TAKE)
+                    .bind(&changes.room)
+                    .bind(changes.updates)
+                    .bind(changes.generation)
+                    .bind($crate::outbox::millis(event.created_at))
+                    .execute(&mut *tx)
+                    .await?;
+                if taken.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                $crate::outbox::insert_event!(event, &mut *tx);
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn pending_webhooks(&self) -> Result<i64, StoreError> {

@@ -56,11 +56,20 @@ WITH batch AS (
         WITH ORDINALITY AS b (room, update_count, data, ord)
 ),
 touched AS (
-    INSERT INTO rooms AS r (name, updated_at, update_count)
-    SELECT room, now(), update_count FROM batch ORDER BY room
+    INSERT INTO rooms AS r
+        (name, updated_at, update_count, unreported_updates, unreported_first_at, unreported_last_at)
+    SELECT room, now(), update_count,
+        CASE WHEN $4 THEN update_count ELSE 0 END,
+        CASE WHEN $4 THEN $5::bigint END,
+        CASE WHEN $4 THEN $5::bigint END
+    FROM batch ORDER BY room
     ON CONFLICT (name) DO UPDATE SET
         updated_at = EXCLUDED.updated_at,
-        update_count = r.update_count + EXCLUDED.update_count
+        update_count = r.update_count + EXCLUDED.update_count,
+        unreported_updates = r.unreported_updates + EXCLUDED.unreported_updates,
+        unreported_first_at = CASE WHEN r.unreported_updates > 0
+            THEN r.unreported_first_at ELSE EXCLUDED.unreported_first_at END,
+        unreported_last_at = COALESCE(EXCLUDED.unreported_last_at, r.unreported_last_at)
     RETURNING 1
 ),
 ids AS (
@@ -157,7 +166,11 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError> {
+    async fn append_counted(
+        &self,
+        batch: &[PendingUpdate],
+        count_unreported: bool,
+    ) -> Result<Vec<UpdateId>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -169,6 +182,8 @@ impl Store for PostgresStore {
             .bind(rooms)
             .bind(counts)
             .bind(data)
+            .bind(count_unreported)
+            .bind(crate::outbox::millis(chrono::Utc::now()))
             .fetch_all(&self.pool)
             .await?;
         debug_assert_eq!(row_ids.len(), packed.packs.len());

@@ -144,11 +144,16 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn append(&self, batch: &[PendingUpdate]) -> Result<Vec<UpdateId>, StoreError> {
+    async fn append_counted(
+        &self,
+        batch: &[PendingUpdate],
+        count_unreported: bool,
+    ) -> Result<Vec<UpdateId>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let now = Utc::now();
+        let unreported_at = count_unreported.then(|| crate::outbox::millis(now));
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
         // One log row per room (see `pack`), written by a few multi-row
@@ -165,7 +170,14 @@ impl Store for SqliteStore {
                     .bind(pack.room.as_str())
                     .bind(now)
                     .bind(now)
-                    .bind(pack.update_count);
+                    .bind(pack.update_count)
+                    .bind(if count_unreported {
+                        pack.update_count
+                    } else {
+                        0
+                    })
+                    .bind(unreported_at)
+                    .bind(unreported_at);
             }
             query.execute(&mut *tx).await?;
 

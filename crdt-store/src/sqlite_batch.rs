@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 /// Rows per statement, largest first; a batch is cut greedily into these,
 /// so a batch of up to 511 rows takes at most nine statements. 256 rows of
-/// four parameters stay far below SQLite's limit of 32,766.
+/// seven parameters stay far below SQLite's limit of 32,766.
 const SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// The sizes of the statements that together take `rows` rows, largest first.
@@ -71,11 +71,16 @@ static INSERT_UPDATES: Statements = Statements::new(
 );
 
 static UPSERT_ROOMS: Statements = Statements::new(
-    "INSERT INTO rooms (name, created_at, updated_at, update_count) VALUES ",
-    "(?, ?, ?, ?)",
+    "INSERT INTO rooms (name, created_at, updated_at, update_count, \
+         unreported_updates, unreported_first_at, unreported_last_at) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?)",
     " ON CONFLICT (name) DO UPDATE SET \
          updated_at = excluded.updated_at, \
-         update_count = rooms.update_count + excluded.update_count",
+         update_count = rooms.update_count + excluded.update_count, \
+         unreported_updates = rooms.unreported_updates + excluded.unreported_updates, \
+         unreported_first_at = CASE WHEN rooms.unreported_updates > 0 \
+             THEN rooms.unreported_first_at ELSE excluded.unreported_first_at END, \
+         unreported_last_at = COALESCE(excluded.unreported_last_at, rooms.unreported_last_at)",
 );
 
 /// Inserts `rows` log rows (bind room, update_count, data, created_at per
@@ -85,7 +90,8 @@ pub(crate) fn insert_updates(rows: usize) -> &'static str {
 }
 
 /// Creates or touches `rows` rooms (bind name, created_at, updated_at,
-/// added update count per row).
+/// added update count, added unreported count, and the unreported
+/// changes' time or NULL twice, per row).
 pub(crate) fn upsert_rooms(rows: usize) -> &'static str {
     UPSERT_ROOMS.for_rows(rows)
 }
@@ -113,6 +119,6 @@ mod tests {
         let sql = insert_updates(4);
         assert_eq!(sql.matches("(?, ?, ?, ?)").count(), 4);
         assert!(sql.ends_with("(?, ?, ?, ?)"));
-        assert_eq!(upsert_rooms(1).matches("(?, ?, ?, ?)").count(), 1);
+        assert_eq!(upsert_rooms(1).matches("(?, ?, ?, ?, ?, ?, ?)").count(), 1);
     }
 }

@@ -168,6 +168,7 @@ contract_tests!(
     outbox_sends_each_room_in_order_one_event_at_a_time,
     outbox_leases_expire_and_dead_letters_wait_for_redelivery_or_pruning,
     outbox_concurrent_claimers_never_share_an_event,
+    unreported_changes_are_counted_with_the_edits_and_reported_once,
 );
 
 // ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crdt_store::{Store, StoreError};
+use crdt_store::{RoomName, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -134,7 +134,16 @@ impl App {
             .map_err(BuildError::Revocations)?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (journal, journal_task) = Journal::start(store.clone(), config.journal);
+        let journal_config = JournalConfig {
+            // `document.changed` is counted with the edits it reports.
+            count_unreported: config.webhooks.as_ref().is_some_and(|webhooks| {
+                webhooks
+                    .events
+                    .allows(crate::webhooks::EventKind::DocumentChanged)
+            }),
+            ..config.journal
+        };
+        let (journal, journal_task) = Journal::start(store.clone(), journal_config);
         let rooms = Rooms::new(
             store.clone(),
             journal.clone(),
@@ -149,7 +158,10 @@ impl App {
             rooms.set_webhooks(crate::webhooks::Webhooks::start(
                 store.clone(),
                 webhooks,
-                render_json(rooms.clone()),
+                Arc::new(ReadRooms {
+                    rooms: rooms.clone(),
+                    store: store.clone(),
+                }),
                 shutdown.clone(),
                 &tasks,
             ));
@@ -195,11 +207,19 @@ impl App {
     }
 }
 
-/// A loaded room's document as JSON, for `--webhook-include-json`: asked
-/// of the room itself, never loading one that has unloaded.
-fn render_json(rooms: Rooms) -> crate::webhooks::RenderJson {
-    Arc::new(move |room| {
-        let rooms = rooms.clone();
+/// What webhooks read of the rooms: a loaded room is asked, never loaded
+/// for this; a room not loaded here is read from storage.
+struct ReadRooms {
+    rooms: Rooms,
+    store: Arc<dyn Store>,
+}
+
+impl crate::webhooks::RoomReader for ReadRooms {
+    fn json(
+        &self,
+        room: RoomName,
+    ) -> futures_util::future::BoxFuture<'static, Option<serde_json::Value>> {
+        let rooms = self.rooms.clone();
         Box::pin(async move {
             match rooms
                 .request_if_loaded(&room, crate::room::RoomRequest::Json)
@@ -209,7 +229,39 @@ fn render_json(rooms: Rooms) -> crate::webhooks::RenderJson {
                 _ => None,
             }
         })
-    })
+    }
+
+    fn state_vector(
+        &self,
+        room: RoomName,
+    ) -> futures_util::future::BoxFuture<'static, Option<Vec<u8>>> {
+        let (rooms, store) = (self.rooms.clone(), self.store.clone());
+        Box::pin(async move {
+            if let Some(Ok(crate::room::RoomReply::Info(info))) = rooms
+                .request_if_loaded(&room, crate::room::RoomRequest::Info)
+                .await
+            {
+                return Some(info.state_vector);
+            }
+            match crate::persist::load(&store, &room).await {
+                Ok(loaded) => {
+                    use yrs::updates::encoder::Encode;
+                    use yrs::{ReadTxn, Transact};
+                    Some(loaded.doc.doc.transact().state_vector().encode_v1())
+                }
+                Err(crate::persist::LoadError::Store(e)) => {
+                    tracing::warn!(error = %e, %room, "cannot read the room for its state vector");
+                    None
+                }
+                Err(e) => {
+                    // Stored bytes that do not apply: the change is still
+                    // reported, without a state vector.
+                    tracing::error!(error = %e, "reporting a change of an unreadable room");
+                    Some(Vec::new())
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

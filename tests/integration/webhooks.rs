@@ -201,6 +201,154 @@ async fn a_killed_server_delivers_what_was_pending_after_a_restart() {
     }
 }
 
+/// Edits committed but still inside their debounce when the server is
+/// killed: their `document.changed` is not in the outbox yet, only their
+/// count, committed with them. The restarted server reports it, with the
+/// stored document's state vector.
+#[tokio::test]
+async fn a_change_inside_its_debounce_at_a_kill_is_reported_after_a_restart() {
+    let dir = temp_dir();
+    let database = sqlite_url(dir.path());
+    let receiver = Receiver::start(SECRET, Answer::Ok).await;
+    let url = receiver.url();
+    let flags = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret",
+        SECRET,
+        // Long enough for the kill to come first.
+        "--webhook-debounce",
+        "2s",
+        "--webhook-max-wait",
+        "10s",
+        "--webhook-events",
+        "document.changed",
+    ];
+    let mut server = ServerProcess::start(&database, &flags).await;
+    let mut client = YClient::connect(&server.url("killed")).await;
+    for n in 0..3 {
+        client.insert("t", n, "x").await;
+    }
+    // Every edit stored (the journal flushes within 50 ms).
+    let expected = crate::support::text_of(client.doc(), "t");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while crate::support::text_of(&*crate::support::stored_doc(&database, "killed").await, "t")
+            != expected
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the edits are stored");
+    server.child.start_kill().unwrap(); // SIGKILL
+    server.child.wait().await.unwrap();
+    assert!(
+        receiver.hooks().is_empty(),
+        "nothing was due before the kill"
+    );
+
+    let _restarted = ServerProcess::start(&database, &flags).await;
+    // Counted by a node that is gone: any node reports it once it is a
+    // few seconds past its debounce.
+    receiver
+        .until("the change", Duration::from_secs(30), |hooks| {
+            hooks.iter().any(|h| h.accepted)
+        })
+        .await;
+    let hooks = receiver.hooks();
+    assert_eq!(hooks.len(), 1, "{hooks:#?}");
+    let hook = &hooks[0];
+    assert!(hook.signed);
+    assert_eq!(hook.event, "document.changed");
+    assert_eq!(hook.body["room"], "killed");
+    let updates = hook.body["updates"].as_u64().unwrap();
+    assert!((1..=3).contains(&updates), "{updates}");
+    let stored = crate::support::stored_doc(&database, "killed").await;
+    let state_vector = {
+        use yrs::updates::encoder::Encode;
+        use yrs::{ReadTxn, Transact};
+        stored.transact().state_vector().encode_v1()
+    };
+    assert_eq!(
+        hook.body["state_vector"],
+        {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(state_vector)
+        }
+        .as_str()
+    );
+}
+
+/// An https receiver whose certificate the server checks against the CA
+/// bundle named by `SSL_CERT_FILE`; with another CA it is refused, and the
+/// event waits in the outbox.
+#[tokio::test]
+async fn events_reach_an_https_receiver_that_the_server_trusts() {
+    let pki = crate::support::make_pki();
+    let dir = temp_dir();
+    let database = sqlite_url(dir.path());
+    let trusted = dir.path().join("trusted.pem");
+    std::fs::write(&trusted, &pki.ca_pem).unwrap();
+    let stranger = dir.path().join("stranger.pem");
+    std::fs::write(&stranger, crate::support::make_pki().ca_pem).unwrap();
+    let receiver = Receiver::start_tls(SECRET, Answer::Ok, &pki).await;
+    let url = receiver.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let flags = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret",
+        SECRET,
+        "--webhook-events",
+        "room.loaded",
+    ];
+
+    // Not trusted: the handshake fails, nothing is received.
+    let server = ServerProcess::start_with_env(
+        &database,
+        &flags,
+        &[("SSL_CERT_FILE", stranger.to_str().unwrap())],
+    )
+    .await;
+    YClient::connect(&server.url("untrusted")).await;
+    let store = crdt_store::connect(&database).await.unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let list = store.webhooks(true, 10).await.unwrap();
+            if let Some(record) = list.first() {
+                return record.last_error.clone().unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the attempt fails");
+    assert!(receiver.hooks().is_empty());
+    assert!(
+        failed.contains("certificate") || failed.contains("UnknownIssuer"),
+        "{failed}"
+    );
+    drop(server);
+
+    // Trusted: delivered, signed.
+    let server = ServerProcess::start_with_env(
+        &database,
+        &flags,
+        &[("SSL_CERT_FILE", trusted.to_str().unwrap())],
+    )
+    .await;
+    YClient::connect(&server.url("trusted")).await;
+    receiver
+        .until(
+            "the trusted room's event",
+            Duration::from_secs(15),
+            |hooks| hooks.iter().any(|h| h.body["room"] == "trusted"),
+        )
+        .await;
+    let hooks = receiver.accepted("room.loaded");
+    assert!(hooks.iter().all(|h| h.signed), "{hooks:#?}");
+}
+
 /// Two nodes on one Postgres both deliver from the shared outbox; each
 /// event is sent once.
 #[tokio::test]

@@ -199,3 +199,117 @@ pub async fn outbox_concurrent_claimers_never_share_an_event(Ctx { store, .. }: 
     }
     assert_eq!(total, 60);
 }
+
+fn updates(room: &str, n: usize) -> Vec<crdt_store::PendingUpdate> {
+    let writer = super::super::Writer::new(7);
+    (0..n)
+        .map(|_| super::super::pending(&super::super::room(room), writer.insert(0, "x")))
+        .collect()
+}
+
+/// Changes are counted by the append that stores them (only when asked),
+/// listed once due, and reported once: the event and the count taken off
+/// commit together, and edits counted meanwhile stay counted.
+pub async fn unreported_changes_are_counted_with_the_edits_and_reported_once(
+    Ctx { store, .. }: Ctx,
+) {
+    use crdt_store::UnreportedFilter;
+
+    store.append(&updates("quiet", 2)).await.unwrap();
+    assert!(
+        store
+            .unreported_changes(UnreportedFilter::Room("quiet"), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a plain append counts nothing"
+    );
+
+    let before = Utc::now() - Span::milliseconds(5);
+    store.append_unreported(&updates("a", 3)).await.unwrap();
+    store.append_unreported(&updates("a", 2)).await.unwrap();
+    store.append_unreported(&updates("b", 1)).await.unwrap();
+    let after = Utc::now() + Span::milliseconds(5);
+
+    // Not quiet long enough and not waiting long enough: nothing due.
+    let not_yet = UnreportedFilter::Due {
+        quiet_since: before,
+        waiting_since: before,
+    };
+    assert!(
+        store
+            .unreported_changes(not_yet, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = UnreportedFilter::Due {
+        quiet_since: after,
+        waiting_since: after,
+    };
+    let found = store.unreported_changes(due, 10).await.unwrap();
+    let counts: Vec<(&str, i64)> = found.iter().map(|c| (c.room.as_str(), c.updates)).collect();
+    assert_eq!(counts.len(), 2);
+    assert!(
+        counts.contains(&("a", 5)) && counts.contains(&("b", 1)),
+        "{counts:?}"
+    );
+    let a = found.iter().find(|c| c.room == "a").unwrap().clone();
+    assert!(
+        a.first_at >= before && a.first_at <= a.last_at && a.last_at <= after,
+        "{a:?}"
+    );
+
+    // More edits of `a` committed after its count was read.
+    store.append_unreported(&updates("a", 4)).await.unwrap();
+    let now = Utc::now();
+    assert!(
+        store
+            .report_changes(&a, &event("ch-a", "a", now))
+            .await
+            .unwrap()
+    );
+    // A second reporter that read the same count writes nothing.
+    assert!(
+        !store
+            .report_changes(&a, &event("ch-a-again", "a", now))
+            .await
+            .unwrap()
+    );
+    let left = store
+        .unreported_changes(UnreportedFilter::Room("a"), 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].updates, 4, "the later edits stay counted");
+    assert_eq!(left[0].first_at.timestamp_millis(), now.timestamp_millis());
+    assert!(
+        store
+            .report_changes(&left[0], &event("ch-a2", "a", now))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .unreported_changes(UnreportedFilter::Room("a"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let events: Vec<String> = store
+        .webhooks(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(events, ["ch-a2", "ch-a"]);
+    assert_eq!(store.pending_webhooks().await.unwrap(), 2);
+
+    // Deleting a room forgets its count with it.
+    store
+        .delete_room(&crdt_store::RoomName::parse("b").unwrap())
+        .await
+        .unwrap();
+    assert!(store.unreported_changes(due, 10).await.unwrap().is_empty());
+}

@@ -37,6 +37,10 @@ pub struct JournalConfig {
     /// First and largest retry delay while the database fails.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Counts every batch's updates as changes for a `document.changed`
+    /// webhook, in the batch's own transaction (set by the app when
+    /// webhooks want that event).
+    pub count_unreported: bool,
 }
 
 impl Default for JournalConfig {
@@ -48,6 +52,7 @@ impl Default for JournalConfig {
             max_batch_updates: 10_000,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(10),
+            count_unreported: false,
         }
     }
 }
@@ -319,7 +324,12 @@ impl Writer {
         if !batch.updates.is_empty() {
             loop {
                 let started = Instant::now();
-                match self.store.append(&batch.updates).await {
+                let appended = if self.config.count_unreported {
+                    self.store.append_unreported(&batch.updates).await
+                } else {
+                    self.store.append(&batch.updates).await
+                };
+                match appended {
                     Ok(_) => {
                         crate::metrics::batch_written(batch.updates.len(), started.elapsed());
                         debug!(updates = batch.updates.len(), bytes = batch.bytes, elapsed = ?started.elapsed(), "batch written");

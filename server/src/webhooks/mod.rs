@@ -2,12 +2,14 @@
 //! least once from an outbox in the database.
 //!
 //! Rooms and connections report through a [`Webhooks`] handle, one call
-//! each, never waiting: `recorder` debounces and writes events into the
-//! outbox, `delivery` claims and POSTs them (each room's in order),
-//! `client` makes the request, `signature` signs it. Without
+//! each, never waiting: `recorder` writes events into the outbox, with
+//! `changes` reporting `document.changed` from the counts the journal
+//! commits with the edits; `delivery` claims and POSTs them (each room's
+//! in order), `client` makes the request, `signature` signs it. Without
 //! `--webhook-url` there is no handle and nothing here runs.
 
 pub mod args;
+mod changes;
 pub mod cli;
 mod client;
 mod delivery;
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crdt_store::{RoomName, Store};
+use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,14 +64,19 @@ pub struct WebhookConfig {
     pub max_queued: usize,
 }
 
-/// Renders a loaded room's document as `GET …/json` does; `None` when
-/// the room is not loaded. Given by the app, which knows the rooms (this
-/// module does not: the rooms know it).
-pub type RenderJson = Arc<
-    dyn Fn(RoomName) -> futures_util::future::BoxFuture<'static, Option<serde_json::Value>>
-        + Send
-        + Sync,
->;
+/// What reporting `document.changed` needs to read of a room. Given by
+/// the app, which knows the rooms (this module does not: the rooms know
+/// it).
+pub trait RoomReader: Send + Sync + 'static {
+    /// The document as `GET …/json` renders it, for
+    /// `--webhook-include-json`; `None` when the room is not loaded (it is
+    /// not loaded for this).
+    fn json(&self, room: RoomName) -> BoxFuture<'static, Option<serde_json::Value>>;
+
+    /// The document's state vector (Yjs v1): the loaded room's, else the
+    /// stored document's; `None` when it cannot be read now.
+    fn state_vector(&self, room: RoomName) -> BoxFuture<'static, Option<Vec<u8>>>;
+}
 
 /// The rooms' and connections' way to report events. Cheap to clone.
 #[derive(Clone)]
@@ -93,7 +101,7 @@ impl Webhooks {
     pub fn start(
         store: Arc<dyn Store>,
         config: WebhookConfig,
-        render_json: RenderJson,
+        reader: Arc<dyn RoomReader>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
@@ -108,7 +116,12 @@ impl Webhooks {
                 notices: receiver,
                 queued: queued.clone(),
                 written: written.clone(),
-                render_json,
+                changes: changes::Changes::new(
+                    store.clone(),
+                    config.clone(),
+                    reader,
+                    written.clone(),
+                ),
                 shutdown: shutdown.clone(),
             }
             .run(),
@@ -150,18 +163,13 @@ impl Webhooks {
         }
     }
 
-    /// Updates were applied to the room; `state_vector` is asked for only
-    /// when `document.changed` is wanted.
-    pub fn document_changed(
-        &self,
-        room: &RoomName,
-        updates: usize,
-        state_vector: impl FnOnce() -> Vec<u8>,
-    ) {
+    /// Updates from this node's clients were applied to the room (the
+    /// journal counts them for `document.changed`); `state_vector` is
+    /// asked for only when that event is wanted.
+    pub fn document_changed(&self, room: &RoomName, state_vector: impl FnOnce() -> Vec<u8>) {
         if self.config.events.allows(EventKind::DocumentChanged) {
             self.send(Notice::Changed {
                 room: room.as_str().to_string(),
-                updates: updates as u64,
                 state_vector: state_vector(),
             });
         }
@@ -263,8 +271,21 @@ mod tests {
         }
     }
 
-    fn no_json() -> RenderJson {
-        Arc::new(|_| Box::pin(async { None }))
+    /// Rooms that are never loaded and whose stored state vector is `[0]`.
+    struct NoRooms;
+
+    impl RoomReader for NoRooms {
+        fn json(&self, _: RoomName) -> BoxFuture<'static, Option<serde_json::Value>> {
+            Box::pin(async { None })
+        }
+
+        fn state_vector(&self, _: RoomName) -> BoxFuture<'static, Option<Vec<u8>>> {
+            Box::pin(async { Some(vec![0]) })
+        }
+    }
+
+    fn no_rooms() -> Arc<dyn RoomReader> {
+        Arc::new(NoRooms)
     }
 
     /// Rooms report their last change and `room.unloaded` as they stop,
@@ -275,16 +296,29 @@ mod tests {
         let store = crdt_store::connect("sqlite::memory:").await.unwrap();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let registry =
-            Webhooks::start(store.clone(), config(), no_json(), shutdown.clone(), &tasks);
+        let registry = Webhooks::start(
+            store.clone(),
+            config(),
+            no_rooms(),
+            shutdown.clone(),
+            &tasks,
+        );
         let room = registry.clone();
         let name = RoomName::parse("stopping").unwrap();
 
         shutdown.cancel();
         tasks.close();
-        // The room takes its time to stop, then reports and lets go.
+        // The room takes its time to stop, then reports and lets go; its
+        // last edits were committed, counted.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        room.document_changed(&name, 3, || vec![0]);
+        store
+            .append_unreported(&[crdt_store::PendingUpdate {
+                room: name.clone(),
+                data: bytes::Bytes::from_static(&[0, 0]),
+            }])
+            .await
+            .unwrap();
+        room.document_changed(&name, || vec![0]);
         room.room_unloaded(&name);
         drop(room);
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
@@ -305,10 +339,10 @@ mod tests {
             events: EventFilter::parse("room.deleted").unwrap(),
             ..config()
         };
-        let hooks = Webhooks::start(store.clone(), config, no_json(), shutdown.clone(), &tasks);
+        let hooks = Webhooks::start(store.clone(), config, no_rooms(), shutdown.clone(), &tasks);
         let name = RoomName::parse("filtered").unwrap();
         hooks.room_loaded(&name);
-        hooks.document_changed(&name, 1, || unreachable!("not asked for when filtered out"));
+        hooks.document_changed(&name, || unreachable!("not asked for when filtered out"));
         hooks.room_deleted(&name);
         drop(hooks);
         shutdown.cancel();

@@ -1,27 +1,27 @@
 //! Puts the rooms' events into the outbox. Rooms hand notices over without
-//! waiting (a channel); this task debounces `document.changed` per room
-//! and writes events in batches, retrying while the database fails.
+//! waiting (a channel); this task writes events in batches, retrying while
+//! the database fails, and has [`Changes`] report `document.changed` from
+//! the counts the journal commits with the edits.
 //!
-//! The window: a notice is durable once written here, normally within
-//! `WRITE_WINDOW`; a `document.changed` waits in memory for its debounce
-//! first (at most `--webhook-max-wait`). A `kill -9` inside that window
-//! loses the event, not the edits (the journal has those). At shutdown
-//! every pending change is written before the task ends.
+//! The window: an event is durable once written here, within a tick of
+//! its notice (at most 100 ms); a `kill -9` inside that window loses it.
+//! Not so `document.changed`: its count is committed with the edits, and
+//! the next node to look (this one after a restart) reports it. At
+//! shutdown every local room's changes are reported before the task ends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use crdt_store::{NewWebhookEvent, Store};
+use crdt_store::Store;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::WebhookConfig;
-use super::events::{Event, EventKind, new_event_id};
+use super::changes::{Changes, new_row};
+use super::events::Event;
 use crate::backoff::Backoff;
 
 /// What a room reports.
@@ -30,7 +30,6 @@ pub(super) enum Notice {
     /// Updates were applied; `state_vector` is the document's after them.
     Changed {
         room: String,
-        updates: u64,
         state_vector: Vec<u8>,
     },
 }
@@ -50,14 +49,6 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Attempts to write events once shutdown has begun.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
-/// A room's changes not yet reported.
-struct Pending {
-    first: Instant,
-    last: Instant,
-    updates: u64,
-    state_vector: Vec<u8>,
-}
-
 pub(super) struct Recorder {
     pub store: Arc<dyn Store>,
     pub config: Arc<WebhookConfig>,
@@ -66,14 +57,12 @@ pub(super) struct Recorder {
     pub queued: Arc<AtomicUsize>,
     /// Wakes the delivery worker when something was written.
     pub written: Arc<Notify>,
-    /// The document's JSON, for `--webhook-include-json`.
-    pub render_json: super::RenderJson,
+    pub changes: Changes,
     pub shutdown: CancellationToken,
 }
 
 impl Recorder {
     pub async fn run(mut self) {
-        let mut changes: HashMap<String, Pending> = HashMap::new();
         let mut ready: Vec<Event> = Vec::new();
         let mut stopped_at: Option<Instant> = None;
         // Checking every room's debounce this often bounds the lateness of
@@ -89,59 +78,28 @@ impl Recorder {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 match notice {
                     Notice::Event(event) => {
-                        // A change reported before this event goes first.
-                        if let Some(pending) = changes.remove(&event.room) {
-                            ready.push(changed(&event.room, pending));
+                        // Changes made before this event are reported first.
+                        if self.changes.is_hinted(&event.room) {
+                            self.write(std::mem::take(&mut ready)).await;
+                            self.changes.report_before_event(&event.room).await;
                         }
                         ready.push(event);
                     }
-                    Notice::Changed {
-                        room,
-                        updates,
-                        state_vector,
-                    } => {
-                        let now = Instant::now();
-                        let pending = changes.entry(room).or_insert_with(|| Pending {
-                            first: now,
-                            last: now,
-                            updates: 0,
-                            state_vector: Vec::new(),
-                        });
-                        pending.last = now;
-                        pending.updates += updates;
-                        pending.state_vector = state_vector;
+                    Notice::Changed { room, state_vector } => {
+                        self.changes.hint(room, state_vector);
                     }
                 }
             }
-            let now = Instant::now();
-            let due: Vec<String> = changes
-                .iter()
-                .filter(|(_, p)| {
-                    stopping
-                        || now >= p.last + self.config.debounce
-                        || now >= p.first + self.config.max_wait
-                })
-                .map(|(room, _)| room.clone())
-                .collect();
-            for room in due {
-                if let Some(pending) = changes.remove(&room) {
-                    ready.push(changed(&room, pending));
-                }
-            }
-            if !ready.is_empty() {
-                let mut events = Vec::with_capacity(ready.len());
-                for event in ready.drain(..) {
-                    events.push(self.with_json(event).await);
-                }
-                self.write(events).await;
-            }
-            if stopping && changes.is_empty() && self.queued.load(Ordering::Relaxed) == 0 {
+            self.write(std::mem::take(&mut ready)).await;
+            self.changes.report_due(stopping).await;
+            if stopping && self.queued.load(Ordering::Relaxed) == 0 {
                 // Rooms report their last changes and `room.unloaded` as
                 // they stop, after shutdown began: each holds a handle
-                // (sharing `queued`), so wait for them, within reason.
+                // (sharing `queued`), so wait for them, within reason (and
+                // for a database that fails, not forever).
                 let reporters = Arc::strong_count(&self.queued);
-                if reporters <= IDLE_HOLDERS
-                    || stopped_at.get_or_insert_with(Instant::now).elapsed() >= SHUTDOWN_WAIT
+                let waited = stopped_at.get_or_insert_with(Instant::now).elapsed();
+                if (reporters <= IDLE_HOLDERS && self.changes.is_idle()) || waited >= SHUTDOWN_WAIT
                 {
                     return;
                 }
@@ -152,22 +110,13 @@ impl Recorder {
     /// Writes events, retrying with backoff until they are in (at
     /// shutdown, a few times).
     async fn write(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
         let now = chrono::Utc::now();
-        let expires_at =
-            now + chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
-        let rows: Vec<NewWebhookEvent> = events
+        let rows: Vec<_> = events
             .iter()
-            .map(|event| {
-                let id = new_event_id();
-                NewWebhookEvent {
-                    body: event.body(&id, now),
-                    event_id: id,
-                    event: event.kind.name().to_string(),
-                    room: event.room.clone(),
-                    created_at: now,
-                    expires_at,
-                }
-            })
+            .map(|event| new_row(event, &self.config, now))
             .collect();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
@@ -191,34 +140,4 @@ impl Recorder {
         }
         self.written.notify_one();
     }
-}
-
-/// Longest the recorder waits for a room to render its JSON (a busy room
-/// answers later; the event goes without it then).
-const RENDER_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl Recorder {
-    /// Adds `"json"` to a `document.changed` with `--webhook-include-json`.
-    async fn with_json(&self, event: Event) -> Event {
-        if !self.config.include_json || event.kind != EventKind::DocumentChanged {
-            return event;
-        }
-        let json = match crdt_store::RoomName::parse(&event.room) {
-            Ok(room) => tokio::time::timeout(RENDER_TIMEOUT, (self.render_json)(room))
-                .await
-                .ok()
-                .flatten(),
-            Err(_) => None,
-        };
-        event.with("json", json)
-    }
-}
-
-fn changed(room: &str, pending: Pending) -> Event {
-    Event::new(EventKind::DocumentChanged, room)
-        .with("updates", pending.updates)
-        .with(
-            "state_vector",
-            base64::engine::general_purpose::STANDARD.encode(&pending.state_vector),
-        )
 }

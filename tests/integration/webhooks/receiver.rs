@@ -1,5 +1,5 @@
 //! A webhook receiver for the tests: a small HTTP/1.1 server on loopback
-//! that checks each request's signature with the `hmac` crate, records it,
+//! (or HTTPS, with the tests' own CA) that checks each request's signature with the `hmac` crate, records it,
 //! and answers as told (200, a failure status, or never).
 
 use std::net::SocketAddr;
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// What the receiver does with the next requests.
@@ -36,6 +36,7 @@ pub struct Hook {
 
 pub struct Receiver {
     pub addr: SocketAddr,
+    https: bool,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -53,6 +54,39 @@ impl Receiver {
     }
 
     pub async fn start_on(addr: SocketAddr, secret: &str, answer: Answer) -> Self {
+        Self::listen(addr, secret, answer, None).await
+    }
+
+    /// An https receiver, its certificate (for 127.0.0.1) from `pki`.
+    pub async fn start_tls(secret: &str, answer: Answer, pki: &crate::support::TestPki) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            secret,
+            answer,
+            Some(acceptor),
+        )
+        .await
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        secret: &str,
+        answer: Answer,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -62,16 +96,35 @@ impl Receiver {
             arrived: Notify::new(),
         });
         let serving = shared.clone();
+        let https = tls.is_some();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, serving.clone()));
+                let shared = serving.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve(stream, shared));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, shared).await;
+                            }
+                        });
+                    }
+                }
             }
         });
-        Self { addr, shared, task }
+        Self {
+            addr,
+            https,
+            shared,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hooks", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/hooks", self.addr)
     }
 
     /// Every request so far, in arrival order.
@@ -112,7 +165,7 @@ impl Receiver {
     }
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Arc<Shared>) {
     let mut reader = BufReader::new(stream);
     let mut headers = Vec::new();
     loop {

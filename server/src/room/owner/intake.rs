@@ -188,7 +188,7 @@ impl RoomTask {
         }
         state.last_change = Some(SystemTime::now());
         if local && let Some(hooks) = &self.webhooks {
-            hooks.document_changed(&self.name, applied.len(), || state.room.state_vector_v1());
+            hooks.document_changed(&self.name, || state.room.state_vector_v1());
         }
         if self.log_is_long(state) {
             self.start_routine_compaction(state);
