@@ -116,8 +116,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            let cluster = crate::cluster::Cluster::new(url, args.cluster.cluster_config(), ca)
-                .context("--redis-url")?;
+            let cluster = crate::cluster::Cluster::new(
+                url,
+                args.cluster.redis_cluster,
+                args.cluster.cluster_config(),
+                ca,
+            )
+            .context("--redis-url")?;
             info!(node = cluster.node(), prefix = %cluster.config().prefix, "cluster mode: rooms are shared through Redis");
             Some(cluster)
         }

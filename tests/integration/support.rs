@@ -203,6 +203,13 @@ impl ServerProcess {
         .await
     }
 
+    /// Starts the binary with `env` set in its environment.
+    pub async fn start_with_env(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crdt-hub-under-test"));
+        command.envs(env.iter().copied());
+        Self::spawn(command, database_url, extra).await
+    }
+
     /// Starts the binary with its file descriptor limit (soft and hard) set
     /// to `nofile`, through util-linux's `prlimit`, which then execs it (the
     /// child's pid is the server's).
@@ -880,15 +887,23 @@ pub struct TestPki {
 }
 
 pub fn make_pki() -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (redis-server, redis-cli) takes a certificate
+    // whose issuer is its own subject for self-signed, and rejects it.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "crdt-hub test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params
         .subject_alt_names
         .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));

@@ -12,9 +12,16 @@ pub struct ClusterArgs {
     /// Join a cluster through this Redis (redis://HOST:PORT[/DB], or
     /// rediss:// for TLS): rooms share updates and awareness with every
     /// other node using the same Redis and prefix. Without it the node
-    /// runs standalone.
+    /// runs standalone. With --redis-cluster: one or more seed nodes of a
+    /// Redis Cluster, comma-separated.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// --redis-url names nodes of a Redis Cluster (cluster mode enabled):
+    /// the rest of the cluster is discovered from them, and each room's
+    /// keys go to the master of the room's slot.
+    #[arg(long, env = "CRDT_HUB_REDIS_CLUSTER", requires = "redis_url")]
+    pub redis_cluster: bool,
 
     /// With a rediss:// URL: trust the CA certificates in this PEM file
     /// (a private CA) instead of the system's roots.

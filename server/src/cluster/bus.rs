@@ -80,7 +80,7 @@ impl RoomBus {
         let (outbox, queue) = mpsc::channel(cluster.config.publish_queue);
         let span = tracing::info_span!(parent: None, "cluster", room = %room);
         let publisher = Publisher {
-            redis: cluster.manager.clone(),
+            redis: cluster.shared.clone(),
             key: keys.stream.clone(),
             node: cluster.node.clone(),
             maxlen: cluster.config.stream_maxlen,
@@ -89,9 +89,8 @@ impl RoomBus {
         tokio::spawn(publisher.run(queue).instrument(span.clone()));
         let (start_reader, start) = oneshot::channel();
         let reader = Reader {
-            client: cluster.client.clone(),
+            cluster: cluster.clone(),
             key: keys.stream.clone(),
-            node: cluster.node.clone(),
             inbox: inbox.clone(),
             start,
             stop: stop.clone(),
@@ -317,11 +316,12 @@ struct Membership {
 }
 
 /// Claims the room's interest (telling the reader where to start and the
-/// room what it found), then every sync interval: asks the room to publish
-/// its state vector and expire stale remote awareness, renews the claim
-/// (telling the room whether other nodes hold it, or that it is being
-/// deleted), and takes or renews the compaction lease. When the room
-/// unloads: releases the lease and withdraws the claim.
+/// room what it found) and asks for the compaction lease, then every sync
+/// interval: asks the room to publish its state vector and expire stale
+/// remote awareness, renews the claim (telling the room whether other nodes
+/// hold it, or that it is being deleted), and takes or renews the
+/// compaction lease. When the room unloads: releases the lease and
+/// withdraws the claim.
 async fn heartbeat(
     membership: Membership,
     start_reader: oneshot::Sender<Option<String>>,
@@ -342,7 +342,7 @@ async fn heartbeat(
     let lease_ttl = (interval * 3)
         .max(std::time::Duration::from_secs(2))
         .min(key_ttl);
-    let mut redis = cluster.manager.clone();
+    let mut redis = cluster.shared.clone();
     let first = tokio::select! {
         () = stop.cancelled() => None,
         result = interest::renew(&mut redis, &keys, &cluster.node, key_ttl) => Some(result),
@@ -360,6 +360,15 @@ async fn heartbeat(
         }
         None => {}
     }
+    let lease = LeaseRenewal {
+        lease,
+        key: lease_key,
+        node: cluster.node.clone(),
+        ttl: lease_ttl,
+    };
+    // Now rather than one interval later: until then the room does not
+    // compact on its own accord (see `lease`).
+    lease.refresh(&mut redis, &stop).await;
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !stop.is_cancelled() {
@@ -387,16 +396,43 @@ async fn heartbeat(
                 }
             },
         }
-        let refresh = lease.refresh(&mut redis, &lease_key, &cluster.node, lease_ttl);
-        tokio::select! {
-            () = stop.cancelled() => break,
-            result = refresh => if let Err(e) = result {
-                debug!(error = %e, "compaction lease unavailable; compacting as if alone");
-            },
+        if !lease.refresh(&mut redis, &stop).await {
+            break;
         }
     }
-    lease.release(&mut redis, &lease_key, &cluster.node).await;
+    lease.release(&mut redis).await;
     if let Err(e) = interest::leave(&mut redis, &keys, &cluster.node).await {
         debug!(error = %e, "withdrawing the room's claim failed; it expires by itself");
+    }
+}
+
+/// The room's compaction lease as its heartbeat keeps it.
+struct LeaseRenewal {
+    lease: Lease,
+    key: String,
+    node: String,
+    ttl: std::time::Duration,
+}
+
+impl LeaseRenewal {
+    /// Takes or renews the lease; false if the room stopped first.
+    async fn refresh(
+        &self,
+        redis: &mut super::connection::Connection,
+        stop: &CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            () = stop.cancelled() => false,
+            result = self.lease.refresh(redis, &self.key, &self.node, self.ttl) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "compaction lease unavailable; compacting as if alone");
+                }
+                true
+            }
+        }
+    }
+
+    async fn release(&self, redis: &mut super::connection::Connection) {
+        self.lease.release(redis, &self.key, &self.node).await;
     }
 }

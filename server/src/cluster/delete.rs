@@ -69,7 +69,7 @@ impl Cluster {
         // every claim made before it was set.
         let ttl = key_ttl(self.config.sync_interval);
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let mut redis = self.manager.clone();
+        let mut redis = self.shared.clone();
         let mut others: i64 = redis::cmd("EVAL")
             .arg(BEGIN)
             .arg(3)
@@ -104,7 +104,7 @@ impl Cluster {
     /// Step 4: the room may be claimed (and created afresh) again.
     pub async fn deleted(&self, room: &RoomName) {
         let keys = self.room_keys(room);
-        let mut redis = self.manager.clone();
+        let mut redis = self.shared.clone();
         let removed: redis::RedisResult<()> = redis::cmd("DEL")
             .arg(&keys.tombstone)
             .query_async(&mut redis)

@@ -16,8 +16,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
+
+use super::connection::Connection;
 
 /// How long every key of a room lives past its last renewal: five sync
 /// intervals, so keys go at most 6 × `--cluster-sync-interval` after the
@@ -93,7 +94,7 @@ pub struct Renewed {
 /// # Errors
 /// Redis's.
 pub async fn renew(
-    redis: &mut ConnectionManager,
+    redis: &mut Connection,
     keys: &RoomKeys,
     node: &str,
     ttl: Duration,
@@ -121,11 +122,7 @@ pub async fn renew(
 ///
 /// # Errors
 /// Redis's (the claim then expires by itself).
-pub async fn leave(
-    redis: &mut ConnectionManager,
-    keys: &RoomKeys,
-    node: &str,
-) -> redis::RedisResult<()> {
+pub async fn leave(redis: &mut Connection, keys: &RoomKeys, node: &str) -> redis::RedisResult<()> {
     redis::cmd("EVAL")
         .arg(LEAVE)
         .arg(2)

@@ -1,13 +1,16 @@
 //! The compaction lease: `SET {prefix}:lease:{room} NODE NX PX …`, renewed
 //! by its holder, so that one node at a time compacts a room. Concurrent
 //! compactions are safe (snapshots are CRDT merges), so the lease only saves
-//! work: when Redis cannot be asked, a node compacts as if alone.
+//! work: when Redis cannot be asked, a node compacts as if alone. Until its
+//! first answer, a room that just loaded does not compact on its own
+//! accord: assuming it held the lease let every node that loaded a room
+//! compact it during its first sync interval, whoever held the lease.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::connection::Connection;
 
 /// Deletes the lease only if this node holds it.
 const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -22,9 +25,10 @@ pub struct Lease {
 
 impl Default for Lease {
     fn default() -> Self {
-        // Until Redis answers, behave as a standalone node.
+        // Not held until Redis answers the room's first request for it, or
+        // fails to (see `refresh`).
         Self {
-            held: Arc::new(AtomicBool::new(true)),
+            held: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -38,7 +42,7 @@ impl Lease {
     /// it (on a Redis error: yes, see the module docs).
     pub async fn refresh(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut Connection,
         key: &str,
         node: &str,
         ttl: Duration,
@@ -73,7 +77,7 @@ impl Lease {
     }
 
     /// Gives the lease up if this node holds it (the room unloads).
-    pub async fn release(&self, redis: &mut ConnectionManager, key: &str, node: &str) {
+    pub async fn release(&self, redis: &mut Connection, key: &str, node: &str) {
         let _: redis::RedisResult<i64> = redis::cmd("EVAL")
             .arg(RELEASE)
             .arg(1)

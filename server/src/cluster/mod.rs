@@ -20,11 +20,17 @@
 //!
 //! Redis trouble never stops a room: publishing and reading log, back off
 //! and retry while the room keeps serving its local clients.
+//!
+//! The bus runs the same on one Redis and on a Redis Cluster
+//! (`--redis-cluster`): every key of a room hashes to one slot, and every
+//! command names keys of one room only, so only the connections differ
+//! (`connection`).
 
 mod anti_entropy;
 mod args;
 mod awareness;
 mod bus;
+mod connection;
 mod delete;
 mod interest;
 mod lease;
@@ -98,9 +104,9 @@ fn redis_backoff() -> crate::backoff::Backoff {
 /// This node's membership in a cluster: shared by every room.
 pub struct Cluster {
     node: String,
-    client: redis::Client,
-    /// Publishing and leases (multiplexed; reconnects by itself).
-    manager: redis::aio::ConnectionManager,
+    redis: connection::Redis,
+    /// Publishing, scripts and leases (multiplexed; reconnects by itself).
+    shared: connection::Connection,
     config: ClusterConfig,
 }
 
@@ -115,41 +121,27 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Prepares the connection to Redis (lazily: a node starts, and serves
-    /// locally, while Redis is unreachable). With `ca_pem`, a rediss://
-    /// connection trusts those CA certificates instead of the system's.
+    /// locally, while Redis is unreachable). With `redis_cluster`, `url`
+    /// names seed nodes of a Redis Cluster (comma-separated). With
+    /// `ca_pem`, rediss:// connections trust those CA certificates instead
+    /// of the system's.
     ///
     /// # Errors
-    /// When the URL is not a valid Redis URL.
+    /// When a URL is not a valid Redis URL.
     pub fn new(
         url: &str,
+        redis_cluster: bool,
         config: ClusterConfig,
         ca_pem: Option<Vec<u8>>,
     ) -> redis::RedisResult<Arc<Self>> {
-        let client = match ca_pem {
-            Some(root_cert) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )?,
-            None => redis::Client::open(url)?,
-        };
-        let manager = client.get_connection_manager_lazy(
-            redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(5)))
-                .set_max_delay(Duration::from_secs(2))
-                // Fail fast while Redis is away: the publisher drops and
-                // backs off, anti-entropy repairs; nothing waits on it.
-                .set_number_of_retries(1),
-        )?;
+        let redis = connection::Redis::open(url, redis_cluster, ca_pem)?;
+        let shared = redis.shared()?;
         metrics::describe();
         let node = format!("{:016x}", rand::random::<u64>());
         Ok(Arc::new(Self {
             node,
-            client,
-            manager,
+            redis,
+            shared,
             config,
         }))
     }

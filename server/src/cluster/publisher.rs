@@ -5,17 +5,17 @@
 //! renews the stream's TTL: a stream that XADD creates has none, and no
 //! key of a room may outlive it (see `interest`).
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::BusMessage;
+use super::connection::Connection;
 
 /// Most entries sent in one pipeline.
 const BATCH: usize = 256;
 
 pub struct Publisher {
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub key: String,
     pub node: String,
     pub maxlen: usize,

@@ -1,4 +1,5 @@
-//! Reads a room's stream (`XREAD BLOCK`) on a connection of its own and
+//! Reads a room's stream (`XREAD BLOCK`) on a connection of its own (in
+//! cluster mode: its own connection to each master, see `connection`) and
 //! hands what other nodes published to the room's owner. Starts where the
 //! stream ended when the room claimed its interest (so it reads whatever a
 //! node that saw the claim published), or, when that claim failed, at the
@@ -6,6 +7,7 @@
 //! backoff and continues after the last entry it saw, so a blip loses
 //! nothing the stream still holds (anti-entropy covers the rest).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
@@ -13,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{BusMessage, Remote};
+use super::connection::Connection;
+use super::{BusMessage, Cluster, Remote};
 use crate::room::RoomCommand;
 
 /// How long one `XREAD` blocks on the server.
@@ -22,9 +25,8 @@ const BLOCK: Duration = Duration::from_secs(5);
 const COUNT: usize = 512;
 
 pub struct Reader {
-    pub client: redis::Client,
+    pub cluster: Arc<Cluster>,
     pub key: String,
-    pub node: String,
     /// On every (re)connect the reader tells the room, which then asks
     /// the other nodes for what it missed (when it shares the room).
     pub inbox: mpsc::Sender<RoomCommand>,
@@ -52,15 +54,8 @@ impl Reader {
         // Without a start, the first connection tells where the stream ends.
         let mut last: Option<String> = start;
         let mut backoff = super::redis_backoff();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
         loop {
-            let mut connection = match self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
+            let mut connection = match self.cluster.redis.dedicated().await {
                 Ok(connection) => connection,
                 Err(e) => {
                     super::metrics::redis_error();
@@ -121,7 +116,7 @@ impl Reader {
                 for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                     last.clone_from(&entry.id);
                     let node: Option<String> = entry.get("n");
-                    if node.as_deref() == Some(self.node.as_str()) {
+                    if node.as_deref() == Some(self.cluster.node.as_str()) {
                         continue; // our own
                     }
                     let kind: String = entry.get("k").unwrap_or_default();
@@ -141,10 +136,7 @@ impl Reader {
 }
 
 /// The id of the stream's last entry (`0-0` when it is empty or missing).
-async fn stream_end(
-    connection: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> redis::RedisResult<String> {
+async fn stream_end(connection: &mut Connection, key: &str) -> redis::RedisResult<String> {
     let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")

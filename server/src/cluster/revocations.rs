@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::Cluster;
+use super::connection::Notice;
 
 impl Cluster {
     fn revocations_channel(&self) -> String {
@@ -19,7 +19,7 @@ impl Cluster {
 
     /// Tells the other nodes that a revocation was stored.
     pub async fn announce_revocation(&self) {
-        let mut redis = self.manager.clone();
+        let mut redis = self.shared.clone();
         let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
             .arg(self.revocations_channel())
             .arg(&self.node)
@@ -41,15 +41,10 @@ impl Cluster {
         let mut backoff = super::redis_backoff();
         let channel = self.revocations_channel();
         loop {
-            let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let mut pubsub = tokio::select! {
+            let mut subscription = tokio::select! {
                 () = stop.cancelled() => return,
-                result = subscribed => match result {
-                    Ok(pubsub) => pubsub,
+                result = self.redis.subscribe(&channel) => match result {
+                    Ok(subscription) => subscription,
                     Err(e) => {
                         super::metrics::redis_error();
                         let delay = backoff.next_delay();
@@ -62,15 +57,13 @@ impl Cluster {
                 },
             };
             backoff.reset();
-            // Whatever was announced while unsubscribed.
-            reload();
-            let mut messages = pubsub.on_message();
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    message = messages.next() => match message {
-                        Some(message) => {
-                            let from: String = message.get_payload().unwrap_or_default();
+                    notice = subscription.next() => match notice {
+                        // Whatever was announced while unsubscribed.
+                        Some(Notice::Subscribed) => reload(),
+                        Some(Notice::Message(from)) => {
                             if from != self.node {
                                 reload();
                             }

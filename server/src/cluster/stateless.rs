@@ -35,7 +35,7 @@ impl Cluster {
     ) -> redis::RedisResult<usize> {
         let keys = self.room_keys(room);
         let ttl_ms = key_ttl(self.config.sync_interval).as_millis().max(1) as u64;
-        let mut redis = self.manager.clone();
+        let mut redis = self.shared.clone();
         redis::cmd("EVAL")
             .arg(PUBLISH)
             .arg(2)

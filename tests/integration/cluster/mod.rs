@@ -1,198 +1,40 @@
 //! Cluster mode: several real `crdt-hub` processes on one Postgres database
-//! share rooms through a real Redis (127.0.0.1:6379). Each test uses its
-//! own key prefix and deletes its keys at the end.
+//! share rooms through a real Redis (127.0.0.1:6379), and the important
+//! cases again through a real Redis Cluster (`on_redis_cluster`). Each
+//! test uses its own key prefix and deletes its keys at the end.
+
+mod common;
+mod on_redis_cluster;
+mod redis_cluster;
 
 use std::time::Duration;
 
-use base64::Engine;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use yrs::updates::decoder::Decode;
-use yrs::{ReadTxn, StateVector, Text, Transact};
+use yrs::Text;
 
 use super::support::{
     PostgresDb, ServerProcess, TcpProxy, YClient, http_get, http_request, snapshot_now, stored_doc,
     text_of,
 };
-
-const REDIS: &str = "redis://127.0.0.1:6379";
-const REDIS_ADDR: &str = "127.0.0.1:6379";
-/// Longest the nodes may take to agree again.
-const CONVERGE: Duration = Duration::from_secs(25);
-
-fn unique_prefix(test: &str) -> String {
-    format!(
-        "crdt-hub-test-{test}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
-async fn start_node(
-    database_url: &str,
-    redis_url: &str,
-    prefix: &str,
-    extra: &[&str],
-) -> ServerProcess {
-    let mut args = vec![
-        "--redis-url",
-        redis_url,
-        "--redis-prefix",
-        prefix,
-        "--cluster-sync-interval",
-        "300ms",
-        "--flush-interval",
-        "20ms",
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start(database_url, &args).await
-}
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect(
-            "Redis is not reachable at 127.0.0.1:6379; start it: \
-             redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no",
-        )
-}
-
-/// Deletes every key of `prefix` (streams and leases): what a Redis
-/// restart or FLUSHALL does to this cluster, without touching other tests.
-async fn delete_keys(prefix: &str) {
-    let mut redis = redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut redis)
-            .await
-            .unwrap();
-    }
-}
-
-/// Stops the nodes (they would publish again) and deletes the test's keys.
-async fn finish(nodes: Vec<ServerProcess>, prefix: &str) {
-    for mut node in nodes {
-        let _ = node.child.kill().await;
-    }
-    delete_keys(prefix).await;
-}
-
-fn state_vector(client: &YClient) -> StateVector {
-    client.doc().transact().state_vector()
-}
-
-/// Inserts `token` at a random place of the client's Y.Text "t", sent to
-/// its server (or only into its document while it is offline).
-async fn insert_randomly(client: &mut YClient, rng: &mut StdRng, token: &str, online: bool) {
-    let text = client.doc().get_or_insert_text("t");
-    let len = text.len(&client.doc().transact());
-    let at = rng.random_range(0..=len);
-    if online {
-        client.edit(|txn| text.insert(txn, at, token)).await;
-    } else {
-        text.insert(&mut client.doc().transact_mut(), at, token);
-    }
-}
-
-/// Pumps every client until all hold the same text and state vector.
-async fn converge(clients: &mut [YClient], what: &str) -> String {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        for client in clients.iter_mut() {
-            client.pump_for(Duration::from_millis(30)).await;
-        }
-        let text = clients[0].text("t");
-        let sv = state_vector(&clients[0]);
-        if clients
-            .iter()
-            .all(|c| c.text("t") == text && state_vector(c) == sv)
-        {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: clients did not converge: {:#?}",
-            clients
-                .iter()
-                .map(|c| (c.text("t"), c.closed.clone()))
-                .collect::<Vec<_>>()
-        );
-    }
-}
-
-/// The same characters, whatever the order: nothing lost, nothing doubled.
-fn assert_same_content(text: &str, inserted: &str) {
-    let mut got: Vec<char> = text.chars().collect();
-    let mut want: Vec<char> = inserted.chars().collect();
-    got.sort_unstable();
-    want.sort_unstable();
-    assert!(
-        got == want,
-        "content differs:\n got {text:?}\nwant (any order) {inserted:?}"
-    );
-}
-
-/// Polls each node's API until its state vector is `sv`.
-async fn assert_nodes_hold(nodes: &[&ServerProcess], room: &str, sv: &StateVector) {
-    let decode = |json: &serde_json::Value| {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(json["state_vector"].as_str()?)
-            .ok()?;
-        StateVector::decode_v1(&bytes).ok()
-    };
-    let deadline = Instant::now() + CONVERGE;
-    for node in nodes {
-        loop {
-            let (status, body) = http_get(node.addr, &format!("/api/rooms/{room}")).await;
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if status == 200 && decode(&json).as_ref() == Some(sv) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} still differs: {status} {body}",
-                node.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Rounds of random concurrent inserts from every client.
-async fn edit_rounds(
-    clients: &mut [YClient],
-    rng: &mut StdRng,
-    inserted: &mut String,
-    rounds: std::ops::Range<usize>,
-) {
-    for round in rounds {
-        for (i, client) in clients.iter_mut().enumerate() {
-            let token = format!("[{i}.{round}]");
-            insert_randomly(client, rng, &token, true).await;
-            inserted.push_str(&token);
-        }
-        for client in clients.iter_mut() {
-            client.pump_for(Duration::from_millis(5)).await;
-        }
-    }
-}
+use common::{
+    Bus, CONVERGE, REDIS, REDIS_ADDR, assert_nodes_hold, assert_rows_gone, assert_same_content,
+    converge, delete_keys, delete_through, edit_rounds, finish, insert_randomly, keys_of, redis,
+    start_node, state_vector, unique_prefix,
+};
 
 #[tokio::test]
 async fn three_nodes_converge_under_concurrent_edits() {
+    concurrent_edits_converge(&Bus::Single).await;
+}
+
+async fn concurrent_edits_converge(bus: &Bus) {
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("converge");
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(start_node(&db.url, REDIS, &prefix, &[]).await);
+        nodes.push(bus.start_node(&db, &prefix, &[]).await);
     }
     let room = "shared";
     let mut clients = Vec::new();
@@ -230,7 +72,7 @@ async fn three_nodes_converge_under_concurrent_edits() {
     assert_same_content(&text, &inserted);
     let sv = state_vector(&clients[0]);
     assert_nodes_hold(&nodes.iter().collect::<Vec<_>>(), room, &sv).await;
-    finish(nodes, &prefix).await;
+    bus.finish(nodes, &prefix).await;
 }
 
 #[tokio::test]
@@ -282,6 +124,70 @@ async fn a_killed_nodes_clients_move_to_the_others_and_nothing_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    finish(nodes, &prefix).await;
+}
+
+/// Snapshots written by a node so far (`crdt_hub_snapshots_total`).
+async fn snapshots_written(node: &ServerProcess) -> u64 {
+    let (status, body) = http_get(node.addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix("crdt_hub_snapshots_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// A node that loads a room asks for the compaction lease before it
+/// compacts the room on its own accord: with snapshots due every 200 ms and
+/// the lease renewed only every 10 s, a node that assumed the lease until
+/// its first renewal compacted alongside the holder for 10 s.
+#[tokio::test]
+async fn only_the_lease_holder_compacts_a_room_from_the_moment_it_loads() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("lease");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let args = [
+            "--redis-url",
+            REDIS,
+            "--redis-prefix",
+            &prefix,
+            "--cluster-sync-interval",
+            "10s",
+            "--snapshot-interval",
+            "200ms",
+            "--flush-interval",
+            "20ms",
+        ];
+        nodes.push(ServerProcess::start(&db.url, &args).await);
+    }
+    let room = "leased";
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(YClient::connect(&node.url(room)).await);
+    }
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut inserted = String::new();
+    // Every node has edits of its own client to compact, for well over
+    // five snapshot intervals.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut round = 0;
+    while Instant::now() < until {
+        edit_rounds(&mut clients, &mut rng, &mut inserted, round..round + 1).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = converge(&mut clients, "after the edits").await;
+    assert_same_content(&text, &inserted);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut written = Vec::new();
+    for node in &nodes {
+        written.push(snapshots_written(node).await);
+    }
+    assert_eq!(
+        written.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one node (the lease holder) should have compacted the room; snapshots per node: {written:?}"
+    );
     finish(nodes, &prefix).await;
 }
 
@@ -372,10 +278,14 @@ async fn nodes_that_missed_bus_messages_converge_through_anti_entropy() {
 
 #[tokio::test]
 async fn awareness_crosses_nodes_and_is_removed_when_its_client_leaves() {
+    awareness_crosses_nodes(&Bus::Single).await;
+}
+
+async fn awareness_crosses_nodes(bus: &Bus) {
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("awareness");
-    let node_a = start_node(&db.url, REDIS, &prefix, &[]).await;
-    let node_b = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_a = bus.start_node(&db, &prefix, &[]).await;
+    let node_b = bus.start_node(&db, &prefix, &[]).await;
     let room = "presence";
     let mut a = YClient::connect(&node_a.url(room)).await;
     let mut b = YClient::connect(&node_b.url(room)).await;
@@ -394,7 +304,7 @@ async fn awareness_crosses_nodes_and_is_removed_when_its_client_leaves() {
     .await;
 
     // A node that loads the room later asks the others who is there.
-    let node_c = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_c = bus.start_node(&db, &prefix, &[]).await;
     let mut c = YClient::connect(&node_c.url(room)).await;
     c.until("alice's awareness on node C", |c| {
         c.awareness.state::<serde_json::Value>(alice).is_some()
@@ -410,7 +320,7 @@ async fn awareness_crosses_nodes_and_is_removed_when_its_client_leaves() {
         c.awareness.state::<serde_json::Value>(alice).is_none()
     })
     .await;
-    finish(vec![node_a, node_b, node_c], &prefix).await;
+    bus.finish(vec![node_a, node_b, node_c], &prefix).await;
 }
 
 #[tokio::test]
@@ -450,16 +360,6 @@ async fn awareness_of_a_dead_nodes_clients_times_out() {
     );
     drop(a);
     finish(vec![node_a, node_b], &prefix).await;
-}
-
-/// The names of the keys of `prefix` that Redis holds now.
-async fn keys_of(prefix: &str) -> Vec<String> {
-    let mut redis = redis().await;
-    redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap()
 }
 
 async fn used_memory() -> i64 {
@@ -650,6 +550,10 @@ const UNLOAD_SLACK: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_room_deleted_through_one_node_is_closed_and_stays_deleted_on_the_others() {
+    deleted_everywhere(&Bus::Single).await;
+}
+
+async fn deleted_everywhere(bus: &Bus) {
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("delete");
     // Short snapshot interval and idle timeout: B gets every chance to save
@@ -660,8 +564,8 @@ async fn a_room_deleted_through_one_node_is_closed_and_stays_deleted_on_the_othe
         "--room-idle-timeout",
         "300ms",
     ];
-    let a = start_node(&db.url, REDIS, &prefix, &flags).await;
-    let b = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let a = bus.start_node(&db, &prefix, &flags).await;
+    let b = bus.start_node(&db, &prefix, &flags).await;
     let room = "doomed";
     let mut alice = YClient::connect(&a.url(room)).await;
     let mut bob = YClient::connect(&b.url(room)).await;
@@ -690,7 +594,7 @@ async fn a_room_deleted_through_one_node_is_closed_and_stays_deleted_on_the_othe
     assert_eq!(fresh.text("t"), "");
     assert_eq!(fresh.closed, None);
     drop(fresh);
-    finish(vec![a, b], &prefix).await;
+    bus.finish(vec![a, b], &prefix).await;
 }
 
 #[tokio::test]
@@ -749,14 +653,18 @@ async fn a_restore_through_a_node_without_clients_reaches_the_clients_of_another
 
 #[tokio::test]
 async fn a_revocation_made_through_one_node_closes_sessions_on_the_others_at_once() {
+    revocation_reaches_every_node(&Bus::Single).await;
+}
+
+async fn revocation_reaches_every_node(bus: &Bus) {
     const SECRET: &str = "cluster-revocation-secret";
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("revoke");
     // Nodes that would look at the database only once an hour: the
     // announcement on Redis is what reaches node B.
     let flags = ["--auth-secret", SECRET, "--revocation-refresh", "1h"];
-    let a = start_node(&db.url, REDIS, &prefix, &flags).await;
-    let b = start_node(&db.url, REDIS, &prefix, &flags).await;
+    let a = bus.start_node(&db, &prefix, &flags).await;
+    let b = bus.start_node(&db, &prefix, &flags).await;
     let room = "revoked";
     let mallory = crdt_hub::auth::mint_hs256_for(
         SECRET,
@@ -788,45 +696,27 @@ async fn a_revocation_made_through_one_node_closes_sessions_on_the_others_at_onc
     assert_eq!(revoked.status, 201, "{:?}", revoked.body);
     assert_eq!(on_a.close_code().await, Some(4403), "closed on node A");
     assert_eq!(on_b.close_code().await, Some(4403), "closed on node B too");
-    finish(vec![a, b], &prefix).await;
-}
-
-/// Deletes `room` through the API of the node at `addr`.
-async fn delete_through(addr: std::net::SocketAddr, room: &str) {
-    let deleted = http_request(
-        addr,
-        "DELETE",
-        &format!("/api/rooms/{room}?confirm={room}"),
-        &[],
-        vec![],
-    )
-    .await;
-    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
-}
-
-/// Nothing of `room` is stored: no node brought it back after the delete.
-async fn assert_rows_gone(database_url: &str, room: &str) {
-    let stored = crdt_store::connect(database_url).await.unwrap();
-    let name = crdt_store::RoomName::parse(room).unwrap();
-    assert!(
-        stored.load(&name).await.unwrap().is_empty(),
-        "node B brought the deleted room back"
-    );
+    bus.finish(vec![a, b], &prefix).await;
 }
 
 /// A Hocuspocus provider on one node and a y-websocket client on another
 /// share a room through the bus, both ways.
 #[tokio::test]
 async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_room() {
+    hocuspocus_and_y_websocket_share(&Bus::Single).await;
+}
+
+async fn hocuspocus_and_y_websocket_share(bus: &Bus) {
     use crate::hocuspocus::{Provider, insert};
     use crdt_hub_core::hocuspocus::kind;
+    use yrs::Transact;
     use yrs::encoding::read::{Cursor, Read};
     use yrs::updates::decoder::Decode;
 
     let db = PostgresDb::create().await;
     let prefix = unique_prefix("hocuspocus");
-    let node_a = start_node(&db.url, REDIS, &prefix, &[]).await;
-    let node_b = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_a = bus.start_node(&db, &prefix, &[]).await;
+    let node_b = bus.start_node(&db, &prefix, &[]).await;
     let room = "mixed";
     let mut provider = Provider::connect(node_a.addr).await;
     provider.auth(room, "").await;
@@ -863,7 +753,7 @@ async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_r
 
     // A stateless message posted to any node reaches the provider: through
     // node B, which holds the room, and through node C, which does not.
-    let node_c = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let node_c = bus.start_node(&db, &prefix, &[]).await;
     for (node, said) in [(&node_b, "through B"), (&node_c, "through C")] {
         let answer = http_request(
             node.addr,
@@ -878,7 +768,7 @@ async fn a_hocuspocus_provider_and_a_y_websocket_client_on_other_nodes_share_a_r
         let mut cursor = Cursor::new(&got.payload);
         assert_eq!(cursor.read_string().unwrap(), said);
     }
-    finish(vec![node_a, node_b, node_c], &prefix).await;
+    bus.finish(vec![node_a, node_b, node_c], &prefix).await;
 }
 
 /// `rediss://`: two nodes share a room through a Redis that speaks only
