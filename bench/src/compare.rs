@@ -4,7 +4,6 @@
 //! ratios (the median of the per-round ratios, each taken between runs
 //! minutes apart rather than across the whole session).
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -14,14 +13,19 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::conn::ConnectOptions;
-use crate::fanout::{self, FanoutConfig};
-use crate::idle::{self, IdleConfig};
-use crate::ingest::{self, IngestConfig, Trace};
-use crate::join_storm::{self, StormConfig};
+use crate::ingest;
 use crate::procstat;
 use crate::servers::{self, Paths, Server, ServerKind};
-use crate::stats::{Metric, median};
+use crate::stats::Metric;
+use crate::wire::Protocol;
+
+mod runs;
+mod saturation;
+mod table;
+
+use runs::{fanout_run, idle_run, ingest_run, storm_run};
+pub(crate) use table::fmt;
+use table::render;
 
 /// The configurations `compare` knows, in the order it runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,9 +44,49 @@ pub enum Config {
     B4,
 }
 
+impl Config {
+    /// What `compare --protocol` runs when `--only` is not given: over
+    /// Hocuspocus, the fan-out configurations (the targets, with
+    /// the same sizes as over y-websocket).
+    pub fn defaults(protocol: Protocol) -> Vec<Self> {
+        match protocol {
+            Protocol::YWebsocket => vec![
+                Self::Fanout,
+                Self::Saturation,
+                Self::BigRoom,
+                Self::Idle,
+                Self::JoinStorm,
+                Self::B4,
+            ],
+            Protocol::Hocuspocus => vec![Self::Fanout, Self::Saturation, Self::BigRoom],
+        }
+    }
+}
+
+/// What `compare --protocol` compares when `--servers` is not given:
+/// crdt-hub over that protocol against the servers its users would run
+/// instead. Hocuspocus 3.x is in both: over y-websocket it is the peer
+/// crdt-hub has always been measured against.
+pub fn default_servers(protocol: Protocol) -> Vec<ServerKind> {
+    match protocol {
+        Protocol::YWebsocket => vec![
+            ServerKind::CrdtHub,
+            ServerKind::YWebsocket,
+            ServerKind::Hocuspocus,
+        ],
+        Protocol::Hocuspocus => vec![
+            ServerKind::CrdtHubHp,
+            ServerKind::Hocuspocus,
+            ServerKind::Hocuspocus4,
+        ],
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
     pub quick: bool,
+    /// Only for the record: `servers` and `configs` already follow it.
+    pub protocol: Protocol,
     pub rounds: usize,
     pub servers: Vec<ServerKind>,
     pub configs: Vec<Config>,
@@ -131,6 +175,9 @@ struct Results {
 struct Harness {
     paths: Paths,
     servers: Vec<ServerKind>,
+    /// Appended to every table's title: a Hocuspocus-protocol table must
+    /// not be mistaken for (or merged with) the y-websocket one.
+    title_suffix: &'static str,
     log: std::fs::File,
     markdown: String,
     markdown_path: PathBuf,
@@ -156,23 +203,38 @@ pub async fn run(options: CompareOptions) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let log_path = out_dir.join(format!("compare-{stamp}.jsonl"));
+    let all_hocuspocus = options
+        .servers
+        .iter()
+        .all(|s| s.protocol() == Protocol::Hocuspocus);
     let mut harness = Harness {
         servers: options.servers.clone(),
+        title_suffix: if all_hocuspocus {
+            " (Hocuspocus protocol)"
+        } else {
+            ""
+        },
         log: std::fs::File::create(&log_path)?,
         markdown: String::new(),
         markdown_path: out_dir.join(format!("compare-{stamp}.md")),
         paths,
     };
     harness.say(&format!(
-        "# compare{}: {} round(s), servers {}; crdt-hub binary {} {}; open-file limit {fd_limit}; node {}; @y/websocket-server {}, @hocuspocus/server {}, yjs {}\n",
+        "# compare{}{}: {} round(s), servers {}; crdt-hub binary {} {}; open-file limit {fd_limit}; node {} (hocuspocus4: {}); @y/websocket-server {}, @hocuspocus/server {}, hocuspocus4 {}, yjs {}\n",
         if options.quick { " --quick" } else { "" },
+        match options.protocol {
+            Protocol::YWebsocket => "",
+            Protocol::Hocuspocus => " --protocol hocuspocus",
+        },
         options.rounds,
         options.servers.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
         harness.paths.crdt_hub.display(),
         harness.paths.crdt_hub_args.join(" "),
-        servers::node_version(),
+        servers::node_version(&harness.paths.node_for(ServerKind::Hocuspocus)),
+        servers::node_version(&harness.paths.node_for(ServerKind::Hocuspocus4)),
         servers::package_version(&harness.paths.peers, "@y/websocket-server"),
         servers::package_version(&harness.paths.peers, "@hocuspocus/server"),
+        servers::package_version(&harness.paths.peers, servers::HOCUSPOCUS4),
         servers::package_version(&harness.paths.peers, "yjs"),
     ));
     eprintln!("raw results: {}", log_path.display());
@@ -262,110 +324,6 @@ pub async fn run(options: CompareOptions) -> Result<()> {
     Ok(())
 }
 
-async fn fanout_run(
-    target: Target,
-    clients: usize,
-    rooms: usize,
-    rate: f64,
-    duration: Duration,
-) -> Result<Measured> {
-    let report = fanout::run(&fanout_config(&target, clients, rooms, rate, duration)).await?;
-    Ok(Measured {
-        metrics: report.metrics(),
-        report: serde_json::to_value(&report)?,
-    })
-}
-
-fn fanout_config(
-    target: &Target,
-    clients: usize,
-    rooms: usize,
-    rate: f64,
-    duration: Duration,
-) -> FanoutConfig {
-    FanoutConfig {
-        bases: vec![target.base.clone()],
-        protocol: target.kind.protocol(),
-        clients,
-        rooms,
-        rate,
-        duration,
-        room_prefix: "fanout".into(),
-        connect: ConnectOptions::default(),
-        connect_concurrency: 64,
-        drain_timeout: Duration::from_secs(10),
-        server_pids: vec![target.pid],
-        check_convergence: true,
-        gapped_updates: 0,
-    }
-}
-
-async fn idle_run(
-    target: Target,
-    connections: usize,
-    rooms: usize,
-    idle: Duration,
-) -> Result<Measured> {
-    let report = idle::run(&IdleConfig {
-        base: target.base.clone(),
-        protocol: target.kind.protocol(),
-        connections,
-        rooms,
-        idle,
-        room_prefix: "idle".into(),
-        connect: ConnectOptions {
-            timeout: Duration::from_secs(30),
-            read_buffer: 4 * 1024,
-            ..ConnectOptions::default()
-        },
-        connect_concurrency: 128,
-        server_pid: target.pid,
-    })
-    .await?;
-    Ok(Measured {
-        metrics: report.metrics(),
-        report: serde_json::to_value(&report)?,
-    })
-}
-
-async fn storm_run(target: Target, joiners: usize, bytes: usize) -> Result<Measured> {
-    let report = join_storm::run(&StormConfig {
-        base: target.base.clone(),
-        protocol: target.kind.protocol(),
-        room: "storm".into(),
-        doc_bytes: bytes,
-        joiners,
-        spread: Duration::from_secs(1),
-        timeout: Duration::from_secs(120),
-        server_pid: target.pid,
-    })
-    .await?;
-    Ok(Measured {
-        metrics: report.metrics(),
-        report: serde_json::to_value(&report)?,
-    })
-}
-
-async fn ingest_run(target: Target, trace: &Trace) -> Result<Measured> {
-    let report = ingest::run(
-        &IngestConfig {
-            base: target.base.clone(),
-            protocol: target.kind.protocol(),
-            room: "b4".into(),
-            observers: 10,
-            window: 1024,
-            timeout: Duration::from_secs(240),
-            server_pid: target.pid,
-        },
-        trace,
-    )
-    .await?;
-    Ok(Measured {
-        metrics: report.metrics(),
-        report: serde_json::to_value(&report)?,
-    })
-}
-
 impl Harness {
     fn say(&mut self, text: &str) {
         println!("{text}");
@@ -381,8 +339,9 @@ impl Harness {
     /// Runs `measure` `rounds` times against every server, alternating, and
     /// prints the table.
     async fn measure(&mut self, title: &str, rounds: usize, measure: &Measure<'_>) -> Results {
+        let title = &format!("{title}{}", self.title_suffix);
         let mut results = Results {
-            title: title.to_owned(),
+            title: title.clone(),
             servers: self.servers.clone(),
             runs: Vec::new(),
             notes: Vec::new(),
@@ -430,250 +389,22 @@ impl Harness {
         }
         outcome
     }
-
-    /// Per server: the highest fan-out rate whose p99 stays within 50 ms
-    /// with 99 % delivered. Starts from the fixed-rate medians, climbs the
-    /// ladder until a rate fails, then bisects twice between the last
-    /// passing and the first failing rate.
-    async fn saturation(&mut self, plan: &Plan, fixed: &[(f64, Results)]) {
-        let mut lines = vec![
-            "## saturation: 200 clients, 20 rooms; highest rate with p99 ≤ 50 ms and delivery ≥ 99 %\n".to_owned(),
-            "| server | saturation rate (updates/s per client) | deliveries/s sustained there | p99 there ms | lowest failing rate tried | why it failed |".to_owned(),
-            "|---|---|---|---|---|---|".to_owned(),
-        ];
-        for (index, kind) in self.servers.clone().into_iter().enumerate() {
-            let mut best: Option<Probe> = None;
-            let mut failed: Option<Probe> = None;
-            for (rate, results) in fixed {
-                let value = |name: &str| column_median(results, index, name);
-                let probe = Probe {
-                    rate: *rate,
-                    keeps_up: value(fanout::KEEPS_UP) == 1.0,
-                    sustained: value("sustained deliveries/s"),
-                    p99: value("p99 ms"),
-                    why: format!(
-                        "median of rounds: p99 {:.1} ms, delivery {:.3}",
-                        value("p99 ms"),
-                        value("delivery ratio")
-                    ),
-                };
-                if !probe.keeps_up {
-                    failed = Some(probe);
-                    break;
-                }
-                best = Some(probe);
-            }
-            if failed.is_none() {
-                for &rate in &plan.saturation_ladder {
-                    let probe = self.probe(kind, rate, plan.saturation_duration).await;
-                    if !probe.keeps_up {
-                        failed = Some(probe);
-                        break;
-                    }
-                    best = Some(probe);
-                }
-            }
-            for _ in 0..2 {
-                let (Some(low), Some(high)) = (&best, &failed) else {
-                    break;
-                };
-                let rate = ((low.rate + high.rate) / 2.0).round();
-                if rate <= low.rate || rate >= high.rate {
-                    break;
-                }
-                let probe = self.probe(kind, rate, plan.saturation_duration).await;
-                if probe.keeps_up {
-                    best = Some(probe);
-                } else {
-                    failed = Some(probe);
-                }
-            }
-            let (rate, dps, p99) = best
-                .as_ref()
-                .map_or(("below the lowest".to_owned(), f64::NAN, f64::NAN), |b| {
-                    (format!("{}", b.rate), b.sustained, b.p99)
-                });
-            let (fail_rate, why) = failed.map_or(("none failed".to_owned(), String::new()), |f| {
-                (format!("{}", f.rate), f.why)
-            });
-            lines.push(format!(
-                "| {} | {rate} | {} | {} | {fail_rate} | {why} |",
-                kind.name(),
-                fmt(dps),
-                fmt(p99)
-            ));
-        }
-        lines.push(String::new());
-        lines.push(format!(
-            "Ladder above the fixed rates: {:?} updates/s per client, then two bisection steps; {} s per step, one run per step.\n",
-            plan.saturation_ladder,
-            plan.saturation_duration.as_secs()
-        ));
-        let text = lines.join("\n");
-        self.say(&text);
-    }
-
-    /// One saturation step: a fresh server, one fan-out run at `rate`.
-    async fn probe(&mut self, kind: ServerKind, rate: f64, duration: Duration) -> Probe {
-        eprintln!("[saturation] {}: {rate} updates/s per client", kind.name());
-        let outcome = self
-            .once(kind, &|t| Box::pin(fanout_run(t, 200, 20, rate, duration)))
-            .await;
-        let measured = match outcome {
-            Ok(measured) => measured,
-            Err(e) => {
-                return Probe {
-                    rate,
-                    keeps_up: false,
-                    sustained: f64::NAN,
-                    p99: f64::NAN,
-                    why: format!("{e:#}"),
-                };
-            }
-        };
-        self.log_json(json!({"config": "saturation", "server": kind.name(), "rate": rate, "report": measured.report}));
-        let value = |name: &str| {
-            measured
-                .metrics
-                .iter()
-                .find(|m| m.name == name)
-                .map_or(f64::NAN, |m| m.value)
-        };
-        Probe {
-            rate,
-            keeps_up: value(fanout::KEEPS_UP) == 1.0,
-            sustained: value("sustained deliveries/s"),
-            p99: value("p99 ms"),
-            why: format!(
-                "p99 {:.1} ms, delivery {:.3}, closed by server {}, connect failures {}",
-                value("p99 ms"),
-                value("delivery ratio"),
-                value("closed by server"),
-                value("connect failures")
-            ),
-        }
-    }
 }
 
-/// One rate tried in the saturation search.
-struct Probe {
-    rate: f64,
-    keeps_up: bool,
-    sustained: f64,
-    p99: f64,
-    why: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Median of one metric for one server over the rounds.
-fn column_median(results: &Results, server: usize, name: &str) -> f64 {
-    let values: Vec<f64> = results
-        .runs
-        .iter()
-        .filter_map(|row| row[server].as_ref())
-        .filter_map(|m| m.metrics.iter().find(|x| x.name == name).map(|x| x.value))
-        .collect();
-    median(&values)
-}
-
-/// Counts and pass/fail flags: a ratio of them means nothing.
-const NO_RATIO: &[&str] = &[
-    fanout::KEEPS_UP,
-    "connect failures",
-    "closed by server",
-    "closed while idle",
-];
-
-/// The markdown table of one configuration.
-fn render(results: &Results) -> String {
-    let Some(names) = results
-        .runs
-        .iter()
-        .flatten()
-        .flatten()
-        .map(|m| m.metrics.iter().map(|x| x.name).collect::<Vec<_>>())
-        .next()
-    else {
-        return format!(
-            "## {}\n\nno run succeeded\n\n{}\n",
-            results.title,
-            results.notes.join("\n")
-        );
-    };
-    let hub = results
-        .servers
-        .iter()
-        .position(|s| *s == ServerKind::CrdtHub);
-    let peers: Vec<usize> = (0..results.servers.len())
-        .filter(|&i| Some(i) != hub)
-        .collect();
-    let mut out = format!(
-        "## {}\n\n| metric (median of {} rounds) |",
-        results.title,
-        results.runs.len()
-    );
-    for server in &results.servers {
-        let _ = write!(out, " {} |", server.name());
-    }
-    if hub.is_some() {
-        for &p in &peers {
-            let _ = write!(out, " crdt-hub / {} |", results.servers[p].name());
+    #[test]
+    fn the_hocuspocus_preset_drives_everyone_over_hocuspocus() {
+        let servers = default_servers(Protocol::Hocuspocus);
+        assert!(servers.iter().all(|s| s.protocol() == Protocol::Hocuspocus));
+        assert_eq!(servers.iter().filter(|s| s.is_crdt_hub()).count(), 1);
+        // The fan-out targets, as over y-websocket: the same sizes follow
+        // from the shared Plan.
+        let ws = Config::defaults(Protocol::YWebsocket);
+        for config in Config::defaults(Protocol::Hocuspocus) {
+            assert!(ws.contains(&config));
         }
-    }
-    out.push_str("\n|---|");
-    let columns = results.servers.len() + if hub.is_some() { peers.len() } else { 0 };
-    out.push_str(&"---|".repeat(columns));
-    out.push('\n');
-    for name in names {
-        let _ = write!(out, "| {name} |");
-        for index in 0..results.servers.len() {
-            let _ = write!(out, " {} |", fmt(column_median(results, index, name)));
-        }
-        if let Some(hub) = hub {
-            for &p in &peers {
-                if NO_RATIO.contains(&name) {
-                    out.push_str(" — |");
-                    continue;
-                }
-                let ratios: Vec<f64> = results
-                    .runs
-                    .iter()
-                    .filter_map(|row| {
-                        let get = |i: usize| {
-                            row[i]
-                                .as_ref()?
-                                .metrics
-                                .iter()
-                                .find(|x| x.name == name)
-                                .map(|x| x.value)
-                        };
-                        Some(get(hub)? / get(p)?)
-                    })
-                    .filter(|r| r.is_finite())
-                    .collect();
-                let _ = write!(out, " {} |", fmt(median(&ratios)));
-            }
-        }
-        out.push('\n');
-    }
-    for note in &results.notes {
-        let _ = write!(out, "\nfailed: {note}\n");
-    }
-    out
-}
-
-/// Three significant digits, thousands unseparated; `—` for missing.
-pub(crate) fn fmt(value: f64) -> String {
-    if !value.is_finite() {
-        return "—".into();
-    }
-    let magnitude = value.abs();
-    if magnitude >= 1000.0 {
-        format!("{value:.0}")
-    } else if magnitude >= 100.0 {
-        format!("{value:.1}")
-    } else if magnitude >= 1.0 {
-        format!("{value:.2}")
-    } else {
-        format!("{value:.3}")
     }
 }

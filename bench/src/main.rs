@@ -102,21 +102,20 @@ struct CompareArgs {
     /// Rounds per configuration (default 3, or 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "crdt-hub,y-websocket,hocuspocus"
-    )]
-    servers: Vec<ServerKind>,
-    /// Configurations to run, in this order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "fanout,saturation,big-room,idle,join-storm,b4"
-    )]
-    only: Vec<Config>,
+    /// The protocol crdt-hub is driven over, which picks the default
+    /// servers and configurations: y-websocket → crdt-hub, y-websocket,
+    /// hocuspocus (3.x), every configuration; hocuspocus → crdt-hub-hp
+    /// (crdt-hub at `/`), hocuspocus (3.x), hocuspocus4, the fan-out
+    /// configurations (fanout, saturation, big-room).
+    #[arg(long, value_enum, default_value = "y-websocket")]
+    protocol: Protocol,
+    /// Servers to compare, each driven over its own protocol (default: by
+    /// --protocol).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    servers: Option<Vec<ServerKind>>,
+    /// Configurations to run, in this order (default: by --protocol).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Option<Vec<Config>>,
     /// The crdt-hub binary to compare (default: target/release/crdt-hub of this workspace).
     #[arg(long, env = "CRDT_HUB_BIN")]
     crdt_hub: Option<PathBuf>,
@@ -161,9 +160,12 @@ async fn main() -> Result<()> {
         Command::Compare(args) => {
             compare::run(CompareOptions {
                 quick: args.quick,
+                protocol: args.protocol,
                 rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
-                servers: args.servers,
-                configs: args.only,
+                servers: args
+                    .servers
+                    .unwrap_or_else(|| compare::default_servers(args.protocol)),
+                configs: args.only.unwrap_or_else(|| Config::defaults(args.protocol)),
                 trace: args.trace,
                 crdt_hub: args.crdt_hub,
                 crdt_hub_args: args.crdt_hub_args,

