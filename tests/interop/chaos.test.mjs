@@ -619,24 +619,20 @@ test('chaos: kill -9 of a node, a Redis restart that loses every key, Postgres a
   log(`report ${JSON.stringify(report)}`)
 })
 
-// Found by this file's author while checking what "acknowledged" covers:
-// acks are cumulative on the client (its edits are saved once the clock of
-// its own id reached its document's), but a node acknowledges what it
-// journaled itself. An edit of a client whose node died before its journal
-// flush lives on in the other nodes' memory (they got it over Redis and do
-// not journal it), so the client, moved to one of them, does not send it
-// again; its next edit is journaled and acknowledged there, and the client
-// counts both as saved. A crash of every node before the lease holder's
-// next snapshot (every --snapshot-interval, 30 s by default) loses the
-// first, and the second with it: stored without the edit it follows, it is
-// never shown. A graceful stop saves both (the snapshot at unload), as in
-// the test above. The dead node's --flush-interval is long here only to
-// make the race certain; at the default 50 ms it happens just as well, since
-// Redis is faster than the flush.
-test('an edit acknowledged after its client moved to another node survives a crash of every node', {
-  todo: 'acks do not cover edits that only reached another node\'s memory (issue 23)',
-  timeout: 60_000
-}, async t => {
+// Acks are cumulative on the client (its edits are saved once the clock of
+// its own id reached its document's), but a node journals only what its own
+// clients sent. An edit of a client whose node died before its journal
+// flush lives on in the other nodes' memory (they got it over Redis), so
+// the client, moved to one of them, does not send it again; its next edit
+// is acknowledged there, and the client counts both as saved. So a node
+// journals what it holds only from the bus before it acknowledges an edit
+// (server/src/room/owner/bus_only.rs); without that, a crash of every node
+// before the lease holder's next snapshot lost the first edit, and the
+// second with it (stored without the edit it follows, it is never shown).
+// The dead node's --flush-interval is long here only to make the race
+// certain; at the default 50 ms it happens just as well, since Redis is
+// faster than the flush.
+test('an edit acknowledged after its client moved to another node survives a crash of every node', { timeout: 60_000 }, async t => {
   const scope = useScope(t)
   const redis = new RedisChild(await freePort())
   await redis.start()

@@ -38,7 +38,7 @@ import * as hp3 from 'hp3'
 import * as hp4 from 'hp4'
 
 import {
-  Y, WebSocket, canonical, decoding, encoding, frame, runCli, startServer, syncProtocol,
+  Y, WebSocket, canonical, decoding, delay, encoding, frame, runCli, startServer, syncProtocol,
   uniqueRoom, useScope, waitFor
 } from './harness.mjs'
 
@@ -809,6 +809,53 @@ describe('an acknowledged update survives kill -9', () => {
       const again = hpClient(scope, second, major, room)
       await again.waitSynced()
       await waitFor(() => again.text().toString() === 'acknowledged, so stored', undefined, () => again.describe())
+    })
+  }
+})
+
+// With several nodes, SyncStatus covers what the provider thinks it covers:
+// everything the document holds of its own. Its edit reached the other
+// node over Redis and its own node died before storing it; moved to the
+// other node, the provider has nothing to send (that node has the edit
+// already) and is acknowledged at once, so `unsyncedChanges` reaches 0 with
+// the edit in memory only. The node stores what it holds only from the bus
+// before it acknowledges (server/src/room/owner/bus_only.rs), so a kill -9
+// of that node too loses nothing.
+describe('an acknowledged update survives kill -9 after moving to another node', () => {
+  for (const major of HP_VERSIONS) {
+    test(`@hocuspocus/provider ${major}`, async t => {
+      const scope = useScope(t)
+      const databaseUrl = await scope.postgresDatabase()
+      const room = uniqueRoom(`hp-moved-${major}`)
+      const flags = ['--redis-url', 'redis://127.0.0.1:6379', '--redis-prefix', room,
+        '--cluster-sync-interval', '1s', '--snapshot-interval', '1h']
+      // Its updates wait 2 s for their batch: killed before they are stored.
+      const dying = await scope.server({ databaseUrl, args: [...flags, '--flush-interval', '2s'] })
+      const survivor = await scope.server({ databaseUrl, args: flags })
+      const watcher = await reader(scope, survivor, room)
+      const c = hpClient(scope, dying, major, room)
+      await c.waitSynced()
+      await c.waitAcknowledged()
+      // Both nodes hold the room and know it, so the first one publishes.
+      await delay(1500)
+      c.text().insert(0, 'only in memory')
+      await waitFor(() => watcher.doc.getText('text').toString() === 'only in memory', 5000,
+        () => `the edit did not reach the other node: ${c.describe()}`)
+      await dying.kill()
+      // The same document moves; the dead socket's teardown must not
+      // destroy it.
+      const doc = c.doc
+      c.doc = new Y.Doc()
+      c.socket.destroy()
+      const moved = hpClient(scope, survivor, major, room, { doc })
+      await moved.waitSynced()
+      await moved.waitAcknowledged()
+
+      await survivor.kill()
+      const restarted = await scope.server({ databaseUrl, args: flags })
+      const r = await reader(scope, restarted, room)
+      assert.equal(r.doc.getText('text').toString(), 'only in memory',
+        'the provider was told everything was stored (unsyncedChanges 0), but the edit is gone')
     })
   }
 })

@@ -11,6 +11,7 @@
 //! holds the loop that interleaves them and the room's life: load, idle
 //! unload, deletion, shutdown.
 
+mod bus_only;
 mod compaction;
 mod delivery;
 mod intake;
@@ -162,6 +163,9 @@ struct Loaded {
     /// room's turn ends: a peer gets everything one turn produced in one
     /// write, and under load a turn handles many commands.
     ready: Vec<Broadcast>,
+    /// Updates from other nodes this node has not stored, journaled before
+    /// it acknowledges an edit (see [`bus_only`]).
+    bus_only: bus_only::BusOnly,
 }
 
 type SnapshotWaiter = oneshot::Sender<Result<RoomReply, RoomUnavailable>>;
@@ -209,6 +213,7 @@ impl RoomTask {
             last_change: None,
             fanout: FanoutWindow::new(self.config.fanout_window),
             ready: Vec::new(),
+            bus_only: bus_only::BusOnly::default(),
         };
         self.serve(&mut state).await;
         if let Some(compaction) = state.compaction.take() {

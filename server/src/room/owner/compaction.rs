@@ -19,6 +19,8 @@ pub(super) struct Compaction {
     /// Unsaved updates the snapshot covers.
     updates: u64,
     bytes: u64,
+    /// And of the updates other nodes sent that this one did not store.
+    bus_only: super::bus_only::Covered,
 }
 
 impl Compaction {
@@ -70,6 +72,7 @@ impl RoomTask {
             task,
             updates: state.room.unsaved_updates(),
             bytes: state.unsaved_bytes,
+            bus_only: state.bus_only.covered_now(),
         });
     }
 
@@ -84,6 +87,7 @@ impl RoomTask {
         let outcome = match result {
             Ok(Ok(info)) => {
                 state.room.mark_saved(compaction.updates);
+                state.bus_only.snapshot_written(compaction.bus_only);
                 state.unsaved_bytes = state.unsaved_bytes.saturating_sub(compaction.bytes);
                 // Our own snapshot may contain another writer's content
                 // that this document lacks: merge it again next time.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+use yrs::{ReadTxn, Transact};
 
 use super::{Loaded, RoomTask};
 use crate::close::{self, CloseReason};
@@ -39,6 +40,11 @@ impl RoomTask {
             && all_taken
             && state.links.contains_key(&peer)
         {
+            // An ack covers everything before it in the client's eyes,
+            // including what this node only holds from the bus.
+            for update in state.bus_only.take(&state.room) {
+                self.journal.append(&self.name, update);
+            }
             // The journal writes in order: once everything queued so far
             // is written, so are this frame's updates.
             let journal = self.journal.clone();
@@ -230,8 +236,15 @@ impl RoomTask {
         let Some(update) = outcome.update else {
             return;
         };
+        let before = state
+            .bus_only
+            .is_empty()
+            .then(|| state.room.doc().transact().state_vector());
         match state.room.apply_external(update) {
             Ok(effects) => {
+                state
+                    .bus_only
+                    .held(&effects.applied, || before.unwrap_or_default());
                 self.accepted_from(state, &effects.applied, false);
                 self.deliver(state, None, effects);
             }
