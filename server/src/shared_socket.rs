@@ -106,8 +106,11 @@ pub struct DirectWrite {
     pub started: bool,
 }
 
-/// Frames per vectored write (two slices each: header and payload).
+/// Frames per vectored write.
 const FRAMES_PER_WRITE: usize = 32;
+
+/// Slices per frame: header, prefix (a Hocuspocus address) and payload.
+const SLICES_PER_FRAME: usize = 3;
 
 impl SharedSocket {
     /// Splits `stream` into the connection's read half and the shared
@@ -126,10 +129,12 @@ impl SharedSocket {
     }
 
     /// Writes `frames` as binary WebSocket messages (a server's frames are
-    /// not masked), as many as the kernel takes now, in one `writev` per
-    /// 32 frames. Writes nothing while bytes are pending. Never waits; a
-    /// failed socket takes nothing (the connection's next write reports it).
-    pub fn try_write_frames(&self, frames: &[&Bytes]) -> DirectWrite {
+    /// not masked), each message `prefix` then the frame (a Hocuspocus
+    /// document's name; empty for y-websocket), as many as the kernel takes
+    /// now, in one `writev` per 32 frames. Writes nothing while bytes are
+    /// pending. Never waits; a failed socket takes nothing (the
+    /// connection's next write reports it).
+    pub fn try_write_frames(&self, prefix: &[u8], frames: &[&Bytes]) -> DirectWrite {
         let mut unsent = self.lock();
         let mut taken = 0;
         if !unsent.is_empty() {
@@ -142,23 +147,26 @@ impl SharedSocket {
             let mut headers = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
             let mut lens = [0usize; FRAMES_PER_WRITE];
             for ((frame, header), len) in chunk.iter().zip(&mut headers).zip(&mut lens) {
-                *len = binary_frame_header(frame.len(), header).len();
+                *len = binary_frame_header(prefix.len() + frame.len(), header).len();
             }
-            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut slices = [IoSlice::new(&[]); SLICES_PER_FRAME * FRAMES_PER_WRITE];
             for (i, frame) in chunk.iter().enumerate() {
-                slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
-                slices[2 * i + 1] = IoSlice::new(frame);
+                let at = SLICES_PER_FRAME * i;
+                slices[at] = IoSlice::new(&headers[i][..lens[i]]);
+                slices[at + 1] = IoSlice::new(prefix);
+                slices[at + 2] = IoSlice::new(frame);
             }
             // Would-block or a failed socket: nothing taken.
             let socket = self.stream.as_ref();
             let mut written = socket
                 .try_io(Interest::WRITABLE, || {
-                    socket2::SockRef::from(socket).send_vectored(&slices[..2 * chunk.len()])
+                    socket2::SockRef::from(socket)
+                        .send_vectored(&slices[..SLICES_PER_FRAME * chunk.len()])
                 })
                 .unwrap_or_default();
             for (i, frame) in chunk.iter().enumerate() {
-                let header = &headers[i][..lens[i]];
-                let size = header.len() + frame.len();
+                let parts = [&headers[i][..lens[i]], prefix, frame.as_ref()];
+                let size: usize = parts.iter().map(|p| p.len()).sum();
                 if written >= size {
                     written -= size;
                     taken += 1;
@@ -166,17 +174,20 @@ impl SharedSocket {
                 }
                 if written > 0 {
                     // Cut short inside this frame: keep its tail.
-                    if written < header.len() {
-                        unsent.extend_from_slice(&header[written..]);
-                        unsent.extend_from_slice(frame);
-                    } else {
-                        unsent.extend_from_slice(&frame[written - header.len()..]);
+                    for part in parts {
+                        let skip = written.min(part.len());
+                        unsent.extend_from_slice(&part[skip..]);
+                        written -= skip;
                     }
                     taken += 1;
+                    return DirectWrite {
+                        taken,
+                        started: true,
+                    };
                 }
                 return DirectWrite {
                     taken,
-                    started: written > 0,
+                    started: false,
                 };
             }
         }
@@ -326,7 +337,7 @@ mod tests {
     async fn a_direct_frame_arrives_whole() {
         let (_read, socket, mut client) = pair().await;
         let frames = [Bytes::from_static(b"hello"), Bytes::from_static(b"yo")];
-        let written = socket.try_write_frames(&[&frames[0], &frames[1]]);
+        let written = socket.try_write_frames(&[], &[&frames[0], &frames[1]]);
         assert_eq!(
             written,
             DirectWrite {
@@ -337,25 +348,32 @@ mod tests {
         let mut got = [0u8; 11];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\x82\x05hello\x82\x02yo");
+        // A Hocuspocus document's frames start with its address.
+        socket.try_write_frames(b"\x01d", &[&frames[1]]);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x82\x04\x01dyo");
     }
 
     /// Fills the socket until the kernel cuts a frame short, then checks
     /// that nothing more is written directly, that the connection's own
-    /// write goes after the tail, and that the reader sees whole frames.
+    /// write goes after the tail, and that the reader sees whole frames,
+    /// each with its prefix.
     #[tokio::test]
     async fn a_frame_cut_short_is_finished_before_anything_else() {
         let (read, socket, mut client) = pair().await;
         let payload = Bytes::from(vec![7u8; 4000]);
+        let prefix = b"\x03doc";
         let batch = vec![&payload; 5];
         let mut direct = 0usize;
         loop {
-            let written = socket.try_write_frames(&batch);
+            let written = socket.try_write_frames(prefix, &batch);
             direct += written.taken;
             if written.taken < batch.len() {
                 break;
             }
         }
-        let refused = socket.try_write_frames(&[&payload]);
+        let refused = socket.try_write_frames(prefix, &[&payload]);
         assert_eq!(
             refused,
             DirectWrite {
@@ -384,10 +402,11 @@ mod tests {
                 let mut body = vec![0u8; len];
                 client.read_exact(&mut body).await.unwrap();
                 frames += 1;
-                if len != 4000 {
+                if len != 4004 {
                     break body;
                 }
-                assert!(body.iter().all(|b| *b == 7));
+                assert_eq!(&body[..4], prefix);
+                assert!(body[4..].iter().all(|b| *b == 7));
             };
             (frames, last)
         });

@@ -3,7 +3,7 @@
 //! the provider's updates) to the socket, addressed to its provider.
 
 use bytes::Bytes;
-use crdt_hub_core::hocuspocus::{address_prefix, addressed, sync_status};
+use crdt_hub_core::hocuspocus::{addressed, sync_status};
 use crdt_store::RoomName;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -12,12 +12,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::close::{self, CloseReason};
-use crate::room::{Access, Next, PeerId, PeerInbox, RoomHandle};
+use crate::room::{Access, InboxHandle, Next, PeerId, PeerInbox, RoomHandle, WrittenMark};
 use crate::sessions::{Closer, Registered};
 
 /// What the document tasks hand the socket's writer.
 pub(super) enum Out {
-    Frame(Bytes),
+    /// With the mark of the room's frame it carries, if it carries one:
+    /// until the frame is written the room writes nothing directly.
+    Frame(Bytes, Option<WrittenMark>),
+    /// A frame the room wrote directly is only partly in the socket.
+    Flush,
     /// End the whole socket: the room or an admin asked for it.
     Close(CloseReason),
 }
@@ -53,41 +57,48 @@ pub(super) struct Attached {
     /// Its place among the live sessions (revocations and admin closes).
     pub _registered: Registered,
     pub forwarder: JoinHandle<()>,
+    /// Lets the room write to the socket itself, and stops it.
+    pub inbox: InboxHandle,
 }
 
 impl Attached {
     /// Leaves the room and stops carrying its frames.
     pub async fn detach(self) {
+        self.inbox.stop_direct_writes();
         self.forwarder.abort();
         self.room.leave(self.peer).await;
     }
 }
 
 /// Carries the room's frames for one document to the socket, addressed to
-/// its provider; and the sync statuses of the provider's updates, in
-/// order, as each is stored. Ends when the room or an admin closes the
-/// peer (the whole socket closes then: a provider resyncs every document
-/// when it reconnects), or when the socket's writer is gone.
+/// its provider (`prefix`), when the room could not write them itself;
+/// and the sync statuses of the provider's updates, in order, as each is
+/// stored. Ends when the room or an admin closes the peer (the whole socket
+/// closes then: a provider resyncs every document when it reconnects), or
+/// when the socket's writer is gone.
 pub(super) async fn forward(
     address: String,
+    prefix: Bytes,
     inbox: PeerInbox,
     closer: std::sync::Arc<Closer>,
     mut acks: mpsc::Receiver<Ack>,
     out: mpsc::Sender<Out>,
 ) {
-    let prefix = address_prefix(&address);
     let mut waiting = FuturesOrdered::new();
     loop {
         tokio::select! {
             next = inbox.next() => match next {
                 Next::Frame(frame) => {
-                    if out.send(Out::Frame(addressed(&prefix, &frame))).await.is_err() {
+                    let mark = inbox.mark(&frame);
+                    if out.send(Out::Frame(addressed(&prefix, &frame), Some(mark))).await.is_err() {
                         return;
                     }
-                    inbox.written();
                 }
-                // Only a shared socket is flushed; this one is not shared.
-                Next::Flush => inbox.written(),
+                Next::Flush => {
+                    if out.send(Out::Flush).await.is_err() {
+                        return;
+                    }
+                }
                 Next::Close(reason) => {
                     let _ = out.send(Out::Close(reason)).await;
                     return;
@@ -111,7 +122,7 @@ pub(super) async fn forward(
             }),
             Some(saved) = waiting.next(), if !waiting.is_empty() => {
                 for saved in saved {
-                    if out.send(Out::Frame(sync_status(&address, saved))).await.is_err() {
+                    if out.send(Out::Frame(sync_status(&address, saved), None)).await.is_err() {
                         return;
                     }
                 }

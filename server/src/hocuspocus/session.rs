@@ -216,9 +216,18 @@ impl Session {
         let write_timeout = self.app.connection.write_timeout;
         let mut next = Some(first);
         let mut written = 0;
+        let mut marks = Vec::new();
         while let Some(out) = next.take() {
             let frame = match out {
-                Out::Frame(frame) => frame,
+                Out::Frame(frame, mark) => {
+                    marks.extend(mark);
+                    frame
+                }
+                // The flush below writes the tail out.
+                Out::Flush => {
+                    next = self.outgoing.try_recv().ok();
+                    continue;
+                }
                 Out::Close(reason) => return Err(Some(reason)),
             };
             match timeout(write_timeout, self.ws.feed(Message::Binary(frame))).await {
@@ -235,7 +244,14 @@ impl Session {
             }
         }
         match timeout(write_timeout, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // In order: a document's later frames keep it from
+                // direct writes until they are written too.
+                for mark in marks {
+                    mark.written();
+                }
+                Ok(())
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");
                 Err(None)

@@ -15,7 +15,10 @@ pub use crdt_hub_core::room::{
     Access, Effects, PeerId, Rejected, Room, RoomError, core, held, presence,
 };
 pub use owner::{RoomCommand, RoomUnavailable};
-pub use peer::{Next, OutboxLimits, PeerInbox, PeerLink, QueueFull, link, multiplexed_link};
+pub use peer::{
+    InboxHandle, Next, OutboxLimits, PeerInbox, PeerLink, QueueFull, WrittenMark, link,
+    multiplexed_link,
+};
 pub use registry::{RoomHandle, Rooms};
 pub use request::{
     Accepted, RequestFailed, RoomEvent, RoomInfo, RoomReply, RoomRequest, SnapshotFailed,

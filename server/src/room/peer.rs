@@ -60,21 +60,29 @@ impl Default for OutboxLimits {
 /// Creates the two ends of a peer link holding at most what `limits`
 /// allow; with `socket`, the room writes frames to it directly while it can.
 pub fn link(limits: OutboxLimits, socket: Option<Arc<SharedSocket>>) -> (PeerLink, PeerInbox) {
-    new_link(limits, socket, false)
+    let direct = socket.is_some();
+    new_link(limits, socket, Bytes::new(), direct)
 }
 
-/// A link for a document on a multiplexed (Hocuspocus) socket: its frames
-/// go through the connection, which addresses them, and it takes
-/// stateless messages.
-pub fn multiplexed_link(limits: OutboxLimits) -> (PeerLink, PeerInbox) {
-    new_link(limits, None, true)
+/// A link for a document on a multiplexed (Hocuspocus) socket: every frame
+/// starts with `prefix` (the document's address), and it takes stateless
+/// messages. Direct writes wait for [`InboxHandle::allow_direct_writes`]:
+/// the session answers the provider's token before the room may speak.
+pub fn multiplexed_link(
+    limits: OutboxLimits,
+    socket: Option<Arc<SharedSocket>>,
+    prefix: Bytes,
+) -> (PeerLink, PeerInbox) {
+    new_link(limits, socket, prefix, false)
 }
 
 fn new_link(
     limits: OutboxLimits,
     socket: Option<Arc<SharedSocket>>,
-    stateless: bool,
+    prefix: Bytes,
+    direct: bool,
 ) -> (PeerLink, PeerInbox) {
+    let stateless = !prefix.is_empty();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -88,10 +96,12 @@ fn new_link(
             connection_gone: false,
             writing: false,
             flush_needed: false,
-            direct: socket.is_some(),
+            direct,
+            taken_frames: 0,
         }),
         wake: Notify::new(),
         socket,
+        prefix,
         stateless,
     });
     (
@@ -124,6 +134,9 @@ struct Shared {
     wake: Notify,
     /// The peer's socket, when the room may write to it itself.
     socket: Option<Arc<SharedSocket>>,
+    /// What every frame written directly starts with: a Hocuspocus
+    /// document's address (the connection adds it to the frames it writes).
+    prefix: Bytes,
     /// The peer speaks the Hocuspocus protocol, which has stateless
     /// messages; a y-websocket client would log them as unknown.
     stateless: bool,
@@ -160,6 +173,9 @@ struct State {
     /// Direct writes are allowed (a shared socket, and the connection is
     /// not closing it).
     direct: bool,
+    /// Frames the connection has taken off the queue, ever: which of them
+    /// a [`WrittenMark`] stands for.
+    taken_frames: u64,
 }
 
 /// How [`PeerLink::send`] handled a frame.
@@ -253,11 +269,12 @@ impl PeerLink {
             && state.frames.is_empty()
             && let Some(socket) = &self.shared.socket
         {
+            let prefix = &self.shared.prefix;
             let small = frames
                 .iter()
-                .take_while(|f| f.len() <= MAX_DIRECT_FRAME)
+                .take_while(|f| prefix.len() + f.len() <= MAX_DIRECT_FRAME)
                 .count();
-            let written = socket.try_write_frames(&frames[..small]);
+            let written = socket.try_write_frames(prefix, &frames[..small]);
             direct = written.taken;
             if written.started {
                 state.flush_needed = true;
@@ -357,6 +374,7 @@ impl PeerInbox {
             }
             // Still waiting until it is written: counted until then.
             state.taken_bytes += frame.len();
+            state.taken_frames += 1;
             state.writing = true;
             return Some(Next::Frame(frame));
         }
@@ -380,6 +398,75 @@ impl PeerInbox {
 
     /// The connection is about to write its close frame: nothing may be
     /// written directly after it.
+    pub fn stop_direct_writes(&self) {
+        self.shared.lock().direct = false;
+    }
+
+    /// For a frame just taken ([`Next::Frame`]) that another task writes:
+    /// that task says it is written with [`WrittenMark::written`], in place
+    /// of [`PeerInbox::written`].
+    pub fn mark(&self, frame: &Bytes) -> WrittenMark {
+        WrittenMark {
+            shared: self.shared.clone(),
+            frame: self.shared.lock().taken_frames,
+            len: frame.len(),
+        }
+    }
+
+    /// A hold on the link for the task that writes to the socket when
+    /// another task reads this inbox (a multiplexed socket's document).
+    pub fn handle(&self) -> InboxHandle {
+        InboxHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// One frame taken off a link, on its way to the socket through another
+/// task: until it is written, nothing may be written directly for the
+/// peer (it would overtake the frame).
+#[derive(Debug)]
+pub struct WrittenMark {
+    shared: Arc<Shared>,
+    /// Its place among the frames taken ([`State::taken_frames`]).
+    frame: u64,
+    len: usize,
+}
+
+impl WrittenMark {
+    /// The frame is in the socket (flushed). Marks are written in order.
+    pub fn written(self) {
+        let mut state = self.shared.lock();
+        state.taken_bytes = state.taken_bytes.saturating_sub(self.len);
+        if state.taken_frames == self.frame {
+            // The last frame taken: nothing is on its way any more.
+            state.taken_bytes = 0;
+            state.oldest_taken = 0;
+            if state.frames.is_empty() {
+                state.writing = false;
+            }
+        } else {
+            // Later frames are still on their way; the oldest of them is
+            // not known, so all of them count against the byte bound.
+            state.oldest_taken = 0;
+        }
+    }
+}
+
+/// See [`PeerInbox::handle`].
+#[derive(Debug, Clone)]
+pub struct InboxHandle {
+    shared: Arc<Shared>,
+}
+
+impl InboxHandle {
+    /// The provider has its answer to the token: the room may write to
+    /// the socket itself from now on (when it is a shared one).
+    pub fn allow_direct_writes(&self) {
+        self.shared.lock().direct = true;
+    }
+
+    /// See [`PeerInbox::stop_direct_writes`].
     pub fn stop_direct_writes(&self) {
         self.shared.lock().direct = false;
     }
@@ -561,5 +648,66 @@ mod tests {
         let mut next = [0u8; 3];
         client.read_exact(&mut next).await.unwrap();
         assert_eq!(next, [0x82, 1, 7]);
+    }
+
+    /// A multiplexed document's link: nothing direct before the session
+    /// allows it, every direct frame starts with the address, and frames
+    /// another task writes hold direct writes back until the last of them
+    /// is marked written.
+    #[tokio::test]
+    async fn a_multiplexed_link_waits_for_its_writer_marks() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(connect, listener.accept());
+        let mut client = client.unwrap();
+        let (_read, socket) = SharedSocket::split(accepted.unwrap().0);
+        let (link, inbox) = multiplexed_link(
+            frames(8),
+            Some(Arc::new(socket)),
+            Bytes::from_static(b"\x01d"),
+        );
+        let handle = inbox.handle();
+        assert!(link.takes_stateless());
+
+        // The join's frames, before the token's answer is out.
+        assert_eq!(link.send(&frame(1)), Ok(Sent::Queued));
+        handle.allow_direct_writes();
+        let Some(Next::Frame(first)) = inbox.try_next() else {
+            panic!("the queued frame")
+        };
+        let first = inbox.mark(&first);
+        assert_eq!(
+            link.send(&frame(2)),
+            Ok(Sent::Queued),
+            "frame 1 is on its way"
+        );
+        let Some(Next::Frame(second)) = inbox.try_next() else {
+            panic!("the queued frame")
+        };
+        let second = inbox.mark(&second);
+        first.written();
+        assert_eq!(
+            link.send(&frame(3)),
+            Ok(Sent::Queued),
+            "frame 2 is on its way"
+        );
+        assert_eq!(inbox.try_next(), Some(Next::Frame(frame(3))));
+        // Marked in order: only the last frame taken lets direct writes on.
+        second.written();
+        assert_eq!(link.send(&frame(4)), Ok(Sent::Queued));
+        assert_eq!(inbox.shared.lock().taken_bytes, 1, "frame 3 still counts");
+        let Some(Next::Frame(fourth)) = inbox.try_next() else {
+            panic!("the queued frame")
+        };
+        inbox.mark(&fourth).written();
+        assert_eq!(inbox.shared.lock().taken_bytes, 0);
+        assert_eq!(link.send(&frame(5)), Ok(Sent::Directly));
+        handle.stop_direct_writes();
+        assert_eq!(link.send(&frame(6)), Ok(Sent::Queued));
+
+        let mut wire = [0u8; 5];
+        client.read_exact(&mut wire).await.unwrap();
+        assert_eq!(wire, [0x82, 3, 1, b'd', 5]);
     }
 }

@@ -3,7 +3,7 @@
 //! (held meanwhile) handled.
 
 use crdt_hub_core::hocuspocus::{
-    Incoming, ProviderMessage, authenticated, document_of, permission_denied,
+    Incoming, ProviderMessage, address_prefix, authenticated, document_of, permission_denied,
 };
 use crdt_store::RoomName;
 use tokio::sync::mpsc;
@@ -133,7 +133,10 @@ impl Session {
             frames: config.outbox_capacity,
             bytes: config.outbox_max_bytes,
         };
-        let (link, inbox) = crate::room::multiplexed_link(outbox);
+        let prefix = address_prefix(&address);
+        let (link, inbox) =
+            crate::room::multiplexed_link(outbox, self.ws.get_ref().shared(), prefix.clone());
+        let inbox_handle = inbox.handle();
         let peer = new_peer_id();
         let handle = match Box::pin(self.app.rooms.join(&room, peer, grant.access, link)).await {
             Ok(handle) => handle,
@@ -148,6 +151,10 @@ impl Session {
             handle.leave(peer).await;
             return Err(Some(reason));
         }
+        if answered.is_ok() {
+            // The answer is in the socket: the room's frames may follow.
+            inbox_handle.allow_direct_writes();
+        }
         // A failed write (`Err(None)`: the client is gone) still attaches
         // the document: what the client sent for it before it went is read
         // and taken once the session ends (`Session::take_what_arrived`).
@@ -159,6 +166,7 @@ impl Session {
         let forwarder = tokio::spawn(
             forward(
                 address.clone(),
+                prefix,
                 inbox,
                 registered.closer.clone(),
                 ack_queue,
@@ -176,6 +184,7 @@ impl Session {
             acks,
             _registered: registered,
             forwarder,
+            inbox: inbox_handle,
         };
         debug!(address, room = %document.name, "document attached");
         self.connection_event(true, &document);
