@@ -21,9 +21,12 @@ use yrs::StateVector;
 use crate::room::Room;
 
 /// Past this many bytes the updates are dropped and only the state
-/// vector they started from is kept: a node whose clients only read must
-/// not hold a copy of everything the others write.
-const MAX_HELD_BYTES: usize = 4 << 20;
+/// vector they started from is kept: a node that is not the room's lease
+/// holder never compacts it, and must not hold a copy of everything the
+/// others write for each of its rooms until it unloads them. The next
+/// acknowledgement then journals the difference from that state vector:
+/// more bytes once, instead of memory held all along.
+const MAX_HELD_BYTES: usize = 64 << 10;
 
 #[derive(Default)]
 pub(super) struct BusOnly {
@@ -237,7 +240,7 @@ mod tests {
         let stored_elsewhere = edit(&writer, "stored elsewhere.");
         receive(&room, &mut BusOnly::default(), stored_elsewhere.clone());
         let mut buffer = BusOnly::default();
-        let chunk = "x".repeat(64 << 10);
+        let chunk = "x".repeat(4 << 10);
         for _ in 0..(MAX_HELD_BYTES / chunk.len() + 1) {
             receive(&room, &mut buffer, edit(&writer, &chunk));
         }
