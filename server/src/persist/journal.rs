@@ -60,7 +60,17 @@ impl Default for JournalConfig {
 enum Entry {
     Update(PendingUpdate),
     /// Answered once every update enqueued before it is written.
-    Barrier(oneshot::Sender<()>),
+    Barrier(Barrier),
+}
+
+/// Who waits for a barrier.
+enum Barrier {
+    /// A task awaiting [`Journal::flushed`].
+    Flushed(oneshot::Sender<()>),
+    /// A connection waiting to acknowledge a frame's updates
+    /// ([`Journal::answer_when_written`]), answered by the writer itself:
+    /// no task per acknowledged frame.
+    Stored(oneshot::Sender<bool>),
 }
 
 /// The rooms' handle on the write path. Cheap to clone.
@@ -168,9 +178,20 @@ impl Journal {
     /// Waits as long as the database is down: callers bound it themselves.
     pub async fn flushed(&self) {
         let (done, wait) = oneshot::channel();
-        if self.entries.send(Entry::Barrier(done)).is_ok() {
+        if self
+            .entries
+            .send(Entry::Barrier(Barrier::Flushed(done)))
+            .is_ok()
+        {
             let _ = wait.await;
         }
+    }
+
+    /// Answers `stored` with `true` once every update queued before this
+    /// call is in storage. Dropped unanswered (a "no") if the journal has
+    /// stopped or gave up at shutdown.
+    pub fn answer_when_written(&self, stored: oneshot::Sender<bool>) {
+        let _ = self.entries.send(Entry::Barrier(Barrier::Stored(stored)));
     }
 
     pub fn status(&self) -> JournalStatus {
@@ -223,7 +244,7 @@ struct Writer {
 struct Batch {
     updates: Vec<PendingUpdate>,
     bytes: usize,
-    barriers: Vec<oneshot::Sender<()>>,
+    barriers: Vec<Barrier>,
 }
 
 impl Writer {
@@ -364,8 +385,15 @@ impl Writer {
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
             self.shared.written_batches.fetch_add(1, Ordering::Relaxed);
         }
-        for done in batch.barriers {
-            let _ = done.send(());
+        for barrier in batch.barriers {
+            match barrier {
+                Barrier::Flushed(done) => {
+                    let _ = done.send(());
+                }
+                Barrier::Stored(stored) => {
+                    let _ = stored.send(true);
+                }
+            }
         }
     }
 
@@ -428,6 +456,35 @@ mod tests {
         let stored = store.load(&room).await.unwrap();
         assert_eq!(stored.updates.len(), 5);
         assert!(task.drain(Duration::from_secs(5)).await);
+    }
+
+    /// An acknowledgement is answered by the writer once the updates queued
+    /// before it are stored, and not before; after the journal stopped it
+    /// is a no.
+    #[tokio::test]
+    async fn an_answer_comes_once_what_came_before_is_stored() {
+        let (journal, task, store) = journal(JournalConfig {
+            flush_interval: Duration::from_millis(300),
+            ..JournalConfig::default()
+        })
+        .await;
+        let room = RoomName::parse("answers").unwrap();
+        journal.append(&room, update(1));
+        let (stored, answer) = oneshot::channel();
+        journal.answer_when_written(stored);
+        let mut answer = Box::pin(answer);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut answer)
+                .await
+                .is_err(),
+            "answered within the flush window"
+        );
+        assert_eq!(answer.await, Ok(true));
+        assert_eq!(store.load(&room).await.unwrap().updates.len(), 1);
+        assert!(task.drain(Duration::from_secs(5)).await);
+        let (late, answer) = oneshot::channel();
+        journal.answer_when_written(late);
+        assert!(answer.await.is_err(), "the journal has stopped");
     }
 
     /// A backlog bigger than one batch is written batch after batch: only

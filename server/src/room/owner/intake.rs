@@ -47,11 +47,7 @@ impl RoomTask {
             }
             // The journal writes in order: once everything queued so far
             // is written, so are this frame's updates.
-            let journal = self.journal.clone();
-            tokio::spawn(async move {
-                journal.flushed().await;
-                let _ = stored.send(true);
-            });
+            self.journal.answer_when_written(stored);
         }
     }
 
