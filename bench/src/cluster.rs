@@ -224,6 +224,7 @@ async fn once(
         clients: CLIENTS,
         rooms: ROOMS,
         rate,
+        arrivals: crate::arrivals::Arrivals::Even,
         duration,
         room_prefix: "fanout".into(),
         connect: ConnectOptions::default(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::arrivals::Arrivals;
 use crate::ingest;
 use crate::procstat;
 use crate::servers::{self, Paths, Server, ServerKind};
@@ -93,6 +94,8 @@ pub struct CompareOptions {
     pub trace: PathBuf,
     pub crdt_hub: Option<PathBuf>,
     pub crdt_hub_args: Vec<String>,
+    /// How fan-out clients space their sends.
+    pub arrivals: Arrivals,
 }
 
 /// Sizes and durations of one `compare`.
@@ -160,6 +163,7 @@ struct Target {
     base: String,
     kind: ServerKind,
     pid: u32,
+    arrivals: Arrivals,
 }
 
 type Measure<'a> = dyn Fn(Target) -> Pin<Box<dyn Future<Output = Result<Measured>> + 'a>> + 'a;
@@ -176,8 +180,10 @@ struct Harness {
     paths: Paths,
     servers: Vec<ServerKind>,
     /// Appended to every table's title: a Hocuspocus-protocol table must
-    /// not be mistaken for (or merged with) the y-websocket one.
-    title_suffix: &'static str,
+    /// not be mistaken for (or merged with) the y-websocket one, nor a
+    /// Poisson-arrivals one for an even-beat one.
+    title_suffix: String,
+    arrivals: Arrivals,
     log: std::fs::File,
     markdown: String,
     markdown_path: PathBuf,
@@ -209,22 +215,28 @@ pub async fn run(options: CompareOptions) -> Result<()> {
         .all(|s| s.protocol() == Protocol::Hocuspocus);
     let mut harness = Harness {
         servers: options.servers.clone(),
-        title_suffix: if all_hocuspocus {
-            " (Hocuspocus protocol)"
-        } else {
-            ""
+        title_suffix: match (all_hocuspocus, options.arrivals) {
+            (true, Arrivals::Even) => " (Hocuspocus protocol)".into(),
+            (true, Arrivals::Poisson) => " (Hocuspocus protocol, Poisson arrivals)".into(),
+            (false, Arrivals::Even) => String::new(),
+            (false, Arrivals::Poisson) => " (Poisson arrivals)".into(),
         },
+        arrivals: options.arrivals,
         log: std::fs::File::create(&log_path)?,
         markdown: String::new(),
         markdown_path: out_dir.join(format!("compare-{stamp}.md")),
         paths,
     };
     harness.say(&format!(
-        "# compare{}{}: {} round(s), servers {}; crdt-hub binary {} {}; open-file limit {fd_limit}; node {} (hocuspocus4: {}); @y/websocket-server {}, @hocuspocus/server {}, hocuspocus4 {}, yjs {}\n",
+        "# compare{}{}{}: {} round(s), servers {}; crdt-hub binary {} {}; open-file limit {fd_limit}; node {} (hocuspocus4: {}); @y/websocket-server {}, @hocuspocus/server {}, hocuspocus4 {}, yjs {}\n",
         if options.quick { " --quick" } else { "" },
         match options.protocol {
             Protocol::YWebsocket => "",
             Protocol::Hocuspocus => " --protocol hocuspocus",
+        },
+        match options.arrivals {
+            Arrivals::Even => "",
+            Arrivals::Poisson => " --arrivals poisson",
         },
         options.rounds,
         options.servers.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
@@ -379,6 +391,7 @@ impl Harness {
             base: server.base_url(),
             kind,
             pid: server.pid,
+            arrivals: self.arrivals,
         };
         let outcome = measure(target).await;
         let alive = server.alive();

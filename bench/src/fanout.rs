@@ -1,6 +1,6 @@
 //! The fan-out run: C clients over R rooms, each sending K stamped updates
-//! per second for D seconds on a fixed schedule, everyone measuring the
-//! latency of what the others sent.
+//! per second for D seconds (on an even beat or as a Poisson process:
+//! [`Arrivals`]), everyone measuring the latency of what the others sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::arrivals::Arrivals;
 use crate::conn::{self, ConnectOptions, Ws};
 use crate::converge::{self, Expected};
 use crate::procstat::{self, ProcSample};
@@ -35,6 +36,7 @@ pub struct FanoutConfig {
     pub rooms: usize,
     /// Updates per second per client.
     pub rate: f64,
+    pub arrivals: Arrivals,
     pub duration: Duration,
     /// Room names are `{room_prefix}-{index}`; make it unique per run when
     /// the server keeps documents between runs.
@@ -183,9 +185,13 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     if config.clients > stamp::MAX_SENDER as usize {
         bail!("at most {} clients", stamp::MAX_SENDER);
     }
-    let per_client = (config.rate * config.duration.as_secs_f64())
-        .round()
-        .max(1.0) as usize;
+    let mean = config.rate * config.duration.as_secs_f64();
+    let per_client = match config.arrivals {
+        Arrivals::Even => mean.round().max(1.0) as usize,
+        // Enough for what the process puts in the run: a Poisson count is
+        // almost never 6 standard deviations above its mean.
+        Arrivals::Poisson => (mean + 6.0 * mean.sqrt() + 10.0).ceil() as usize,
+    };
     let wires = Wire::for_rooms(config.protocol, &config.room_prefix, config.rooms);
     let clients: Vec<Client> = (0..config.clients)
         .map(|index| {
@@ -241,15 +247,16 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
             shared.clone(),
             stop_rx.clone(),
         )));
-        // Staggered, jitter-free: client i sends at start + (i/C + n)·period.
-        let offset = period.mul_f64(client.index as f64 / config.clients as f64);
-        plans.push((client.room, client.client_id));
-        senders.push(tokio::spawn(send(
-            sink,
-            client.frames,
-            start + offset,
+        let schedule = config.arrivals.schedule(
+            start,
             period,
-        )));
+            config.duration,
+            client.index,
+            config.clients,
+            client.frames.len(),
+        );
+        plans.push((client.room, client.client_id));
+        senders.push(tokio::spawn(send(sink, client.frames, schedule)));
     }
 
     let gapped = (config.gapped_updates > 0).then(|| {
@@ -420,16 +427,14 @@ fn expected_documents(rooms: usize, plans: &[(usize, u64)], sent: &[u64]) -> Vec
 async fn send(
     mut sink: SplitSink<Ws, WsMessage>,
     frames: Vec<Prepared>,
-    start: Instant,
-    period: Duration,
+    schedule: Vec<Instant>,
 ) -> (SenderOutcome, SplitSink<Ws, WsMessage>) {
     let mut outcome = SenderOutcome {
         sent: 0,
         lag: stats::new_histogram(),
         error: None,
     };
-    for (n, prepared) in frames.into_iter().enumerate() {
-        let due = start + period.mul_f64(n as f64);
+    for (prepared, due) in frames.into_iter().zip(schedule) {
         sleep_until(due).await;
         stats::record(&mut outcome.lag, due.elapsed());
         let Prepared {

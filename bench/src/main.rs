@@ -1,6 +1,7 @@
 //! `crdt-hub-loadgen`: load generator and comparison harness for Yjs sync
 //! servers (issue 9). See BENCHMARKS.md at the repository root.
 
+mod arrivals;
 mod cluster;
 mod compare;
 mod conn;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::arrivals::Arrivals;
 use crate::cluster::ClusterOptions;
 use crate::compare::{CompareOptions, Config};
 use crate::conn::ConnectOptions;
@@ -67,6 +69,10 @@ struct RunArgs {
     /// Updates per second per client.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
+    /// How each client spaces its sends: an even beat, or a Poisson
+    /// process with the same mean rate.
+    #[arg(long, value_enum, default_value = "even")]
+    arrivals: Arrivals,
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -102,6 +108,10 @@ struct CompareArgs {
     /// Rounds per configuration (default 3, or 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
+    /// How each fan-out client spaces its sends (fan-out, saturation, big
+    /// room): an even beat, or a Poisson process with the same mean rate.
+    #[arg(long, value_enum, default_value = "even")]
+    arrivals: Arrivals,
     /// The protocol crdt-hub is driven over, which picks the default
     /// servers and configurations: y-websocket → crdt-hub, y-websocket,
     /// hocuspocus (3.x), every configuration; hocuspocus → crdt-hub-hp
@@ -169,6 +179,7 @@ async fn main() -> Result<()> {
                 trace: args.trace,
                 crdt_hub: args.crdt_hub,
                 crdt_hub_args: args.crdt_hub_args,
+                arrivals: args.arrivals,
             })
             .await
         }
@@ -200,6 +211,7 @@ async fn run(args: RunArgs) -> Result<()> {
         clients: args.clients,
         rooms: args.rooms,
         rate: args.rate,
+        arrivals: args.arrivals,
         duration: Duration::from_secs_f64(args.duration),
         room_prefix: args
             .room_prefix

@@ -39,6 +39,7 @@ fn fanout_config(
         clients,
         rooms,
         rate,
+        arrivals: target.arrivals,
         duration,
         room_prefix: "fanout".into(),
         connect: ConnectOptions::default(),
