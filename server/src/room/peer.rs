@@ -613,15 +613,19 @@ mod tests {
         assert_eq!(inbox.shared.lock().frames.capacity(), 0);
     }
 
-    #[tokio::test]
-    async fn frames_go_straight_to_the_socket_unless_the_connection_holds_some() {
-        use tokio::io::AsyncReadExt;
+    /// A shared socket, and the client's end of it.
+    async fn socket_pair() -> (Arc<SharedSocket>, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(connect, listener.accept());
-        let mut client = client.unwrap();
         let (_read, socket) = SharedSocket::split(accepted.unwrap().0);
-        let socket = Arc::new(socket);
+        (Arc::new(socket), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_go_straight_to_the_socket_unless_the_connection_holds_some() {
+        use tokio::io::AsyncReadExt;
+        let (socket, mut client) = socket_pair().await;
         let (link, inbox) = link(frames(8), Some(socket));
 
         assert_eq!(link.send(&frame(1)), Ok(Sent::Directly));
@@ -657,16 +661,8 @@ mod tests {
     #[tokio::test]
     async fn a_multiplexed_link_waits_for_its_writer_marks() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(connect, listener.accept());
-        let mut client = client.unwrap();
-        let (_read, socket) = SharedSocket::split(accepted.unwrap().0);
-        let (link, inbox) = multiplexed_link(
-            frames(8),
-            Some(Arc::new(socket)),
-            Bytes::from_static(b"\x01d"),
-        );
+        let (socket, mut client) = socket_pair().await;
+        let (link, inbox) = multiplexed_link(frames(8), Some(socket), Bytes::from_static(b"\x01d"));
         let handle = inbox.handle();
         assert!(link.takes_stateless());
 

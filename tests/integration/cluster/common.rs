@@ -265,3 +265,24 @@ pub(super) async fn assert_rows_gone(database_url: &str, room: &str) {
         "node B brought the deleted room back"
     );
 }
+
+/// Sets `from`'s awareness state to `{"user": user}`, sends it, and waits
+/// until `to` (a client of another node) sees it. Returns `from`'s client
+/// id.
+pub(super) async fn announce_presence(
+    from: &mut YClient,
+    to: &mut YClient,
+    user: &str,
+) -> yrs::block::ClientID {
+    from.awareness
+        .set_local_state(serde_json::json!({ "user": user }))
+        .unwrap();
+    let update = from.awareness.update().unwrap();
+    from.send(yrs::sync::Message::Awareness(update)).await;
+    let id = from.awareness.client_id();
+    to.until(&format!("{user}'s awareness on the other node"), |c| {
+        c.awareness.state::<serde_json::Value>(id).is_some()
+    })
+    .await;
+    id
+}

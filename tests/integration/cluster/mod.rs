@@ -19,9 +19,9 @@ use super::support::{
     text_of,
 };
 use common::{
-    Bus, CONVERGE, REDIS, REDIS_ADDR, assert_nodes_hold, assert_rows_gone, assert_same_content,
-    converge, delete_keys, delete_through, edit_rounds, finish, insert_randomly, keys_of, redis,
-    start_node, state_vector, unique_prefix,
+    Bus, CONVERGE, REDIS, REDIS_ADDR, announce_presence, assert_nodes_hold, assert_rows_gone,
+    assert_same_content, converge, delete_keys, delete_through, edit_rounds, finish,
+    insert_randomly, keys_of, redis, start_node, state_vector, unique_prefix,
 };
 
 #[tokio::test]
@@ -291,17 +291,7 @@ async fn awareness_crosses_nodes(bus: &Bus) {
     let mut b = YClient::connect(&node_b.url(room)).await;
     a.insert("t", 0, "x").await;
     b.until("the bus to work", |c| c.text("t") == "x").await;
-
-    a.awareness
-        .set_local_state(serde_json::json!({"user": "alice"}))
-        .unwrap();
-    let update = a.awareness.update().unwrap();
-    a.send(yrs::sync::Message::Awareness(update)).await;
-    let alice = a.awareness.client_id();
-    b.until("alice's awareness on node B", |c| {
-        c.awareness.state::<serde_json::Value>(alice).is_some()
-    })
-    .await;
+    let alice = announce_presence(&mut a, &mut b, "alice").await;
 
     // A node that loads the room later asks the others who is there.
     let node_c = bus.start_node(&db, &prefix, &[]).await;
@@ -335,16 +325,7 @@ async fn awareness_of_a_dead_nodes_clients_times_out() {
     let mut b = YClient::connect(&node_b.url(room)).await;
     a.insert("t", 0, "x").await;
     b.until("the bus to work", |c| c.text("t") == "x").await;
-    a.awareness
-        .set_local_state(serde_json::json!({"user": "alice"}))
-        .unwrap();
-    let update = a.awareness.update().unwrap();
-    a.send(yrs::sync::Message::Awareness(update)).await;
-    let alice = a.awareness.client_id();
-    b.until("alice's awareness on node B", |c| {
-        c.awareness.state::<serde_json::Value>(alice).is_some()
-    })
-    .await;
+    let alice = announce_presence(&mut a, &mut b, "alice").await;
 
     // Node A dies: no removal is ever published; B times alice out.
     node_a.child.kill().await.unwrap();
