@@ -5,7 +5,7 @@
 #
 # The run is deterministic (a fixed seed and a fixed number of inputs), so
 # CI checks the same inputs every time; exploring is what longer runs with
-# random seeds are for (see README "Fuzzing"). Open findings that such runs
+# random seeds are for (see "Fuzzing" in docs/development.md). Open findings that such runs
 # turned up and that are not fixed yet are kept in fuzz/open-findings/.
 #
 # Usage: fuzz/smoke.sh [inputs per target, default 100000]
