@@ -194,7 +194,7 @@ pub struct ServeArgs {
     /// get 400 from the API; subdocuments already stored still load.
     /// allow: accepted; yrs 0.28.1 frees memory it still uses when a
     /// container holding a subdocument is deleted, so allow them only when
-    /// every writer is trusted (README, Subdocuments).
+    /// every writer is trusted (docs/subdocuments.md).
     #[arg(
         long,
         env = "CRDT_HUB_SUBDOCUMENTS",

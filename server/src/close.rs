@@ -41,7 +41,7 @@ impl CloseReason {
 /// 4401: the token the session opened with has expired (`exp`, give or
 /// take `--auth-leeway`). Reconnect with a fresh token; y-websocket 3.1+
 /// stops reconnecting on its own on 44xx, so an app refreshes the token
-/// and reconnects (README, Authentication).
+/// and reconnects (docs/auth-and-limits.md).
 pub const TOKEN_EXPIRED: CloseReason = CloseReason::new(4401, "token expired", "token_expired");
 /// 4401: a Hocuspocus provider sent messages for a document and no
 /// token for it within 10 s.

@@ -126,7 +126,7 @@ fn describe() {
     );
     describe_counter!(
         "crdt_hub_connections_closed_total",
-        "Connections closed by the server, by close code and reason: one reason per kind of close (slow_consumer, rate_limited, protocol_error, ...; README, Protocol and close codes), and write_timeout under code 1006 for a socket dropped because it took no bytes for --write-timeout."
+        "Connections closed by the server, by close code and reason: one reason per kind of close (slow_consumer, rate_limited, protocol_error, ...; docs/protocol.md), and write_timeout under code 1006 for a socket dropped because it took no bytes for --write-timeout."
     );
     describe_gauge!("crdt_hub_rooms", "Rooms loaded in memory.");
     describe_counter!(

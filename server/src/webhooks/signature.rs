@@ -1,6 +1,6 @@
 //! `X-Crdt-Hub-Signature: sha256=<hex>`: the HMAC-SHA256 of the raw body
 //! under `--webhook-secret`, so a receiver can tell our requests from
-//! forged ones (README, Webhooks, shows the check in Node and Python).
+//! forged ones (docs/webhooks.md shows the check in Node and Python).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

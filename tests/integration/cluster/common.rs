@@ -26,6 +26,20 @@ impl Bus {
         Self::Cluster(RedisCluster::start().await)
     }
 
+    /// A fresh database, a key prefix of `name`'s, and two nodes on both:
+    /// how most cluster tests begin. Keep the database alive as long as
+    /// the nodes.
+    pub(super) async fn two_nodes(
+        &self,
+        name: &str,
+    ) -> (PostgresDb, String, ServerProcess, ServerProcess) {
+        let db = PostgresDb::create().await;
+        let prefix = unique_prefix(name);
+        let a = self.start_node(&db, &prefix, &[]).await;
+        let b = self.start_node(&db, &prefix, &[]).await;
+        (db, prefix, a, b)
+    }
+
     /// Starts a node on this bus.
     pub(super) async fn start_node(
         &self,

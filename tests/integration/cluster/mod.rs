@@ -282,10 +282,7 @@ async fn awareness_crosses_nodes_and_is_removed_when_its_client_leaves() {
 }
 
 async fn awareness_crosses_nodes(bus: &Bus) {
-    let db = PostgresDb::create().await;
-    let prefix = unique_prefix("awareness");
-    let node_a = bus.start_node(&db, &prefix, &[]).await;
-    let node_b = bus.start_node(&db, &prefix, &[]).await;
+    let (db, prefix, node_a, node_b) = bus.two_nodes("awareness").await;
     let room = "presence";
     let mut a = YClient::connect(&node_a.url(room)).await;
     let mut b = YClient::connect(&node_b.url(room)).await;
@@ -694,10 +691,7 @@ async fn hocuspocus_and_y_websocket_share(bus: &Bus) {
     use yrs::encoding::read::{Cursor, Read};
     use yrs::updates::decoder::Decode;
 
-    let db = PostgresDb::create().await;
-    let prefix = unique_prefix("hocuspocus");
-    let node_a = bus.start_node(&db, &prefix, &[]).await;
-    let node_b = bus.start_node(&db, &prefix, &[]).await;
+    let (db, prefix, node_a, node_b) = bus.two_nodes("hocuspocus").await;
     let room = "mixed";
     let mut provider = Provider::connect(node_a.addr).await;
     provider.auth(room, "").await;

@@ -214,10 +214,7 @@ async fn nodes_share_rooms_through_a_tls_redis_cluster() {
     let Bus::Cluster(cluster) = &bus else {
         unreachable!()
     };
-    let db = PostgresDb::create().await;
-    let prefix = unique_prefix("tls-cluster");
-    let node_a = bus.start_node(&db, &prefix, &[]).await;
-    let node_b = bus.start_node(&db, &prefix, &[]).await;
+    let (_db, prefix, node_a, node_b) = bus.two_nodes("tls-cluster").await;
     // One of them on the master that is not a seed.
     for room in one_room_per_master(cluster, &prefix).await.values() {
         let mut a = YClient::connect(&node_a.url(room)).await;
