@@ -59,18 +59,9 @@ impl Default for JournalConfig {
 
 enum Entry {
     Update(PendingUpdate),
-    /// Answered once every update enqueued before it is written.
-    Barrier(Barrier),
-}
-
-/// Who waits for a barrier.
-enum Barrier {
-    /// A task awaiting [`Journal::flushed`].
-    Flushed(oneshot::Sender<()>),
-    /// A connection waiting to acknowledge a frame's updates
-    /// ([`Journal::answer_when_written`]), answered by the writer itself:
-    /// no task per acknowledged frame.
-    Stored(oneshot::Sender<bool>),
+    /// Answered `true` by the writer once every update enqueued before it
+    /// is written ([`Journal::answer_when_written`]).
+    Barrier(oneshot::Sender<bool>),
 }
 
 /// The rooms' handle on the write path. Cheap to clone.
@@ -178,20 +169,16 @@ impl Journal {
     /// Waits as long as the database is down: callers bound it themselves.
     pub async fn flushed(&self) {
         let (done, wait) = oneshot::channel();
-        if self
-            .entries
-            .send(Entry::Barrier(Barrier::Flushed(done)))
-            .is_ok()
-        {
-            let _ = wait.await;
-        }
+        self.answer_when_written(done);
+        // Dropped unanswered: the journal has stopped.
+        let _ = wait.await;
     }
 
     /// Answers `stored` with `true` once every update queued before this
     /// call is in storage. Dropped unanswered (a "no") if the journal has
     /// stopped or gave up at shutdown.
     pub fn answer_when_written(&self, stored: oneshot::Sender<bool>) {
-        let _ = self.entries.send(Entry::Barrier(Barrier::Stored(stored)));
+        let _ = self.entries.send(Entry::Barrier(stored));
     }
 
     pub fn status(&self) -> JournalStatus {
@@ -244,7 +231,7 @@ struct Writer {
 struct Batch {
     updates: Vec<PendingUpdate>,
     bytes: usize,
-    barriers: Vec<Barrier>,
+    barriers: Vec<oneshot::Sender<bool>>,
 }
 
 impl Writer {
@@ -385,15 +372,8 @@ impl Writer {
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
             self.shared.written_batches.fetch_add(1, Ordering::Relaxed);
         }
-        for barrier in batch.barriers {
-            match barrier {
-                Barrier::Flushed(done) => {
-                    let _ = done.send(());
-                }
-                Barrier::Stored(stored) => {
-                    let _ = stored.send(true);
-                }
-            }
+        for done in batch.barriers {
+            let _ = done.send(true);
         }
     }
 

@@ -57,14 +57,14 @@ impl BusOnly {
     }
 
     /// Records updates from another node that the room applied; `before`
-    /// is the document's state vector ahead of them (needed only when
-    /// [`Self::is_empty`]).
-    pub(super) fn held(&mut self, applied: &[Bytes], before: impl FnOnce() -> StateVector) {
+    /// is the document's state vector ahead of them, taken when
+    /// [`Self::is_empty`] said so.
+    pub(super) fn held(&mut self, applied: &[Bytes], before: Option<StateVector>) {
         if applied.is_empty() {
             return;
         }
         if self.since.is_none() {
-            self.since = Some(before());
+            self.since = Some(before.unwrap_or_default());
         }
         if self.overflowed {
             return;
@@ -181,7 +181,7 @@ mod tests {
             .transact_mut()
             .apply_update(Update::decode_v1(&update).unwrap())
             .unwrap();
-        buffer.held(&[update], || before);
+        buffer.held(&[update], Some(before));
     }
 
     #[test]

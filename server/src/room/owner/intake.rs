@@ -238,9 +238,7 @@ impl RoomTask {
             .then(|| state.room.doc().transact().state_vector());
         match state.room.apply_external(update) {
             Ok(effects) => {
-                state
-                    .bus_only
-                    .held(&effects.applied, || before.unwrap_or_default());
+                state.bus_only.held(&effects.applied, before);
                 self.accepted_from(state, &effects.applied, false);
                 self.deliver(state, None, effects);
             }
