@@ -82,6 +82,11 @@ pub fn frame_into_room(data: &[u8]) -> Outcome {
 
 fn y_websocket_frame_into_room(data: &[u8]) -> Outcome {
     let mut room = Room::new(seeded_doc());
+    // Half the inputs go through the held awareness path the server uses.
+    let holds_awareness = data.len().is_multiple_of(2);
+    if holds_awareness {
+        room = room.hold_awareness();
+    }
     room.join(1, Access::ReadWrite);
     room.join(2, Access::ReadOnly);
     let frame = Bytes::copy_from_slice(data);
@@ -104,6 +109,13 @@ fn y_websocket_frame_into_room(data: &[u8]) -> Outcome {
     let messages = protocol::parse_frame(&step1).expect("a SyncStep1 frame parses");
     room.receive(3, messages).expect("a SyncStep1 never fails");
     room.leave(1);
+    if let Some((_, frame)) = room.take_awareness() {
+        assert!(
+            holds_awareness,
+            "awareness held by a room that does not hold it"
+        );
+        protocol::parse_frame(&frame).expect("a held awareness message parses");
+    }
     outcome
 }
 

@@ -134,6 +134,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CRDT_HUB_FANOUT_WINDOW", default_value = "5ms", value_parser = parse_duration)]
     pub fanout_window: Duration,
 
+    /// A room sends awareness (cursors, who is here) at most once per this
+    /// long: changes that come sooner after its last awareness message
+    /// wait, the newest per client, and go out together as one message
+    /// (one frame per peer however many clients moved; stock Yjs clients
+    /// apply it entry by entry). A room whose changes come further apart
+    /// sends each at once. 0 sends every change as it comes, one frame per
+    /// change and peer: n² frames in a room where everyone moves.
+    #[arg(long, env = "CRDT_HUB_AWARENESS_WINDOW", default_value = "20ms", value_parser = parse_duration)]
+    pub awareness_window: Duration,
+
     /// Longest a socket write may block before the client counts as dead.
     #[arg(long, env = "CRDT_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -248,6 +258,7 @@ impl ServeArgs {
             max_rooms: self.limits.max_rooms.max(1),
             max_document_bytes: self.limits.max_doc_size as u64,
             fanout_window: self.fanout_window.min(Duration::from_secs(1)),
+            awareness_window: self.awareness_window.min(Duration::from_secs(1)),
             presence: self.limits.presence_caps(),
             ..RoomConfig::default()
         }

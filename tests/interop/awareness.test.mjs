@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 
-import { VERSIONS, startServer, uniqueRoom, useScope, waitFor } from './harness.mjs'
+import { MSG_AWARENESS, VERSIONS, decodeAwarenessUpdate, decodeMessages, startServer, uniqueRoom, useScope, waitFor } from './harness.mjs'
 
 let server
 before(async () => { server = await startServer() })
@@ -76,4 +76,46 @@ test('a client clearing its own state (setLocalState(null)) is removed for the o
   await waitFor(() => !b.awareness.getStates().has(a.doc.clientID), undefined, 'cleared state still visible')
   a.awareness.setLocalState({ user: { name: 'a again' } })
   await waitFor(() => userOf(b, a.doc.clientID)?.name === 'a again', undefined, 'state set after clearing was not forwarded')
+})
+
+// A presence storm: everyone moves at once. The server holds the changes
+// of one awareness window and sends them as one message (--awareness-window),
+// so a peer gets far fewer awareness frames than there were moves, and stock
+// clients of every version must still end with everyone's newest cursor.
+test('a presence storm reaches every stock client coalesced, newest cursor last', async t => {
+  const scope = useScope(t)
+  const room = uniqueRoom('aw-storm')
+  const clients = []
+  for (let i = 0; i < 9; i++) {
+    clients.push(await scope.syncedClient(server, room, { version: VERSIONS[i % VERSIONS.length] }))
+  }
+  const watcher = scope.raw(server, room)
+  await watcher.opened
+  const moves = 40
+  for (let move = 1; move <= moves; move++) {
+    for (const [i, client] of clients.entries()) {
+      client.awareness.setLocalStateField('cursor', { client: i, move })
+    }
+    await new Promise(resolve => setTimeout(resolve, 2))
+  }
+  const newest = (client, other) => client.awareness.getStates().get(other.doc.clientID)?.cursor?.move
+  await waitFor(() => clients.every(a => clients.every(b => a === b || newest(a, b) === moves)), undefined,
+    () => `not every client sees every other's last move: ${JSON.stringify(clients.map(a => clients.map(b => newest(a, b))))}`)
+
+  // The watcher saw every client's last move, in fewer frames than moves.
+  const seen = new Map()
+  let awarenessFrames = 0
+  await waitFor(() => {
+    for (; watcher.cursor < watcher.frames.length; watcher.cursor++) {
+      const messages = decodeMessages(watcher.frames[watcher.cursor].data).filter(m => m.type === MSG_AWARENESS)
+      awarenessFrames += messages.length
+      for (const m of messages) {
+        for (const [id, { state }] of decodeAwarenessUpdate(m.payload)) seen.set(id, state?.cursor?.move)
+      }
+    }
+    return clients.every(c => seen.get(c.doc.clientID) === moves)
+  }, undefined, () => `the watcher's last moves: ${JSON.stringify([...seen])}`)
+  const changes = clients.length * moves
+  assert.ok(awarenessFrames < changes / 3,
+    `${awarenessFrames} awareness messages for ${changes} moves: not coalesced`)
 })

@@ -517,6 +517,20 @@ describe('a Hocuspocus provider and a y-websocket client share a room: edits and
       yws.awareness.setLocalStateField('cursor', 7)
       await waitFor(() => stateOf(hp.awareness, yws.doc.clientID)?.cursor === 7, undefined, () => hp.describe())
 
+      // Everyone moving at once: the moves arrive merged into few awareness
+      // messages (--awareness-window), which the provider applies entry by
+      // entry, ending with each client's last move.
+      const others = [yws, await reader(scope, server, room), await reader(scope, server, room)]
+      for (let move = 1; move <= 20; move++) {
+        for (const other of others) other.awareness.setLocalStateField('cursor', move)
+        hp.provider.setAwarenessField('cursor', move)
+        await new Promise(resolve => setTimeout(resolve, 2))
+      }
+      await waitFor(() => others.every(o => stateOf(hp.awareness, o.doc.clientID)?.cursor === 20 &&
+        stateOf(o.awareness, hp.clientID)?.cursor === 20), undefined,
+      () => `last moves: the provider sees ${JSON.stringify(others.map(o => stateOf(hp.awareness, o.doc.clientID)?.cursor))}, ` +
+        `they see ${JSON.stringify(others.map(o => stateOf(o.awareness, hp.clientID)?.cursor))}\n${hp.describe()}`)
+
       // Leaving: y-websocket sees the provider's presence go.
       hp.destroy()
       await waitFor(() => !yws.awareness.getStates().has(hp.clientID), undefined,

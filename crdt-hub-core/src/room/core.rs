@@ -14,6 +14,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::protocol::{self, ClientMessage, DocUpdate};
 use crate::room::held::{self, HeldCaps, HeldUpdates};
 use crate::room::presence::{self, Owner, Presence, PresenceCaps};
+use crate::room::presence_batch::PresenceBatch;
 use crate::subdocs::OwnedDoc;
 
 pub use super::PeerId;
@@ -47,6 +48,9 @@ pub struct Effects {
     /// Awareness entries from the sender ignored (not its client id, or
     /// past a cap), reported once per peer: the first time it happens.
     pub awareness_ignored: Option<presence::Ignored>,
+    /// Awareness changes were held for the room's next awareness message
+    /// ([`Room::hold_awareness`]) rather than put in `to_others`.
+    pub awareness_held: bool,
 }
 
 /// A failure that ends the peer's connection.
@@ -89,6 +93,10 @@ pub struct Room {
     unsaved_updates: u64,
     /// Updates waiting for what they build on (see [`held`]).
     held: HeldUpdates,
+    /// Awareness changes not yet sent, when the room holds them (see
+    /// [`crate::room::presence_batch`]); `None` sends each with the input
+    /// that made it.
+    awareness_batch: Option<PresenceBatch>,
 }
 
 impl Room {
@@ -108,7 +116,22 @@ impl Room {
             full_state_frame: None,
             unsaved_updates: 0,
             held: stored.held,
+            awareness_batch: None,
         }
+    }
+
+    /// The room holds awareness changes until [`Room::take_awareness`]
+    /// instead of putting them in each input's `to_others`.
+    #[must_use]
+    pub fn hold_awareness(mut self) -> Self {
+        self.awareness_batch = Some(PresenceBatch::default());
+        self
+    }
+
+    /// The awareness changes held since the last call, as one frame, with
+    /// the peer it is not for (the only one whose changes it carries).
+    pub fn take_awareness(&mut self) -> Option<(Option<PeerId>, Bytes)> {
+        self.awareness_batch.as_mut()?.take()
     }
 
     /// The room with awareness bounded by `caps` instead of the defaults.
@@ -188,6 +211,7 @@ impl Room {
 
     /// Applies awareness states another node published (trusted, but they
     /// cannot take a client id one of this room's peers owns).
+    /// Not held: the other node held them before it published them.
     pub fn apply_remote_awareness(&mut self, update: AwarenessUpdate) -> presence::Applied {
         self.presence.apply(Owner::Remote, update)
     }
@@ -281,7 +305,8 @@ impl Room {
     pub fn leave(&mut self, peer: PeerId) -> Effects {
         let mut effects = Effects::default();
         if self.peers.remove(&peer).is_some() {
-            effects.to_others.extend(self.presence.leave(peer));
+            let removal = self.presence.leave(peer);
+            self.share_awareness(None, removal, &mut effects);
         }
         effects
     }
@@ -380,7 +405,6 @@ impl Room {
     /// reported the first time for this peer.
     fn apply_awareness(&mut self, peer: PeerId, update: AwarenessUpdate, effects: &mut Effects) {
         let applied = self.presence.apply(Owner::Peer(peer), update);
-        effects.to_others.extend(applied.frame);
         if applied.ignored.any() {
             let ignored = &applied.ignored;
             for (reason, count) in [
@@ -395,6 +419,27 @@ impl Room {
             {
                 effects.awareness_ignored = Some(applied.ignored);
             }
+        }
+        self.share_awareness(Some(peer), applied.changes, effects);
+    }
+
+    /// Sends awareness `changes` made by `maker` (`None`: the room) to the
+    /// other peers, or holds them for the room's next awareness message.
+    fn share_awareness(
+        &mut self,
+        maker: Option<PeerId>,
+        changes: presence::Changes,
+        effects: &mut Effects,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        match &mut self.awareness_batch {
+            Some(batch) => {
+                batch.add(maker, changes);
+                effects.awareness_held = true;
+            }
+            None => effects.to_others.extend(presence::encode_changes(changes)),
         }
     }
 }
@@ -655,6 +700,55 @@ mod tests {
         assert_eq!(text_after(&seen), "aby", "the other peer got it all");
         let joiner = protocol::encode_sync_step2(&room.encode_state());
         assert_eq!(text_after(&[joiner]), "aby", "and so does a joiner");
+    }
+
+    #[test]
+    fn a_room_that_holds_awareness_sends_it_only_when_asked_newest_first_removals_included() {
+        let mut room = Room::new(server_doc()).hold_awareness();
+        for peer in 1..=3 {
+            room.join(peer, Access::ReadWrite);
+        }
+        for clock in 1..=3 {
+            let moved = room
+                .receive(
+                    1,
+                    parsed(&presence_frame(10, clock, &format!("{{\"at\":{clock}}}"))),
+                )
+                .unwrap();
+            assert!(moved.to_others.is_empty(), "held, not sent");
+            assert!(moved.awareness_held);
+        }
+        // One maker: its own message skips it.
+        let (skip, frame) = room.take_awareness().unwrap();
+        assert_eq!(skip, Some(1));
+        let Some(ClientMessage::Awareness(update)) = parsed(&frame).pop() else {
+            panic!("not an awareness message");
+        };
+        assert_eq!(update.clients.len(), 1);
+        assert_eq!(
+            update.clients[&ClientID::new(10)].clock,
+            3,
+            "the newest move"
+        );
+        assert!(room.take_awareness().is_none());
+
+        // A spoof is still ignored and holds nothing; a leaver's removal is
+        // held, from the room, so it goes to everyone.
+        let spoof = room
+            .receive(2, parsed(&presence_frame(10, 99, "null")))
+            .unwrap();
+        assert!(!spoof.awareness_held);
+        room.receive(2, parsed(&presence_frame(20, 1, "{}")))
+            .unwrap();
+        let left = room.leave(1);
+        assert!(left.to_others.is_empty() && left.awareness_held);
+        let (skip, frame) = room.take_awareness().unwrap();
+        assert_eq!(skip, None);
+        let Some(ClientMessage::Awareness(update)) = parsed(&frame).pop() else {
+            panic!("not an awareness message");
+        };
+        assert_eq!(update.clients[&ClientID::new(10)].json.as_ref(), "null");
+        assert_eq!(update.clients[&ClientID::new(20)].clock, 1);
     }
 
     #[test]

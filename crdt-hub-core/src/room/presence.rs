@@ -92,11 +92,26 @@ impl Ignored {
     }
 }
 
+impl Applied {
+    /// The change for every other peer as one frame, if anything changed.
+    pub fn frame(&self) -> Option<Bytes> {
+        encode_changes(self.changes.clone())
+    }
+}
+
+/// Awareness entries by client id: the body of one awareness update.
+pub type Changes = HashMap<ClientID, AwarenessUpdateEntry>;
+
+/// `changes` as one awareness frame; `None` when empty.
+pub fn encode_changes(changes: Changes) -> Option<Bytes> {
+    (!changes.is_empty()).then(|| protocol::encode_awareness(&AwarenessUpdate { clients: changes }))
+}
+
 /// What applying an update changed.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// The change for every other peer, if anything changed.
-    pub frame: Option<Bytes>,
+    /// The entries every other peer is to learn (empty if nothing changed).
+    pub changes: Changes,
     /// Client ids whose state was set (added or renewed).
     pub set: Vec<ClientID>,
     /// Client ids whose state was removed.
@@ -142,7 +157,7 @@ impl Presence {
     /// after the ownership and cap rules of the module documentation.
     pub fn apply(&mut self, from: Owner, update: AwarenessUpdate) -> Applied {
         let mut applied = Applied::default();
-        let mut forward = HashMap::new();
+        let forward = &mut applied.changes;
         for (client, AwarenessUpdateEntry { clock, json }) in update.clients {
             // Clients read `null` as a removal however it is spaced.
             let removal = json.trim() == NULL;
@@ -208,11 +223,8 @@ impl Presence {
             }
             forward.insert(client, AwarenessUpdateEntry { clock, json });
         }
-        if !forward.is_empty() {
+        if !applied.changes.is_empty() {
             self.everyone = None;
-            applied.frame = Some(protocol::encode_awareness(&AwarenessUpdate {
-                clients: forward,
-            }));
         }
         applied
     }
@@ -241,16 +253,18 @@ impl Presence {
     }
 
     /// Forgets what `peer` held; returns the removal of its states (one
-    /// clock past each) for the others, if it held any.
-    pub fn leave(&mut self, peer: PeerId) -> Option<Bytes> {
-        let clients = self.by_peer.remove(&peer)?;
+    /// clock past each) for the others: empty if it held none.
+    pub fn leave(&mut self, peer: PeerId) -> Changes {
+        let Some(clients) = self.by_peer.remove(&peer) else {
+            return Changes::new();
+        };
         self.forget(clients, |owner| owner == Owner::Peer(peer))
     }
 
     /// Forgets the states of other nodes' clients in `clients` (their node
     /// stopped renewing them); returns their removal for local peers.
     pub fn expire_remote(&mut self, clients: impl IntoIterator<Item = ClientID>) -> Option<Bytes> {
-        self.forget(clients, |owner| owner == Owner::Remote)
+        encode_changes(self.forget(clients, |owner| owner == Owner::Remote))
     }
 
     /// Client ids with a state, for tests and metrics.
@@ -281,8 +295,8 @@ impl Presence {
         &mut self,
         clients: impl IntoIterator<Item = ClientID>,
         owned: impl Fn(Owner) -> bool,
-    ) -> Option<Bytes> {
-        let mut removal = HashMap::new();
+    ) -> Changes {
+        let mut removal = Changes::new();
         for client in clients {
             let Some(entry) = self.entries.get(&client) else {
                 continue;
@@ -308,13 +322,10 @@ impl Presence {
                 },
             );
         }
-        if removal.is_empty() {
-            return None;
+        if !removal.is_empty() {
+            self.everyone = None;
         }
-        self.everyone = None;
-        Some(protocol::encode_awareness(&AwarenessUpdate {
-            clients: removal,
-        }))
+        removal
     }
 
     fn encode(&self, include: impl Fn(Owner) -> bool) -> Option<Bytes> {
@@ -379,19 +390,19 @@ mod tests {
     fn a_client_id_belongs_to_the_connection_that_set_it_first() {
         let mut presence = Presence::default();
         let set = presence.apply(Owner::Peer(1), update(&[(10, 1, ANN)]));
-        assert_eq!(states(&set.frame.unwrap())[&10], (1, ANN.to_string()));
+        assert_eq!(states(&set.frame().unwrap())[&10], (1, ANN.to_string()));
 
         // Peer 2 sends ann's id with a far higher clock: ignored, and
         // nothing is forwarded.
         let spoof = presence.apply(Owner::Peer(2), update(&[(10, 1000, EVE)]));
-        assert!(spoof.frame.is_none());
+        assert!(spoof.frame().is_none());
         assert_eq!(spoof.ignored.not_owner, 1);
         assert_eq!(presence.state(ClientID::new(10)), Some(ANN));
 
         // Ann renews (clock 2, as y-protocols does every 15 s): accepted,
         // although the spoofer's clock was higher.
         let renewed = presence.apply(Owner::Peer(1), update(&[(10, 2, ANN)]));
-        assert_eq!(states(&renewed.frame.unwrap())[&10], (2, ANN.to_string()));
+        assert_eq!(states(&renewed.frame().unwrap())[&10], (2, ANN.to_string()));
     }
 
     #[test]
@@ -400,7 +411,7 @@ mod tests {
         presence.apply(Owner::Peer(1), update(&[(10, 5, ANN)]));
         for clock in [5, 6, u32::MAX - 1] {
             let removal = presence.apply(Owner::Peer(2), update(&[(10, clock, "null")]));
-            assert!(removal.frame.is_none());
+            assert!(removal.frame().is_none());
             assert_eq!(removal.ignored.not_owner, 1);
         }
         assert_eq!(presence.state(ClientID::new(10)), Some(ANN));
@@ -413,7 +424,7 @@ mod tests {
         // stays its own while it is here.
         let removed = presence.apply(Owner::Peer(1), update(&[(10, 6, "null")]));
         assert_eq!(removed.removed, [ClientID::new(10)]);
-        assert_eq!(states(&removed.frame.unwrap())[&10], (6, "null".into()));
+        assert_eq!(states(&removed.frame().unwrap())[&10], (6, "null".into()));
         assert!(presence.is_empty());
         let taken = presence.apply(Owner::Peer(2), update(&[(10, 7, EVE)]));
         assert_eq!(taken.ignored.not_owner, 1);
@@ -429,13 +440,13 @@ mod tests {
         assert!(
             presence
                 .apply(Owner::Peer(1), update(&[(10, 4, EVE)]))
-                .frame
+                .frame()
                 .is_none()
         );
         assert!(
             presence
                 .apply(Owner::Peer(1), update(&[(10, 5, EVE)]))
-                .frame
+                .frame()
                 .is_none()
         );
         // A removal at the same clock removes.
@@ -454,7 +465,7 @@ mod tests {
         let flood = presence.apply(Owner::Peer(1), update(&fakes));
         assert_eq!(flood.set.len(), 4);
         assert_eq!(flood.ignored.client_cap, 1996);
-        assert_eq!(states(&flood.frame.unwrap()).len(), 4);
+        assert_eq!(states(&flood.frame().unwrap()).len(), 4);
         assert_eq!(presence.len(), 4);
         // A removed id still counts: removing and adding cannot cycle
         // through ids.
@@ -538,13 +549,13 @@ mod tests {
         presence.apply(Owner::Peer(1), update(&[(10, 3, ANN), (11, 1, ANN)]));
         presence.apply(Owner::Peer(1), update(&[(11, 2, "null")]));
         presence.apply(Owner::Peer(2), update(&[(20, 1, EVE)]));
-        let removal = presence.leave(1).unwrap();
+        let removal = encode_changes(presence.leave(1)).unwrap();
         // Only what the others still saw, one clock past.
         assert_eq!(states(&removal), HashMap::from([(10, (4, "null".into()))]));
         assert_eq!(presence.owner(ClientID::new(10)), None);
         assert_eq!(presence.owner(ClientID::new(11)), None);
         assert_eq!(presence.local_bytes(), EVE.len());
-        assert!(presence.leave(1).is_none());
+        assert!(presence.leave(1).is_empty());
         // The freed id may be set by whoever comes next.
         let next = presence.apply(Owner::Peer(3), update(&[(10, 1, ANN)]));
         assert_eq!(next.set, [ClientID::new(10)]);

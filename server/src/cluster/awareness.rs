@@ -35,7 +35,7 @@ impl RemoteAwareness {
         for client in &applied.removed {
             self.seen.remove(client);
         }
-        applied.frame
+        applied.frame()
     }
 
     /// Removes remote states not renewed within `timeout`; returns the

@@ -183,6 +183,14 @@ impl RoomBus {
         }
     }
 
+    /// Publishes an awareness message the room held and sent its peers
+    /// (changes of this node's own peers only).
+    pub fn publish_awareness_frame(&self, frame: &Bytes) {
+        if self.sharing.is_shared() {
+            self.publish(BusMessage::Awareness(frame.clone()));
+        }
+    }
+
     /// Handles what the bus handed the room.
     pub fn handle(&mut self, room: &mut Room, remote: Remote) -> RemoteOutcome {
         let mut outcome = RemoteOutcome::default();

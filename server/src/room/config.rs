@@ -31,6 +31,9 @@ pub struct RoomConfig {
     /// The longest a busy room holds a frame for company (see
     /// `FanoutWindow`); zero sends each frame at once.
     pub fanout_window: Duration,
+    /// The shortest time between two of a room's awareness messages (see
+    /// `PresenceWindow`); zero sends each change at once.
+    pub awareness_window: Duration,
     /// What one connection, and the room's connections in all, may hold
     /// of awareness (see [`super::presence`]).
     pub presence: PresenceCaps,
@@ -50,6 +53,7 @@ impl Default for RoomConfig {
             max_rooms: 100_000,
             max_document_bytes: 256 << 20,
             fanout_window: Duration::from_millis(5),
+            awareness_window: Duration::from_millis(20),
             presence: PresenceCaps::default(),
         }
     }

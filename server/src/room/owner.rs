@@ -33,6 +33,7 @@ use super::config::RoomConfig;
 use super::core::{Access, Effects, PeerId, Room};
 use super::fanout::{Broadcast, FanoutWindow};
 use super::peer::PeerLink;
+use super::presence_window::PresenceWindow;
 use super::request::{RoomEvent, RoomReply, RoomRequest};
 use crate::close;
 use crate::persist::{self, Journal};
@@ -163,6 +164,8 @@ struct Loaded {
     /// room's turn ends: a peer gets everything one turn produced in one
     /// write, and under load a turn handles many commands.
     ready: Vec<Broadcast>,
+    /// When the awareness changes the room holds go out.
+    presence: PresenceWindow,
     /// Updates from other nodes this node has not stored, journaled before
     /// it acknowledges an edit (see [`bus_only`]).
     bus_only: bus_only::BusOnly,
@@ -198,8 +201,13 @@ impl RoomTask {
         }
         let document_bytes = loaded.stored_bytes as i64;
         crate::metrics::document_bytes(document_bytes);
+        let presence = PresenceWindow::new(self.config.awareness_window);
+        let mut room = Room::with_held(loaded.doc).with_presence_caps(self.config.presence);
+        if presence.holds() {
+            room = room.hold_awareness();
+        }
         let mut state = Loaded {
-            room: Room::with_held(loaded.doc).with_presence_caps(self.config.presence),
+            room,
             links: HashMap::new(),
             document_bytes,
             base: loaded.base,
@@ -213,6 +221,7 @@ impl RoomTask {
             last_change: None,
             fanout: FanoutWindow::new(self.config.fanout_window),
             ready: Vec::new(),
+            presence,
             bus_only: bus_only::BusOnly::default(),
         };
         self.serve(&mut state).await;
@@ -248,6 +257,8 @@ impl RoomTask {
         tokio::pin!(unload);
         let fanout_due = sleep_until(far_future);
         tokio::pin!(fanout_due);
+        let presence_due = sleep_until(far_future);
+        tokio::pin!(presence_due);
         loop {
             let unload_at = match (shutdown_deadline, idle_since) {
                 (Some(_), _) if state.links.is_empty() => Instant::now(),
@@ -263,6 +274,12 @@ impl RoomTask {
                 && fanout_due.deadline() != due
             {
                 fanout_due.as_mut().reset(due);
+            }
+            let presence_at = state.presence.due();
+            if let Some(due) = presence_at
+                && presence_due.deadline() != due
+            {
+                presence_due.as_mut().reset(due);
             }
             tokio::select! {
                 command = self.inbox.recv() => {
@@ -295,6 +312,9 @@ impl RoomTask {
                 }
                 () = &mut fanout_due, if fanout_at.is_some() => {
                     self.send_held_frames(state);
+                }
+                () = &mut presence_due, if presence_at.is_some() => {
+                    self.send_awareness(state, Instant::now());
                 }
                 result = compaction_done(&mut state.compaction) => {
                     self.compacted(state, result);

@@ -40,8 +40,26 @@ impl RoomTask {
         }
         let ready = state.fanout.offer(now, sender, effects.to_others);
         state.ready.extend(ready);
+        if effects.awareness_held && state.presence.changed(now) {
+            self.send_awareness(state, now);
+        }
         out.written.record();
         self.evict_slow(state, out.slow);
+    }
+
+    /// Sends the awareness changes the room holds as one message to every
+    /// peer (through the fan-out window, behind what it holds) and to the
+    /// other nodes.
+    pub(super) fn send_awareness(&self, state: &mut Loaded, now: Instant) {
+        state.presence.sent(now);
+        let Some((skip, frame)) = state.room.take_awareness() else {
+            return;
+        };
+        if let Some(bus) = &self.bus {
+            bus.publish_awareness_frame(&frame);
+        }
+        let ready = state.fanout.offer(now, skip, vec![frame]);
+        state.ready.extend(ready);
     }
 
     /// Sends what is ready and what the fan-out window held.
