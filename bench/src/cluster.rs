@@ -233,6 +233,7 @@ async fn once(
         server_pids: nodes.iter().map(|n| n.pid).collect(),
         check_convergence: true,
         gapped_updates: 0,
+        preload_bytes: 0,
     })
     .await;
     let redis_after = redis_cpu_s(&options.redis)?;

@@ -24,7 +24,7 @@ mod runs;
 mod saturation;
 mod table;
 
-use runs::{fanout_run, idle_run, ingest_run, storm_run};
+use runs::{fanout_run, hot_room_run, idle_run, ingest_run, presence_run, storm_run};
 pub(crate) use table::fmt;
 use table::render;
 
@@ -37,6 +37,10 @@ pub enum Config {
     Saturation,
     /// 500 clients in one room, 2 updates/s each.
     BigRoom,
+    /// 500 clients in one room on a 4 MB document, 2 updates/s each.
+    HotRoom,
+    /// 500 clients in one room, each moving its cursor twice a second.
+    Presence,
     /// 10,000 idle connections over 1,000 rooms.
     Idle,
     /// 1,000 clients join a room holding a 5 MB document within 1 s.
@@ -55,11 +59,18 @@ impl Config {
                 Self::Fanout,
                 Self::Saturation,
                 Self::BigRoom,
+                Self::HotRoom,
+                Self::Presence,
                 Self::Idle,
                 Self::JoinStorm,
                 Self::B4,
             ],
-            Protocol::Hocuspocus => vec![Self::Fanout, Self::Saturation, Self::BigRoom],
+            Protocol::Hocuspocus => vec![
+                Self::Fanout,
+                Self::Saturation,
+                Self::BigRoom,
+                Self::Presence,
+            ],
         }
     }
 }
@@ -107,6 +118,9 @@ struct Plan {
     saturation_duration: Duration,
     big_room_clients: usize,
     big_room_duration: Duration,
+    hot_room_bytes: usize,
+    presence_clients: usize,
+    presence_duration: Duration,
     idle_connections: usize,
     idle_rooms: usize,
     idle_window: Duration,
@@ -125,6 +139,9 @@ impl Plan {
                 saturation_duration: Duration::from_secs(3),
                 big_room_clients: 200,
                 big_room_duration: Duration::from_secs(3),
+                hot_room_bytes: 1 << 20,
+                presence_clients: 200,
+                presence_duration: Duration::from_secs(3),
                 idle_connections: 2_000,
                 idle_rooms: 200,
                 idle_window: Duration::from_secs(3),
@@ -140,6 +157,9 @@ impl Plan {
             saturation_duration: Duration::from_secs(8),
             big_room_clients: 500,
             big_room_duration: Duration::from_secs(10),
+            hot_room_bytes: 4_000_000,
+            presence_clients: 500,
+            presence_duration: Duration::from_secs(10),
             idle_connections: 10_000,
             idle_rooms: 1_000,
             idle_window: Duration::from_secs(10),
@@ -274,6 +294,30 @@ pub async fn run(options: CompareOptions) -> Result<()> {
                         &format!("one big room: {clients} clients, 2 updates/s each"),
                         options.rounds,
                         &|t| Box::pin(fanout_run(t, clients, 1, 2.0, plan.big_room_duration)),
+                    )
+                    .await;
+            }
+            Config::HotRoom => {
+                let (clients, bytes) = (plan.big_room_clients, plan.hot_room_bytes);
+                harness
+                    .measure(
+                        &format!(
+                            "hot room: {clients} clients, one room on a {bytes}-byte document, 2 updates/s each"
+                        ),
+                        options.rounds,
+                        &|t| Box::pin(hot_room_run(t, clients, bytes, plan.big_room_duration)),
+                    )
+                    .await;
+            }
+            Config::Presence => {
+                let clients = plan.presence_clients;
+                harness
+                    .measure(
+                        &format!(
+                            "presence storm: {clients} clients in one room, 2 cursor moves/s each"
+                        ),
+                        options.rounds,
+                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration)),
                     )
                     .await;
             }

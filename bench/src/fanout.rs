@@ -52,6 +52,9 @@ pub struct FanoutConfig {
     /// Updates a writer in room 0 sends, each missing its first part (see
     /// [`crate::gapped`]); 0 runs without it.
     pub gapped_updates: usize,
+    /// Each room is first given a document of about this many bytes (a
+    /// seeding client pastes it and stays); 0 starts them empty.
+    pub preload_bytes: usize,
 }
 
 /// What a run measured.
@@ -149,12 +152,22 @@ struct Client {
     frames: Vec<Prepared>,
 }
 
+/// What every receiver adds to: how many deliveries so far, and when the
+/// latest came (the drain wait watches it).
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Deliveries received so far, by every client.
     received: AtomicU64,
     /// Microsecond stamp of the latest delivery.
     last_delivery: AtomicU64,
+}
+
+impl Shared {
+    /// Counts `count` deliveries received at `now` (µs since the stamp epoch).
+    pub(crate) fn add_deliveries(&self, count: u64, now: u64) {
+        self.received.fetch_add(count, Ordering::Relaxed);
+        self.last_delivery.fetch_max(now, Ordering::Relaxed);
+    }
 }
 
 struct ReceiverOutcome {
@@ -207,6 +220,17 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         })
         .collect();
 
+    let mut seeders = Vec::new();
+    let mut seeded_len = 0;
+    if config.preload_bytes > 0 {
+        for (room, wire) in wires.iter().enumerate() {
+            let base = &config.bases[node_of(room, config.rooms, config.bases.len())];
+            let (seeder, len) =
+                crate::join_storm::seed(base, wire, config.preload_bytes, config.connect).await?;
+            seeders.push(seeder);
+            seeded_len = len as u64;
+        }
+    }
     let client_wires: Vec<Arc<Wire>> = clients.iter().map(|c| wires[c.room].clone()).collect();
     let client_bases: Vec<&str> = clients
         .iter()
@@ -318,7 +342,10 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     // Checked while the senders are still connected: Hocuspocus without a
     // persistence extension forgets a document when its last client leaves.
     let (rooms_converged, convergence_errors) = if config.check_convergence {
-        let expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
+        let mut expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
+        for room in &mut expected_rooms {
+            room.text_len += seeded_len;
+        }
         if config.bases.len() > 1 {
             // Every delivery arrived, so every node has applied every
             // update; the pause only lets stray bus traffic (state vectors,
@@ -330,6 +357,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         (0, vec!["not checked".to_owned()])
     };
     drop(sinks_done);
+    drop(seeders);
 
     let first_send = start.into_std();
     let last = shared.last_delivery.load(Ordering::Relaxed);
@@ -513,8 +541,7 @@ async fn receive(
         }
         if fresh > 0 {
             outcome.deliveries += fresh;
-            shared.received.fetch_add(fresh, Ordering::Relaxed);
-            shared.last_delivery.fetch_max(now, Ordering::Relaxed);
+            shared.add_deliveries(fresh, now);
         }
     }
     outcome
@@ -524,7 +551,7 @@ async fn receive(
 /// (not newer than the newest it saw from that sender); records it when
 /// it is new. A sender's stamps strictly increase: each is the send time
 /// in µs, and one sender sends one update at a time.
-fn is_repeat(newest: &mut [u64], sender: u32, micros: u64) -> bool {
+pub(crate) fn is_repeat(newest: &mut [u64], sender: u32, micros: u64) -> bool {
     let Some(seen) = newest.get_mut(sender as usize) else {
         return false;
     };
@@ -537,7 +564,7 @@ fn is_repeat(newest: &mut [u64], sender: u32, micros: u64) -> bool {
 
 /// Waits until every expected delivery arrived, nothing arrived for two
 /// seconds, or `timeout` passed.
-async fn wait_for_drain(shared: &Shared, expected: u64, timeout: Duration) {
+pub(crate) async fn wait_for_drain(shared: &Shared, expected: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let mut last_count = shared.received.load(Ordering::Relaxed);
     let mut last_progress = Instant::now();

@@ -176,7 +176,7 @@ pub async fn run(config: &StormConfig) -> Result<StormReport> {
 /// waits for the server's answer to a SyncStep1 (sent after the updates on
 /// the same socket, so it reflects them). Returns the still-open seeding
 /// connection, a user who stays in the room, and the text length.
-async fn seed(
+pub(crate) async fn seed(
     base: &str,
     wire: &Wire,
     bytes: usize,

@@ -11,6 +11,7 @@ mod gapped;
 mod idle;
 mod ingest;
 mod join_storm;
+mod presence;
 mod procstat;
 mod servers;
 mod stamp;
@@ -95,6 +96,14 @@ struct RunArgs {
     /// arrives, spread over the run, beside the honest load.
     #[arg(long, default_value_t = 0)]
     gapped_updates: usize,
+    /// Move cursors instead of typing: each client sends RATE awareness
+    /// updates per second (a presence storm; see bench/src/presence.rs).
+    #[arg(long)]
+    presence: bool,
+    /// Give each room a document of about this many bytes before the
+    /// clients join (a hot room); 0 starts them empty.
+    #[arg(long, default_value_t = 0)]
+    preload_bytes: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -225,7 +234,11 @@ async fn run(args: RunArgs) -> Result<()> {
         server_pids: args.server_pid,
         check_convergence: !args.no_convergence,
         gapped_updates: args.gapped_updates,
+        preload_bytes: args.preload_bytes,
     };
+    if args.presence {
+        return run_presence(&config, args.json).await;
+    }
     let report = fanout::run(&config).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -252,6 +265,51 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     if !report.convergence_errors.is_empty() {
         println!("{:<34} {:?}", "convergence", report.convergence_errors);
+    }
+    Ok(())
+}
+
+/// `run --presence`: the same clients, rooms and schedule, moving cursors.
+async fn run_presence(fanout: &FanoutConfig, json: bool) -> Result<()> {
+    let [base] = fanout.bases.as_slice() else {
+        anyhow::bail!("--presence runs against one server");
+    };
+    let report = presence::run(&presence::PresenceConfig {
+        base: base.clone(),
+        protocol: fanout.protocol,
+        clients: fanout.clients,
+        rooms: fanout.rooms,
+        rate: fanout.rate,
+        arrivals: fanout.arrivals,
+        duration: fanout.duration,
+        room_prefix: fanout.room_prefix.clone(),
+        connect: fanout.connect,
+        connect_concurrency: fanout.connect_concurrency,
+        drain_timeout: fanout.drain_timeout,
+        server_pid: fanout.server_pids.first().copied(),
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for m in report.metrics() {
+        println!("{:<34} {}", m.name, m.value);
+    }
+    println!(
+        "{:<34} {} / {} (failures {}) {:?}",
+        "connected",
+        report.connected,
+        report.clients,
+        report.connect_failures,
+        report.connect_errors
+    );
+    println!(
+        "{:<34} moves {} offered {} received {} messages {} echoes {}",
+        "counts", report.moves, report.offered, report.delivered, report.messages, report.echoes
+    );
+    if !report.close_reasons.is_empty() {
+        println!("{:<34} {:?}", "closes", report.close_reasons);
     }
     Ok(())
 }

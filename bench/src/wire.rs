@@ -20,6 +20,7 @@ use yrs::sync::{Message, SyncMessage};
 use yrs::updates::encoder::Encode;
 
 const MSG_SYNC: u32 = 0;
+const MSG_AWARENESS: u32 = 1;
 const MSG_AUTH: u32 = 2;
 /// Hocuspocus: a sync message that must not trigger another SyncStep1.
 const MSG_SYNC_REPLY: u32 = 4;
@@ -55,6 +56,8 @@ pub enum Incoming<'a> {
     SyncStep1,
     SyncStep2(&'a [u8]),
     Update(&'a [u8]),
+    /// An awareness update (y-protocols encoding), undecoded.
+    Awareness(&'a [u8]),
     Authenticated,
     PermissionDenied,
     /// Awareness, sync status and anything else the benchmark ignores.
@@ -119,6 +122,20 @@ impl Wire {
         self.frame(&Message::Sync(SyncMessage::Update(update)))
     }
 
+    /// An awareness message setting `client`'s state to `json` at `clock`.
+    pub fn awareness(&self, client: u64, clock: u32, json: &str) -> Vec<u8> {
+        use yrs::block::ClientID;
+        use yrs::sync::AwarenessUpdate;
+        use yrs::sync::awareness::AwarenessUpdateEntry;
+        let entry = AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        };
+        self.frame(&Message::Awareness(AwarenessUpdate {
+            clients: [(ClientID::new(client), entry)].into(),
+        }))
+    }
+
     fn frame(&self, message: &Message) -> Vec<u8> {
         let mut frame = self.prefix.clone();
         frame.extend_from_slice(&message.encode_v1());
@@ -148,6 +165,9 @@ fn parse_message<'a>(
             SYNC_UPDATE => Incoming::Update(read_payload(cursor)?),
             _ => Incoming::Other,
         });
+    }
+    if tag == MSG_AWARENESS {
+        return Ok(Incoming::Awareness(read_payload(cursor)?));
     }
     if tag == MSG_AUTH && protocol == Protocol::Hocuspocus {
         return Ok(match cursor.read_var::<u32>()? {

@@ -11,6 +11,7 @@ use crate::fanout::{self, FanoutConfig};
 use crate::idle::{self, IdleConfig};
 use crate::ingest::{self, IngestConfig, Trace};
 use crate::join_storm::{self, StormConfig};
+use crate::presence::{self, PresenceConfig};
 
 pub(super) async fn fanout_run(
     target: Target,
@@ -20,6 +21,56 @@ pub(super) async fn fanout_run(
     duration: Duration,
 ) -> Result<Measured> {
     let report = fanout::run(&fanout_config(&target, clients, rooms, rate, duration)).await?;
+    Ok(Measured {
+        metrics: report.metrics(),
+        report: serde_json::to_value(&report)?,
+    })
+}
+
+/// One room of `clients` on a document of about `bytes`, 2 updates/s each.
+pub(super) async fn hot_room_run(
+    target: Target,
+    clients: usize,
+    bytes: usize,
+    duration: Duration,
+) -> Result<Measured> {
+    let config = FanoutConfig {
+        preload_bytes: bytes,
+        // Every joiner is sent the whole document first.
+        connect: ConnectOptions {
+            timeout: Duration::from_secs(60),
+            ..ConnectOptions::default()
+        },
+        ..fanout_config(&target, clients, 1, 2.0, duration)
+    };
+    let report = fanout::run(&config).await?;
+    Ok(Measured {
+        metrics: report.metrics(),
+        report: serde_json::to_value(&report)?,
+    })
+}
+
+pub(super) async fn presence_run(
+    target: Target,
+    clients: usize,
+    rate: f64,
+    duration: Duration,
+) -> Result<Measured> {
+    let report = presence::run(&PresenceConfig {
+        base: target.base.clone(),
+        protocol: target.kind.protocol(),
+        clients,
+        rooms: 1,
+        rate,
+        arrivals: target.arrivals,
+        duration,
+        room_prefix: "presence".into(),
+        connect: ConnectOptions::default(),
+        connect_concurrency: 64,
+        drain_timeout: Duration::from_secs(10),
+        server_pid: Some(target.pid),
+    })
+    .await?;
     Ok(Measured {
         metrics: report.metrics(),
         report: serde_json::to_value(&report)?,
@@ -48,6 +99,7 @@ fn fanout_config(
         server_pids: vec![target.pid],
         check_convergence: true,
         gapped_updates: 0,
+        preload_bytes: 0,
     }
 }
 
