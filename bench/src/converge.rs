@@ -89,7 +89,12 @@ pub fn text_of(doc: &Doc) -> String {
     text.get_string(&doc.transact())
 }
 
-fn compare(doc: &Doc, expected: &Expected) -> Result<()> {
+/// Whether `doc` holds exactly what `expected` says: each sender's clock
+/// and the text's length.
+///
+/// # Errors
+/// The first difference.
+pub fn compare(doc: &Doc, expected: &Expected) -> Result<()> {
     let text = doc.get_or_insert_text(TEXT_NAME);
     let txn = doc.transact();
     let sv = txn.state_vector();

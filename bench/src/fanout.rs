@@ -103,6 +103,10 @@ pub struct FanoutReport {
     pub convergence_errors: Vec<String>,
     /// What the gapped writer sent (zero without one).
     pub gapped: crate::gapped::GappedOutcome,
+    /// What each room must hold: the soak checks the rooms again after
+    /// they were unloaded and come back from storage.
+    #[serde(skip)]
+    pub expected_rooms: Vec<Expected>,
 }
 
 /// Pause before the convergence check when the clients were spread over
@@ -341,11 +345,11 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     }
     // Checked while the senders are still connected: Hocuspocus without a
     // persistence extension forgets a document when its last client leaves.
+    let mut expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
+    for room in &mut expected_rooms {
+        room.text_len += seeded_len;
+    }
     let (rooms_converged, convergence_errors) = if config.check_convergence {
-        let mut expected_rooms = expected_documents(config.rooms, &plans, &sent_per_client);
-        for room in &mut expected_rooms {
-            room.text_len += seeded_len;
-        }
         if config.bases.len() > 1 {
             // Every delivery arrived, so every node has applied every
             // update; the pause only lets stray bus traffic (state vectors,
@@ -415,6 +419,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         rooms_converged,
         convergence_errors,
         gapped,
+        expected_rooms,
     })
 }
 

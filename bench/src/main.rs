@@ -14,6 +14,7 @@ mod join_storm;
 mod presence;
 mod procstat;
 mod servers;
+mod soak;
 mod stamp;
 mod stats;
 mod wire;
@@ -31,6 +32,7 @@ use crate::compare::{CompareOptions, Config};
 use crate::conn::ConnectOptions;
 use crate::fanout::FanoutConfig;
 use crate::servers::ServerKind;
+use crate::soak::SoakOptions;
 use crate::wire::Protocol;
 
 #[derive(Parser)]
@@ -52,6 +54,11 @@ enum Command {
     /// Fan-out with each room's clients split over 1, 2 and 3 crdt-hub
     /// nodes joined through Redis, against one node without Redis.
     Cluster(ClusterArgs),
+    /// Mixed load for a long time (fan-out, churn, rooms unloading and
+    /// reopening, API reads), sampling the server's RSS, descriptors and
+    /// CPU; fails on RSS or descriptor growth or a room that did not
+    /// converge (issue 24). Not part of CI: 30 min by default.
+    Soak(SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -171,6 +178,71 @@ struct ClusterArgs {
     redis_url: String,
 }
 
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// How long the load runs, warm-up included: `30m`, `90s`, `180`.
+    #[arg(long, default_value = "30m", value_parser = soak::parse_duration)]
+    duration: Duration,
+    /// Load before the baselines are taken (default: a fifth of
+    /// --duration, at most 5 min).
+    #[arg(long, value_parser = soak::parse_duration)]
+    warmup: Option<Duration>,
+    /// How often the server is sampled.
+    #[arg(long, default_value = "10s", value_parser = soak::parse_duration)]
+    sample_interval: Duration,
+    /// A running crdt-hub to soak instead of starting one, e.g.
+    /// ws://127.0.0.1:1234 (loopback only; needs --server-pid, and should
+    /// serve nobody else: the quiet points wait for 0 connections and rooms).
+    #[arg(long, requires = "server_pid")]
+    url: Option<String>,
+    /// The process id of the server at --url.
+    #[arg(long, requires = "url")]
+    server_pid: Option<u32>,
+    /// Given to the server the soak starts; with --url, set it to the
+    /// server's `--room-idle-timeout`.
+    #[arg(long, default_value = "5s", value_parser = soak::parse_duration)]
+    room_idle_timeout: Duration,
+    #[arg(long, default_value_t = 60)]
+    fanout_clients: usize,
+    #[arg(long, default_value_t = 6)]
+    fanout_rooms: usize,
+    /// Updates per second per fan-out client.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    #[arg(long, value_enum, default_value = "even")]
+    arrivals: Arrivals,
+    /// Length of one fan-out round; every round uses fresh rooms.
+    #[arg(long, default_value = "60s", value_parser = soak::parse_duration)]
+    fanout_round: Duration,
+    #[arg(long, default_value_t = 24)]
+    churn_rooms: usize,
+    /// Churn clients' workers; each owns every N-th churn room.
+    #[arg(long, default_value_t = 4)]
+    churn_workers: usize,
+    /// Time between two REST API reads.
+    #[arg(long, default_value = "500ms", value_parser = soak::parse_duration)]
+    api_interval: Duration,
+    /// Allowed RSS growth under load, in percent of the level after warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    rss_tolerance: f64,
+    /// Samples in the windows whose highest RSS is compared.
+    #[arg(long, default_value_t = 6)]
+    rss_window: usize,
+    /// File descriptors the server may hold at the end's quiet point beyond
+    /// the one after warm-up.
+    #[arg(long, default_value_t = 0)]
+    fd_slack: u64,
+    /// The crdt-hub binary (default: target/release/crdt-hub of this workspace).
+    #[arg(long, env = "CRDT_HUB_BIN")]
+    crdt_hub: Option<PathBuf>,
+    /// Extra argument for `crdt-hub serve`, repeatable.
+    #[arg(long = "crdt-hub-arg", allow_hyphen_values = true)]
+    crdt_hub_args: Vec<String>,
+    /// Print the report as JSON (the running table goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     stamp::epoch();
@@ -200,6 +272,35 @@ async fn main() -> Result<()> {
                 crdt_hub_args: args.crdt_hub_args,
                 postgres: args.postgres_url,
                 redis: args.redis_url,
+            })
+            .await
+        }
+        Command::Soak(args) => {
+            if args.churn_rooms == 0 || args.churn_workers == 0 {
+                anyhow::bail!("--churn-rooms and --churn-workers must be positive");
+            }
+            soak::run(SoakOptions {
+                duration: args.duration,
+                warmup: args.warmup,
+                sample_interval: args.sample_interval,
+                target: args.url.zip(args.server_pid),
+                room_idle_timeout: args.room_idle_timeout,
+                fanout_clients: args.fanout_clients,
+                fanout_rooms: args.fanout_rooms,
+                rate: args.rate,
+                arrivals: args.arrivals,
+                fanout_round: args.fanout_round,
+                churn_rooms: args.churn_rooms,
+                churn_workers: args.churn_workers.min(args.churn_rooms),
+                api_interval: args.api_interval,
+                limits: soak::Limits {
+                    rss_tolerance: args.rss_tolerance / 100.0,
+                    window: args.rss_window,
+                    fd_slack: args.fd_slack,
+                },
+                crdt_hub: args.crdt_hub,
+                crdt_hub_args: args.crdt_hub_args,
+                json: args.json,
             })
             .await
         }

@@ -40,6 +40,13 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// How many file descriptors `pid` holds open (`None` when its
+/// `/proc/PID/fd` is not readable: gone, or another user's).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}
+
 fn cpu_from_stat(stat: &str) -> Option<Duration> {
     // The command name (field 2) may contain spaces and parentheses: count
     // fields from the last ')'. utime and stime are fields 14 and 15.
@@ -97,5 +104,7 @@ mod tests {
         let own = sample(None).unwrap();
         assert!(own.rss_bytes > 0);
         assert!(own.hwm_bytes >= own.rss_bytes);
+        // stdin, stdout and stderr at least.
+        assert!(open_fds(std::process::id()).unwrap() >= 3);
     }
 }
