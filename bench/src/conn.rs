@@ -1,14 +1,16 @@
 //! Opening benchmark connections: loopback only, with a timeout, and many at
-//! once under a concurrency cap.
+//! once under a concurrency cap, optionally each from its own loopback
+//! source address (one address has only the ephemeral port range's ~28k
+//! ports towards one server port).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -71,16 +73,73 @@ pub fn loopback_addr(url: &str) -> Result<SocketAddr> {
 /// # Errors
 /// Connect, handshake or greeting failures, and the timeout.
 pub async fn connect(base: &str, wire: &Wire, options: ConnectOptions) -> Result<Ws> {
-    tokio::time::timeout(options.timeout, connect_inner(base, wire, options))
+    connect_from(base, wire, options, None).await
+}
+
+/// Like [`connect`], from the local address `source` (any port) when given.
+///
+/// # Errors
+/// As [`connect`]; also a source address that cannot be bound.
+pub async fn connect_from(
+    base: &str,
+    wire: &Wire,
+    options: ConnectOptions,
+    source: Option<IpAddr>,
+) -> Result<Ws> {
+    tokio::time::timeout(options.timeout, connect_inner(base, wire, options, source))
         .await
         .context("timed out")?
 }
 
-async fn connect_inner(base: &str, wire: &Wire, options: ConnectOptions) -> Result<Ws> {
+/// A TCP connection to `to` from `source`, the port left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`): the kernel then picks it for the whole
+/// 4-tuple instead of reserving one at `bind`, which is both faster with
+/// tens of thousands in use and what lets one address use every port.
+async fn tcp_from(source: IpAddr, to: SocketAddr) -> Result<TcpStream> {
+    if !source.is_loopback() {
+        bail!("refusing a non-loopback source address: {source}");
+    }
+    let socket = match to {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("IP_BIND_ADDRESS_NO_PORT");
+        }
+    }
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("binding source address {source}"))?;
+    Ok(socket.connect(to).await?)
+}
+
+async fn connect_inner(
+    base: &str,
+    wire: &Wire,
+    options: ConnectOptions,
+    source: Option<IpAddr>,
+) -> Result<Ws> {
     let url = wire.url(base);
-    let tcp = TcpStream::connect(loopback_addr(&url)?)
-        .await
-        .context("TCP connect")?;
+    let to = loopback_addr(&url)?;
+    let tcp = match source {
+        Some(source) => tcp_from(source, to).await,
+        None => TcpStream::connect(to).await.map_err(Into::into),
+    }
+    .context("TCP connect")?;
     tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default()
         .read_buffer_size(options.read_buffer)
@@ -131,6 +190,27 @@ pub async fn connect_many(
     connect_each(&vec![base; wires.len()], wires, concurrency, options).await
 }
 
+/// Like [`connect_many`], but client `i` connects from the local address
+/// `sources[i]` (one entry per client).
+pub async fn connect_many_from(
+    base: &str,
+    wires: &[Arc<Wire>],
+    sources: &[IpAddr],
+    concurrency: usize,
+    options: ConnectOptions,
+) -> Opened {
+    assert_eq!(sources.len(), wires.len(), "one source address per client");
+    let sources: Vec<Option<IpAddr>> = sources.iter().copied().map(Some).collect();
+    open_all(
+        &vec![base; wires.len()],
+        wires,
+        &sources,
+        concurrency,
+        options,
+    )
+    .await
+}
+
 /// Like [`connect_many`], but client `i` connects to the server at
 /// `bases[i]` (one entry per client): a room's clients spread over the
 /// nodes of a cluster.
@@ -140,13 +220,26 @@ pub async fn connect_each(
     concurrency: usize,
     options: ConnectOptions,
 ) -> Opened {
+    open_all(bases, wires, &vec![None; wires.len()], concurrency, options).await
+}
+
+async fn open_all(
+    bases: &[&str],
+    wires: &[Arc<Wire>],
+    sources: &[Option<IpAddr>],
+    concurrency: usize,
+    options: ConnectOptions,
+) -> Opened {
     assert_eq!(bases.len(), wires.len(), "one server per client");
     let started = Instant::now();
-    let results: Vec<(usize, Result<Ws>)> = stream::iter(bases.iter().zip(wires).enumerate())
-        .map(|(index, (base, wire))| async move { (index, connect(base, wire, options).await) })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<(usize, Result<Ws>)> =
+        stream::iter(bases.iter().zip(wires).zip(sources).enumerate())
+            .map(|(index, ((base, wire), &source))| async move {
+                (index, connect_from(base, wire, options, source).await)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
     let mut sockets: Vec<Option<Ws>> = (0..wires.len()).map(|_| None).collect();
     let mut failures = 0;
     let mut errors = Vec::new();

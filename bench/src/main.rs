@@ -2,6 +2,7 @@
 //! servers (issue 9). See BENCHMARKS.md at the repository root.
 
 mod arrivals;
+mod c100k;
 mod cluster;
 mod compare;
 mod conn;
@@ -59,6 +60,10 @@ enum Command {
     /// CPU; fails on RSS or descriptor growth or a room that did not
     /// converge (issue 24). Not part of CI: 30 min by default.
     Soak(SoakArgs),
+    /// 100,000 idle WebSockets on one node: RSS per connection, accepted
+    /// connections/s, and a live room's p99 alone and while they are open
+    /// (issue 24, item 5). Starts crdt-hub unless --url is given.
+    C100k(c100k::C100kArgs),
 }
 
 #[derive(clap::Args)]
@@ -273,6 +278,28 @@ async fn main() -> Result<()> {
                 postgres: args.postgres_url,
                 redis: args.redis_url,
             })
+            .await
+        }
+        Command::C100k(args) => {
+            c100k::run(
+                c100k::C100kConfig {
+                    url: args.url,
+                    server_pid: args.server_pid,
+                    paths: c100k::default_paths(args.crdt_hub, args.crdt_hub_args),
+                    protocol: args.protocol,
+                    connections: args.connections,
+                    rooms: args.rooms,
+                    per_address: args.per_address,
+                    first_source: args.first_source,
+                    connect_concurrency: args.connect_concurrency,
+                    connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+                    idle: Duration::from_secs_f64(args.idle),
+                    live_clients: args.live_clients,
+                    live_rate: args.live_rate,
+                    live_duration: Duration::from_secs_f64(args.live_duration),
+                },
+                args.json,
+            )
             .await
         }
         Command::Soak(args) => {

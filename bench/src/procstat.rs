@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
 
 /// One reading of a process' counters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,6 +87,76 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// This process' open-file limit after [`ensure_fd_limit`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FdLimit {
+    pub soft: u64,
+    pub hard: u64,
+    /// The hard limit was below what was needed and has been raised (only
+    /// a privileged process, `CAP_SYS_RESOURCE`, may do that).
+    pub raised_hard: bool,
+}
+
+/// Makes sure this process (and the children it starts after this, which
+/// inherit the limit) may open `needed` files: the soft limit goes to the
+/// hard one, and when even the hard one is too low, to `needed` if the
+/// process is allowed to raise it.
+///
+/// # Errors
+/// The limit cannot be read, or stays below `needed`: the message says
+/// what to change.
+pub fn ensure_fd_limit(needed: u64) -> Result<FdLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading RLIMIT_NOFILE");
+    }
+    let hard_before = limit.rlim_max;
+    let raised_hard = hard_before < needed;
+    if raised_hard {
+        limit.rlim_max = needed;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a valid rlimit; failure leaves the limit as it was.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    if set != 0 {
+        let error = std::io::Error::last_os_error();
+        if raised_hard {
+            bail!(
+                "need {needed} open files but the hard RLIMIT_NOFILE is {hard_before} and this process may not raise it ({error}; \
+                 that takes CAP_SYS_RESOURCE: root, outside a container that drops it): raise it before starting the harness, \
+                 e.g. as root `ulimit -Hn {needed}` in the shell that starts it, `nofile` in /etc/security/limits.conf, \
+                 LimitNOFILE= for a systemd unit, `--ulimit nofile={needed}` for docker (fs.nr_open must be at least as high); \
+                 or ask for fewer --connections"
+            );
+        }
+        return Err(error).context("raising the soft RLIMIT_NOFILE to the hard limit");
+    }
+    Ok(FdLimit {
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+        raised_hard,
+    })
+}
+
+/// The soft "Max open files" of process `pid`, from `/proc/PID/limits`.
+pub fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_open_files(&limits)
+}
+
+fn parse_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +168,16 @@ mod tests {
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert!((cpu.as_secs_f64() - 300.0 / ticks).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_the_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95712                95712                processes \n\
+                      Max open files            20000                40000                files     \n";
+        assert_eq!(parse_open_files(limits), Some(20000));
+        assert_eq!(parse_open_files("Max open files unlimited"), None);
+        assert!(open_files_limit(std::process::id()).is_some());
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct Paths {
     /// Extra arguments for `crdt-hub serve` (e.g. to lift per-IP limits:
     /// the whole benchmark connects from 127.0.0.1).
     pub crdt_hub_args: Vec<String>,
+    /// Environment for `crdt-hub serve`, over the harness' own defaults
+    /// below (flags still win over both).
+    pub crdt_hub_env: Vec<(String, String)>,
     /// `bench/peers`: package.json, lockfile, node_modules, hocuspocus.mjs.
     pub peers: PathBuf,
 }
@@ -93,6 +96,7 @@ impl Paths {
         Self {
             crdt_hub: tidy(target.join("release/crdt-hub")),
             crdt_hub_args: Vec::new(),
+            crdt_hub_env: Vec::new(),
             peers: tidy(bench.join("peers")),
         }
     }
@@ -238,6 +242,7 @@ impl Server {
                     // the idle run (2,000 and 10,000 connections) measured
                     // 256 until this was lifted too.
                     .env("CRDT_HUB_MAX_CONNECTIONS_PER_IP", "1000000")
+                    .envs(paths.crdt_hub_env.iter().map(|(k, v)| (k, v)))
                     .args(extra)
                     .args(&paths.crdt_hub_args);
                 c
