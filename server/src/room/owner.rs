@@ -358,8 +358,12 @@ impl RoomTask {
                     let _ = done.send(Err(RoomUnavailable::Full));
                     return;
                 }
-                // Frames held for the others predate the newcomer, whose
-                // greeting holds the whole document.
+                // Frames and awareness held for the others predate the
+                // newcomer, whose greeting holds the whole document and
+                // every current state.
+                if state.presence.due().is_some() {
+                    self.send_awareness(state, Instant::now());
+                }
                 self.send_held_frames(state);
                 let greeting = state.room.join(peer, access);
                 state.links.insert(peer, link);
