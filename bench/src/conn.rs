@@ -20,6 +20,39 @@ use crate::wire::{Incoming, Wire};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// What a measuring reader got next.
+pub enum Read {
+    /// A binary frame (text, ping and pong frames are skipped).
+    Frame(Bytes),
+    /// The run told readers to stop.
+    Stopped,
+    /// The socket ended first: why, for the report.
+    Closed(String),
+}
+
+/// The next binary frame from `stream`, unless `stop` changes first.
+pub async fn next_binary(
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Read {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.changed() => return Read::Stopped,
+            message = stream.next() => message,
+        };
+        return match message {
+            Some(Ok(WsMessage::Binary(frame))) => Read::Frame(frame),
+            Some(Ok(WsMessage::Close(close))) => {
+                Read::Closed(format!("closed by server: {close:?}"))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => Read::Closed(format!("read failed: {e}")),
+            None => Read::Closed("connection ended".to_owned()),
+        };
+    }
+}
+
 /// How clients connect.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::arrivals::Arrivals;
-use crate::conn::{self, ConnectOptions, Ws};
+use crate::conn::{self, ConnectOptions, Read, Ws};
 use crate::converge::{self, Expected};
 use crate::procstat::{self, ProcSample};
 use crate::stamp;
@@ -171,6 +171,11 @@ impl Shared {
     pub(crate) fn add_deliveries(&self, count: u64, now: u64) {
         self.received.fetch_add(count, Ordering::Relaxed);
         self.last_delivery.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// When the latest delivery came, µs since the stamp epoch.
+    pub(crate) fn last_delivery(&self) -> u64 {
+        self.last_delivery.load(Ordering::Relaxed)
     }
 }
 
@@ -502,24 +507,11 @@ async fn receive(
     // The newest stamp seen from each sender.
     let mut newest = vec![0u64; senders];
     loop {
-        let message = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            message = stream.next() => message,
-        };
-        let frame = match message {
-            Some(Ok(WsMessage::Binary(frame))) => frame,
-            Some(Ok(WsMessage::Close(close))) => {
-                outcome.closed = Some(format!("closed by server: {close:?}"));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                outcome.closed = Some(format!("read failed: {e}"));
-                break;
-            }
-            None => {
-                outcome.closed = Some("connection ended".to_owned());
+        let frame = match conn::next_binary(&mut stream, &mut stop).await {
+            Read::Frame(frame) => frame,
+            Read::Stopped => break,
+            Read::Closed(reason) => {
+                outcome.closed = Some(reason);
                 break;
             }
         };

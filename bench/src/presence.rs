@@ -24,7 +24,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::arrivals::Arrivals;
-use crate::conn::{self, ConnectOptions, Ws};
+use crate::conn::{self, ConnectOptions, Read, Ws};
 use crate::fanout::{self, Shared};
 use crate::procstat;
 use crate::stamp;
@@ -73,7 +73,8 @@ pub struct PresenceReport {
     pub latency: Latency,
     pub send_lag: Latency,
     pub server_cpu_s: f64,
-    /// Server CPU over the sending window, in cores.
+    /// Server CPU from the first move to the last delivery (at least the
+    /// run's duration), in cores.
     pub server_cores: f64,
     pub cpu_us_per_delivery: f64,
     pub server_rss_mib: f64,
@@ -232,9 +233,15 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
         close_reasons.extend(moved.error);
         sinks.push(sink);
     }
-    let send_window = start.elapsed().min(config.duration).as_secs_f64();
     // Merged-away moves never come: this waits until deliveries stop.
     fanout::wait_for_drain(&shared, offered, config.drain_timeout).await;
+    // From the first move to the last delivery: a server that falls behind
+    // works on after the senders stop.
+    let first_move = start.into_std().duration_since(stamp::epoch());
+    let busy = Duration::from_micros(shared.last_delivery())
+        .saturating_sub(first_move)
+        .max(config.duration)
+        .as_secs_f64();
     let server_after = sample(config.server_pid)?;
     let own_after = procstat::sample(None)?;
     stop_tx.send(true).ok();
@@ -284,7 +291,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
         latency: Latency::of(&latency),
         send_lag: Latency::of(&lag),
         server_cpu_s: server_cpu,
-        server_cores: server_cpu / send_window.max(f64::EPSILON),
+        server_cores: server_cpu / busy,
         cpu_us_per_delivery: if delivered == 0 {
             f64::NAN
         } else {
@@ -362,24 +369,11 @@ async fn listen(
         closed: None,
     };
     loop {
-        let message = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            message = stream.next() => message,
-        };
-        let frame = match message {
-            Some(Ok(WsMessage::Binary(frame))) => frame,
-            Some(Ok(WsMessage::Close(close))) => {
-                heard.closed = Some(format!("closed by server: {close:?}"));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                heard.closed = Some(format!("read failed: {e}"));
-                break;
-            }
-            None => {
-                heard.closed = Some("connection ended".to_owned());
+        let frame = match conn::next_binary(&mut stream, &mut stop).await {
+            Read::Frame(frame) => frame,
+            Read::Stopped => break,
+            Read::Closed(reason) => {
+                heard.closed = Some(reason);
                 break;
             }
         };

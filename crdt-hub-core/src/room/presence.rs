@@ -348,6 +348,21 @@ impl Presence {
     }
 }
 
+/// The states an awareness frame carries: client → (clock, JSON).
+#[cfg(test)]
+pub(crate) fn states(frame: &Bytes) -> HashMap<u64, (u32, String)> {
+    use yrs::sync::Message;
+    use yrs::updates::decoder::Decode;
+    let Ok(Message::Awareness(update)) = Message::decode_v1(frame) else {
+        panic!("not an awareness frame");
+    };
+    update
+        .clients
+        .into_iter()
+        .map(|(c, e)| (c.get(), (e.clock, e.json.to_string())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,20 +382,6 @@ mod tests {
                 })
                 .collect(),
         }
-    }
-
-    /// The states a frame carries: client → (clock, JSON).
-    fn states(frame: &Bytes) -> HashMap<u64, (u32, String)> {
-        use yrs::sync::Message;
-        use yrs::updates::decoder::Decode;
-        let Ok(Message::Awareness(update)) = Message::decode_v1(frame) else {
-            panic!("not an awareness frame");
-        };
-        update
-            .clients
-            .into_iter()
-            .map(|(c, e)| (c.get(), (e.clock, e.json.to_string())))
-            .collect()
     }
 
     const ANN: &str = r##"{"user":{"name":"ann","color":"#f00"}}"##;

@@ -85,11 +85,10 @@ mod tests {
     use std::collections::HashMap;
 
     use yrs::block::ClientID;
-    use yrs::sync::Message;
     use yrs::sync::awareness::AwarenessUpdateEntry;
-    use yrs::updates::decoder::Decode;
 
     use super::*;
+    use crate::room::presence::states;
 
     fn change(client: u64, clock: u32, json: &str) -> Changes {
         Changes::from([(
@@ -99,17 +98,6 @@ mod tests {
                 json: json.into(),
             },
         )])
-    }
-
-    fn states(frame: &Bytes) -> HashMap<u64, (u32, String)> {
-        let Ok(Message::Awareness(update)) = Message::decode_v1(frame) else {
-            panic!("not an awareness frame");
-        };
-        update
-            .clients
-            .into_iter()
-            .map(|(c, e)| (c.get(), (e.clock, e.json.to_string())))
-            .collect()
     }
 
     #[test]
