@@ -180,11 +180,60 @@ impl Shared {
 }
 
 struct ReceiverOutcome {
-    latency: Option<Histogram<u64>>,
-    deliveries: u64,
-    echoes: u64,
-    duplicates: u64,
+    tally: Tally,
     closed: Option<String>,
+}
+
+/// What one receiver made of the stamps it read.
+pub(crate) struct Tally {
+    /// Latency of each delivery.
+    pub latency: Option<Histogram<u64>>,
+    /// Other clients' stamps seen for the first time.
+    pub deliveries: u64,
+    /// Its own stamps, sent back by the server.
+    pub echoes: u64,
+    /// Stamps not newer than one already seen from the same sender.
+    pub duplicates: u64,
+    /// The newest stamp seen from each sender.
+    pub newest: Vec<u64>,
+}
+
+impl Tally {
+    pub(crate) fn new(senders: usize) -> Self {
+        Self {
+            latency: None,
+            deliveries: 0,
+            echoes: 0,
+            duplicates: 0,
+            newest: vec![0; senders],
+        }
+    }
+
+    /// Counts the stamps in `bytes`, read by receiver `me` at `now` (µs
+    /// since the stamp epoch), and adds the deliveries to `shared`.
+    pub(crate) fn count(&mut self, bytes: &[u8], me: u32, now: u64, shared: &Shared) {
+        let mut fresh = 0;
+        for found in stamp::find_all(bytes) {
+            if found.sender == me {
+                self.echoes += 1;
+                continue;
+            }
+            if is_repeat(&mut self.newest, found.sender, found.micros) {
+                self.duplicates += 1;
+                continue;
+            }
+            fresh += 1;
+            let hist = self.latency.get_or_insert_with(stats::new_histogram);
+            stats::record(
+                hist,
+                Duration::from_micros(now.saturating_sub(found.micros)),
+            );
+        }
+        if fresh > 0 {
+            self.deliveries += fresh;
+            shared.add_deliveries(fresh, now);
+        }
+    }
 }
 
 struct SenderOutcome {
@@ -335,12 +384,12 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     let mut closed_by_server = 0;
     for receiver in receivers {
         let outcome = receiver.await?;
-        if let Some(hist) = &outcome.latency {
+        if let Some(hist) = &outcome.tally.latency {
             latency.add(hist).ok();
         }
-        received += outcome.deliveries;
-        echoes += outcome.echoes;
-        duplicates += outcome.duplicates;
+        received += outcome.tally.deliveries;
+        echoes += outcome.tally.echoes;
+        duplicates += outcome.tally.duplicates;
         if let Some(reason) = outcome.closed {
             closed_by_server += 1;
             if close_reasons.len() < 5 {
@@ -498,14 +547,9 @@ async fn receive(
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverOutcome {
     let mut outcome = ReceiverOutcome {
-        latency: None,
-        deliveries: 0,
-        echoes: 0,
-        duplicates: 0,
+        tally: Tally::new(senders),
         closed: None,
     };
-    // The newest stamp seen from each sender.
-    let mut newest = vec![0u64; senders];
     loop {
         let frame = match conn::next_binary(&mut stream, &mut stop).await {
             Read::Frame(frame) => frame,
@@ -518,28 +562,9 @@ async fn receive(
         let Incoming::Update(update) = wire.parse(&frame) else {
             continue;
         };
-        let now = stamp::now_micros();
-        let mut fresh = 0;
-        for found in stamp::find_all(update) {
-            if found.sender == me {
-                outcome.echoes += 1;
-                continue;
-            }
-            if is_repeat(&mut newest, found.sender, found.micros) {
-                outcome.duplicates += 1;
-                continue;
-            }
-            fresh += 1;
-            let hist = outcome.latency.get_or_insert_with(stats::new_histogram);
-            stats::record(
-                hist,
-                Duration::from_micros(now.saturating_sub(found.micros)),
-            );
-        }
-        if fresh > 0 {
-            outcome.deliveries += fresh;
-            shared.add_deliveries(fresh, now);
-        }
+        outcome
+            .tally
+            .count(update, me, stamp::now_micros(), &shared);
     }
     outcome
 }

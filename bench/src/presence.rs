@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::arrivals::Arrivals;
 use crate::conn::{self, ConnectOptions, Read, Ws};
-use crate::fanout::{self, Shared};
+use crate::fanout::{self, Shared, Tally};
 use crate::procstat;
 use crate::stamp;
 use crate::stats::{self, Latency, MIB, Metric, metric};
@@ -118,12 +118,9 @@ struct Mover {
 }
 
 struct Heard {
-    latency: Option<Histogram<u64>>,
-    delivered: u64,
+    /// Moves received; a greeting or a repeat counts as a duplicate.
+    tally: Tally,
     messages: u64,
-    echoes: u64,
-    /// The newest stamp seen from each sender.
-    newest: Vec<u64>,
     closed: Option<String>,
 }
 
@@ -252,15 +249,15 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
     let mut closed_by_server = 0;
     for (room, me, listener) in listeners {
         let heard = listener.await?;
-        if let Some(hist) = &heard.latency {
+        if let Some(hist) = &heard.tally.latency {
             latency.add(hist).ok();
         }
-        delivered += heard.delivered;
+        delivered += heard.tally.deliveries;
         messages += heard.messages;
-        echoes += heard.echoes;
+        echoes += heard.tally.echoes;
         let saw_all = (0..config.clients)
             .filter(|&other| other != me && other % config.rooms == room)
-            .all(|other| heard.newest[other] == last_move[other]);
+            .all(|other| heard.tally.newest[other] == last_move[other]);
         last_moves_seen += usize::from(saw_all);
         if let Some(reason) = heard.closed {
             closed_by_server += 1;
@@ -361,11 +358,8 @@ async fn listen(
     mut stop: watch::Receiver<bool>,
 ) -> Heard {
     let mut heard = Heard {
-        latency: None,
-        delivered: 0,
+        tally: Tally::new(senders),
         messages: 0,
-        echoes: 0,
-        newest: vec![0; senders],
         closed: None,
     };
     loop {
@@ -381,28 +375,7 @@ async fn listen(
             continue;
         };
         heard.messages += 1;
-        let now = stamp::now_micros();
-        let mut fresh = 0;
-        for found in stamp::find_all(update) {
-            if found.sender == me {
-                heard.echoes += 1;
-                continue;
-            }
-            // A greeting or a repeat: not a move.
-            if fanout::is_repeat(&mut heard.newest, found.sender, found.micros) {
-                continue;
-            }
-            fresh += 1;
-            let hist = heard.latency.get_or_insert_with(stats::new_histogram);
-            stats::record(
-                hist,
-                Duration::from_micros(now.saturating_sub(found.micros)),
-            );
-        }
-        if fresh > 0 {
-            heard.delivered += fresh;
-            shared.add_deliveries(fresh, now);
-        }
+        heard.tally.count(update, me, stamp::now_micros(), &shared);
     }
     heard
 }
