@@ -120,6 +120,78 @@ async fn awareness_is_shared_and_removed_when_its_owner_leaves() {
     server.stop().await;
 }
 
+/// y-websocket sends back every awareness change it applies, so after a
+/// client leaves, echoes of its last state still come in. They must not
+/// bring it back: not as a ghost shown to later joiners, nor by replacing
+/// its removal while the room holds that for its next awareness message
+/// (found by the Hocuspocus interop test, on a loaded machine).
+#[tokio::test]
+async fn an_echo_of_a_departed_clients_presence_does_not_bring_it_back() {
+    let server = TestServer::start_with(ServerOptions {
+        room: crdt_hub::room::RoomConfig {
+            // Long enough for the leave and the echo to land in one window.
+            awareness_window: std::time::Duration::from_secs(1),
+            ..crdt_hub::room::RoomConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = server.url("echo");
+    let mut a = YClient::connect(&url).await;
+    let mut b = YClient::connect(&url).await;
+    let alice = a.awareness.client_id();
+    let bob = b.awareness.client_id();
+    announce(&mut a, serde_json::json!({"user": "alice"})).await;
+    b.until("alice's presence", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_some()
+    })
+    .await;
+
+    // Bob moves (a window starts), Alice leaves (her removal is held),
+    // then Bob's client echoes her last state, as y-websocket does.
+    announce(&mut b, serde_json::json!({"user": "bob"})).await;
+    drop(a);
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    loop {
+        let info = crate::support::http_request(server.addr, "GET", "/api/rooms/echo", &[], vec![])
+            .await
+            .json();
+        if info["connections"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice never left: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let echo = b.awareness.update_with_clients([alice]).unwrap();
+    b.send(Message::Awareness(echo)).await;
+
+    b.until("alice's removal", |c| {
+        c.awareness.state::<serde_json::Value>(alice).is_none()
+    })
+    .await;
+    let mut c = YClient::connect(&url).await;
+    c.until("bob's presence", |c| {
+        c.awareness.state::<serde_json::Value>(bob).is_some()
+    })
+    .await;
+    c.pump_for(std::time::Duration::from_millis(200)).await;
+    assert!(
+        c.awareness.state::<serde_json::Value>(alice).is_none(),
+        "a joiner is shown the departed client"
+    );
+    server.stop().await;
+}
+
+/// Sets `client`'s presence and sends it, as y-websocket does.
+async fn announce(client: &mut YClient, state: serde_json::Value) {
+    client.awareness.set_local_state(state).unwrap();
+    let update = client.awareness.update().unwrap();
+    client.send(Message::Awareness(update)).await;
+}
+
 #[tokio::test]
 async fn offline_edits_merge_on_reconnect() {
     let server = TestServer::start().await;

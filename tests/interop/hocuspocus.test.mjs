@@ -190,6 +190,8 @@ class HpSocket {
     this.log = []
     /** `{ code, reason }` of each underlying WebSocket's close. */
     this.closeEvents = []
+    /** Errors the underlying WebSockets reported, as text. */
+    this.errors = []
     /** How many WebSockets the provider opened (reconnects open more). */
     this.opened = 0
     this.clients = []
@@ -204,6 +206,11 @@ class HpSocket {
           socket.log.push({ dir: 'close', code, reason: String(reason) })
           socket.closeEvents.push({ code, reason: String(reason) })
         })
+        // Destroying a provider while it reconnects closes a socket still
+        // connecting; ws reports that as an 'error' event after the
+        // provider has dropped its handlers, and an 'error' nobody listens
+        // to throws out of the test. The close that follows is recorded.
+        this.on('error', error => socket.errors.push(String(error)))
       }
 
       send (data, ...rest) {

@@ -5,6 +5,7 @@
 //! room's next awareness message. The server's room owner task drives them.
 
 pub mod core;
+mod departed;
 mod gaps;
 pub mod held;
 pub mod presence;

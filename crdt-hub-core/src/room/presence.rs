@@ -13,8 +13,10 @@
 //! - **Ownership.** A client id belongs to the connection that first set
 //!   it in the room (or, in cluster mode, to the other node that published
 //!   it). Entries for it from anyone else, removals included, are ignored
-//!   and never forwarded. The owner leaving frees it: its states are
-//!   removed and the removal is sent, as before.
+//!   and never forwarded (and counted when they would have won by the
+//!   clock rule: stock clients send back what they are sent, stale). The
+//!   owner leaving frees it: its states are removed and the removal is
+//!   sent, as before.
 //! - **A cap per connection** (`--max-awareness-clients`): a browser tab
 //!   sets one client id, y-websocket one per document; entries for ids past
 //!   the cap are ignored.
@@ -31,7 +33,9 @@
 //! yrs's `Awareness` keeps every client id it ever saw (a removed state
 //! stays as a tombstone), so a room whose connections come and go grew by
 //! one entry per connection for its whole life; here an id is forgotten
-//! when its owner leaves.
+//! when its owner leaves, but for its removal's clock, kept a while
+//! ([`super::departed`]) so that clients echoing its last state cannot
+//! bring it back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,10 +46,17 @@ use yrs::sync::AwarenessUpdate;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 
 use super::PeerId;
+use super::departed::Departed;
 use crate::protocol;
 
 /// A removal, as y-protocols writes it.
 const NULL: &str = "null";
+
+/// Whether an entry's state is a removal: clients read `null` as one
+/// however it is spaced.
+pub fn is_removal(json: &str) -> bool {
+    json.trim() == NULL
+}
 
 /// Bounds on what one room's connections may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +149,8 @@ pub struct Presence {
     /// Bytes of the states local connections hold.
     local_bytes: usize,
     caps: PresenceCaps,
+    /// Ids let go of lately, with their removal's clock.
+    departed: Departed,
     /// Every state as one frame (a joiner's greeting, the answer to an
     /// awareness query), encoded once until a state changes: a join storm
     /// in a busy room encodes it once, not once per joiner.
@@ -159,11 +172,11 @@ impl Presence {
         let mut applied = Applied::default();
         let forward = &mut applied.changes;
         for (client, AwarenessUpdateEntry { clock, json }) in update.clients {
-            // Clients read `null` as a removal however it is spaced.
-            let removal = json.trim() == NULL;
+            let removal = is_removal(&json);
             let Some(entry) = self.entries.get_mut(&client) else {
-                if removal {
-                    // Nothing to remove; no tombstone for a stranger's id.
+                if removal || self.departed.outdates(client, clock) {
+                    // Nothing to remove (no tombstone for a stranger's
+                    // id), or an echo of a departed client's old state.
                     continue;
                 }
                 if let Owner::Peer(peer) = from {
@@ -179,6 +192,7 @@ impl Presence {
                     self.local_bytes += json.len();
                     self.by_peer.entry(peer).or_default().push(client);
                 }
+                self.departed.returned(client);
                 self.entries.insert(
                     client,
                     Entry {
@@ -191,12 +205,18 @@ impl Presence {
                 applied.set.push(client);
                 continue;
             };
-            if entry.owner != from {
-                applied.ignored.not_owner += 1;
+            // y-protocols' clock rule: a higher clock replaces; a removal
+            // at the same clock removes what is there.
+            let newer =
+                clock > entry.clock || (clock == entry.clock && removal && entry.state.is_some());
+            if !newer {
+                // Stale, as clients would find it too: most often a stock
+                // client (y-websocket, Hocuspocus before v4) sending back
+                // what it was sent, which is no attempt on anyone's id.
                 continue;
             }
-            let newer = clock > entry.clock || (clock == entry.clock && removal);
-            if !newer || (removal && entry.state.is_none()) {
+            if entry.owner != from {
+                applied.ignored.not_owner += 1;
                 continue;
             }
             let old = entry.state.as_ref().map_or(0, |s| s.len());
@@ -214,6 +234,7 @@ impl Presence {
                 if from == Owner::Remote {
                     // Its node let it go: the id is free again.
                     self.entries.remove(&client);
+                    self.departed.record(client, clock);
                 } else {
                     entry.state = None;
                 }
@@ -308,16 +329,19 @@ impl Presence {
                 continue;
             };
             let Some(state) = entry.state else {
-                // Its removal was sent when it was removed.
+                // Its removal went out when it was removed.
+                self.departed.record(client, entry.clock);
                 continue;
             };
+            let clock = entry.clock.saturating_add(1);
+            self.departed.record(client, clock);
             if entry.owner != Owner::Remote {
                 self.local_bytes -= state.len();
             }
             removal.insert(
                 client,
                 AwarenessUpdateEntry {
-                    clock: entry.clock.saturating_add(1),
+                    clock,
                     json: NULL.into(),
                 },
             );
@@ -364,238 +388,4 @@ pub(crate) fn states(frame: &Bytes) -> HashMap<u64, (u32, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn update(entries: &[(u64, u32, &str)]) -> AwarenessUpdate {
-        AwarenessUpdate {
-            clients: entries
-                .iter()
-                .map(|&(client, clock, json)| {
-                    (
-                        ClientID::new(client),
-                        AwarenessUpdateEntry {
-                            clock,
-                            json: json.into(),
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    const ANN: &str = r##"{"user":{"name":"ann","color":"#f00"}}"##;
-    const EVE: &str = r##"{"user":{"name":"ann (fake)","color":"#f00"}}"##;
-
-    #[test]
-    fn a_client_id_belongs_to_the_connection_that_set_it_first() {
-        let mut presence = Presence::default();
-        let set = presence.apply(Owner::Peer(1), update(&[(10, 1, ANN)]));
-        assert_eq!(states(&set.frame().unwrap())[&10], (1, ANN.to_string()));
-
-        // Peer 2 sends ann's id with a far higher clock: ignored, and
-        // nothing is forwarded.
-        let spoof = presence.apply(Owner::Peer(2), update(&[(10, 1000, EVE)]));
-        assert!(spoof.frame().is_none());
-        assert_eq!(spoof.ignored.not_owner, 1);
-        assert_eq!(presence.state(ClientID::new(10)), Some(ANN));
-
-        // Ann renews (clock 2, as y-protocols does every 15 s): accepted,
-        // although the spoofer's clock was higher.
-        let renewed = presence.apply(Owner::Peer(1), update(&[(10, 2, ANN)]));
-        assert_eq!(states(&renewed.frame().unwrap())[&10], (2, ANN.to_string()));
-    }
-
-    #[test]
-    fn a_removal_by_anyone_but_the_owner_is_ignored() {
-        let mut presence = Presence::default();
-        presence.apply(Owner::Peer(1), update(&[(10, 5, ANN)]));
-        for clock in [5, 6, u32::MAX - 1] {
-            let removal = presence.apply(Owner::Peer(2), update(&[(10, clock, "null")]));
-            assert!(removal.frame().is_none());
-            assert_eq!(removal.ignored.not_owner, 1);
-        }
-        assert_eq!(presence.state(ClientID::new(10)), Some(ANN));
-        // Nor can another node remove it.
-        let remote = presence.apply(Owner::Remote, update(&[(10, 9, "null")]));
-        assert_eq!(remote.ignored.not_owner, 1);
-        assert_eq!(presence.state(ClientID::new(10)), Some(ANN));
-
-        // The owner can (y-protocols' `setLocalState(null)`), and the id
-        // stays its own while it is here.
-        let removed = presence.apply(Owner::Peer(1), update(&[(10, 6, "null")]));
-        assert_eq!(removed.removed, [ClientID::new(10)]);
-        assert_eq!(states(&removed.frame().unwrap())[&10], (6, "null".into()));
-        assert!(presence.is_empty());
-        let taken = presence.apply(Owner::Peer(2), update(&[(10, 7, EVE)]));
-        assert_eq!(taken.ignored.not_owner, 1);
-        let back = presence.apply(Owner::Peer(1), update(&[(10, 7, ANN)]));
-        assert_eq!(back.set, [ClientID::new(10)]);
-    }
-
-    #[test]
-    fn the_clock_rule_still_holds_for_the_owner() {
-        let mut presence = Presence::default();
-        presence.apply(Owner::Peer(1), update(&[(10, 5, ANN)]));
-        // Older or equal clocks change nothing.
-        assert!(
-            presence
-                .apply(Owner::Peer(1), update(&[(10, 4, EVE)]))
-                .frame()
-                .is_none()
-        );
-        assert!(
-            presence
-                .apply(Owner::Peer(1), update(&[(10, 5, EVE)]))
-                .frame()
-                .is_none()
-        );
-        // A removal at the same clock removes.
-        let removed = presence.apply(Owner::Peer(1), update(&[(10, 5, " null ")]));
-        assert_eq!(removed.removed, [ClientID::new(10)]);
-    }
-
-    #[test]
-    fn a_connection_holds_at_most_its_cap_of_client_ids() {
-        let caps = PresenceCaps {
-            clients_per_connection: 4,
-            room_bytes: 1 << 20,
-        };
-        let mut presence = Presence::new(caps);
-        let fakes: Vec<_> = (1..=2000).map(|c| (c, 1, ANN)).collect();
-        let flood = presence.apply(Owner::Peer(1), update(&fakes));
-        assert_eq!(flood.set.len(), 4);
-        assert_eq!(flood.ignored.client_cap, 1996);
-        assert_eq!(states(&flood.frame().unwrap()).len(), 4);
-        assert_eq!(presence.len(), 4);
-        // A removed id still counts: removing and adding cannot cycle
-        // through ids.
-        let kept = flood.set[0];
-        presence.apply(Owner::Peer(1), update(&[(kept.get(), 2, "null")]));
-        let another = presence.apply(Owner::Peer(1), update(&[(5000, 1, ANN)]));
-        assert_eq!(another.ignored.client_cap, 1);
-        // Its own ids it may still renew; other connections are unaffected.
-        let renew = presence.apply(Owner::Peer(1), update(&[(kept.get(), 3, ANN)]));
-        assert_eq!(renew.set, [kept]);
-        let other = presence.apply(Owner::Peer(2), update(&[(6000, 1, ANN)]));
-        assert_eq!(other.set.len(), 1);
-        // Another node's clients are not a connection's: no cap.
-        let remote: Vec<_> = (7000..7010).map(|c| (c, 1, ANN)).collect();
-        assert_eq!(presence.apply(Owner::Remote, update(&remote)).set.len(), 10);
-    }
-
-    #[test]
-    fn the_rooms_states_stay_under_its_byte_cap() {
-        let caps = PresenceCaps {
-            clients_per_connection: 4,
-            room_bytes: 100,
-        };
-        let mut presence = Presence::new(caps);
-        let forty = format!("\"{}\"", "x".repeat(38));
-        let sixty = format!("\"{}\"", "x".repeat(58));
-        assert_eq!(
-            presence
-                .apply(Owner::Peer(1), update(&[(1, 1, &forty)]))
-                .set
-                .len(),
-            1
-        );
-        assert_eq!(
-            presence
-                .apply(Owner::Peer(2), update(&[(2, 1, &sixty)]))
-                .set
-                .len(),
-            1
-        );
-        assert_eq!(presence.local_bytes(), 100);
-        // A third joiner's state would pass it: ignored.
-        let full = presence.apply(Owner::Peer(3), update(&[(3, 1, ANN)]));
-        assert_eq!(full.ignored.room_bytes, 1);
-        // Growing a state past it is ignored too (the old one stays);
-        // renewing or shrinking one is not.
-        let grow = presence.apply(Owner::Peer(1), update(&[(1, 2, &sixty)]));
-        assert_eq!(grow.ignored.room_bytes, 1);
-        assert_eq!(presence.state(ClientID::new(1)), Some(forty.as_str()));
-        assert_eq!(
-            presence
-                .apply(Owner::Peer(1), update(&[(1, 3, &forty)]))
-                .set
-                .len(),
-            1
-        );
-        assert_eq!(
-            presence
-                .apply(Owner::Peer(2), update(&[(2, 2, "1")]))
-                .set
-                .len(),
-            1
-        );
-        assert_eq!(presence.local_bytes(), 41);
-        assert_eq!(
-            presence
-                .apply(Owner::Peer(3), update(&[(3, 1, ANN)]))
-                .set
-                .len(),
-            1
-        );
-        // A joiner's greeting holds no more than the cap.
-        let greeting = presence.everyone().unwrap();
-        let total: usize = states(&greeting).values().map(|(_, json)| json.len()).sum();
-        assert!(total <= 100, "{total}");
-    }
-
-    #[test]
-    fn leaving_removes_the_owners_states_and_frees_its_ids() {
-        let mut presence = Presence::default();
-        presence.apply(Owner::Peer(1), update(&[(10, 3, ANN), (11, 1, ANN)]));
-        presence.apply(Owner::Peer(1), update(&[(11, 2, "null")]));
-        presence.apply(Owner::Peer(2), update(&[(20, 1, EVE)]));
-        let removal = encode_changes(presence.leave(1)).unwrap();
-        // Only what the others still saw, one clock past.
-        assert_eq!(states(&removal), HashMap::from([(10, (4, "null".into()))]));
-        assert_eq!(presence.owner(ClientID::new(10)), None);
-        assert_eq!(presence.owner(ClientID::new(11)), None);
-        assert_eq!(presence.local_bytes(), EVE.len());
-        assert!(presence.leave(1).is_empty());
-        // The freed id may be set by whoever comes next.
-        let next = presence.apply(Owner::Peer(3), update(&[(10, 1, ANN)]));
-        assert_eq!(next.set, [ClientID::new(10)]);
-    }
-
-    #[test]
-    fn a_remote_client_id_cannot_be_taken_by_a_local_connection() {
-        let mut presence = Presence::default();
-        presence.apply(Owner::Remote, update(&[(30, 2, ANN)]));
-        let spoof = presence.apply(Owner::Peer(1), update(&[(30, 99, EVE)]));
-        assert_eq!(spoof.ignored.not_owner, 1);
-        assert_eq!(presence.state(ClientID::new(30)), Some(ANN));
-        // Its node removing it frees it (no tombstone is kept).
-        let removed = presence.apply(Owner::Remote, update(&[(30, 3, "null")]));
-        assert_eq!(removed.removed, [ClientID::new(30)]);
-        assert_eq!(presence.owner(ClientID::new(30)), None);
-        // Expiry forgets remote states only.
-        presence.apply(Owner::Remote, update(&[(31, 1, ANN)]));
-        presence.apply(Owner::Peer(1), update(&[(32, 1, ANN)]));
-        let expired = presence
-            .expire_remote([ClientID::new(31), ClientID::new(32)])
-            .unwrap();
-        assert_eq!(states(&expired), HashMap::from([(31, (2, "null".into()))]));
-        assert_eq!(presence.state(ClientID::new(32)), Some(ANN));
-        assert!(presence.local().is_some_and(|f| states(&f).len() == 1));
-    }
-
-    #[test]
-    fn the_greeting_is_encoded_once_until_a_state_changes() {
-        let mut presence = Presence::default();
-        assert!(presence.everyone().is_none());
-        presence.apply(Owner::Peer(1), update(&[(10, 1, ANN)]));
-        let first = presence.everyone().unwrap();
-        let again = presence.everyone().unwrap();
-        assert_eq!(first.as_ptr(), again.as_ptr(), "cached");
-        // Ignored entries change nothing, so the cache stays.
-        presence.apply(Owner::Peer(2), update(&[(10, 9, EVE)]));
-        assert_eq!(presence.everyone().unwrap().as_ptr(), first.as_ptr());
-        presence.apply(Owner::Peer(1), update(&[(10, 2, ANN)]));
-        assert_eq!(states(&presence.everyone().unwrap())[&10].0, 2);
-    }
-}
+mod tests;

@@ -19,7 +19,10 @@
 //! Holding only delays awareness, never document updates, so a cursor
 //! never arrives before the text it points into.
 
+use std::collections::hash_map::Entry;
+
 use bytes::Bytes;
+use yrs::sync::awareness::AwarenessUpdateEntry;
 
 use super::PeerId;
 use super::presence::{self, Changes};
@@ -44,9 +47,10 @@ pub struct PresenceBatch {
 
 impl PresenceBatch {
     /// Holds `changes`, made by `maker` (`None`: by the room itself). A
-    /// change replaces what is held for the same client id: the room took
-    /// it, so it is newer by y-protocols' rules (or a removal at the same
-    /// clock, which must win too).
+    /// change replaces what is held for the same client id only when
+    /// y-protocols would let it: a higher clock, or a removal at the same
+    /// clock. The room takes nothing older for an id, even one that left
+    /// ([`super::departed`]); should it ever, a held removal still goes out.
     pub fn add(&mut self, maker: Option<PeerId>, changes: Changes) {
         if changes.is_empty() {
             return;
@@ -56,7 +60,18 @@ impl PresenceBatch {
             (Makers::One(held), Some(peer)) if held == peer => Makers::One(peer),
             _ => Makers::Several,
         };
-        self.changes.extend(changes);
+        for (client, change) in changes {
+            match self.changes.entry(client) {
+                Entry::Occupied(mut held) => {
+                    if supersedes(&change, held.get()) {
+                        held.insert(change);
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(change);
+                }
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,6 +93,12 @@ impl PresenceBatch {
         let frame = presence::encode_changes(std::mem::take(&mut self.changes))?;
         Some((skip, frame))
     }
+}
+
+/// Whether `new` wins over `held` for the same client id by y-protocols'
+/// clock rule.
+fn supersedes(new: &AwarenessUpdateEntry, held: &AwarenessUpdateEntry) -> bool {
+    new.clock > held.clock || (new.clock == held.clock && presence::is_removal(&new.json))
 }
 
 #[cfg(test)]
@@ -134,6 +155,16 @@ mod tests {
         batch.add(Some(7), change(12, 1, "{}"));
         batch.add(None, change(13, 2, "null"));
         assert_eq!(batch.take().map(|(skip, _)| skip), Some(None));
+    }
+
+    #[test]
+    fn a_held_removal_is_not_replaced_by_an_older_state() {
+        let mut batch = PresenceBatch::default();
+        batch.add(Some(1), change(10, 4, "null"));
+        batch.add(Some(2), change(10, 3, "{\"x\":1}"));
+        batch.add(Some(2), change(10, 4, "{\"x\":2}"));
+        let (_, frame) = batch.take().unwrap();
+        assert_eq!(states(&frame)[&10], (4, "null".to_string()));
     }
 
     #[test]
