@@ -233,7 +233,35 @@ pub trait WebhookOutbox: Send + Sync + 'static {
 /// [`StoreError::UnsupportedUrl`] for another scheme; otherwise the
 /// connection or migration error.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let store = connect_without_migrating(url).await?;
+    connect_with(url, &StoreOptions::default()).await
+}
+
+/// How a store uses memory; backends ignore what is not theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// SQLite's page cache per pooled connection.
+    pub sqlite_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            sqlite_cache_bytes: sqlite::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// [`connect`] with `options`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let store: Arc<dyn Store> = match scheme(url) {
+        Some("sqlite") => Arc::new(
+            sqlite::SqliteStore::connect_with_cache(url, options.sqlite_cache_bytes).await?,
+        ),
+        _ => connect_without_migrating(url).await?,
+    };
     store.migrate().await?;
     Ok(store)
 }

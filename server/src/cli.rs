@@ -88,6 +88,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub webhooks: crate::webhooks::args::WebhookArgs,
 
+    /// SQLite's page cache for each of the 4 pooled connections (the
+    /// operating system caches the file besides it); ignored on Postgres.
+    #[arg(long, env = "CRDT_HUB_SQLITE_CACHE_SIZE", default_value = "512KiB", value_parser = parse_size)]
+    pub sqlite_cache_size: usize,
+
     /// Largest WebSocket message a client may send; bigger ones close the
     /// connection with 1009.
     #[arg(long, env = "CRDT_HUB_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]

@@ -92,7 +92,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     crate::nofile::raise_and_log();
     let webhooks = args.webhooks.webhook_config()?;
     let url = &args.database.database_url;
-    let store = crdt_store::connect(url)
+    let options = crdt_store::StoreOptions {
+        sqlite_cache_bytes: args.sqlite_cache_size,
+    };
+    let store = crdt_store::connect_with(url, &options)
         .await
         .with_context(|| format!("opening storage at {}", crdt_store::redact(url)))?;
     info!(backend = store.backend(), url = %crdt_store::redact(url), "storage ready");
