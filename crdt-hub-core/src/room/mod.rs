@@ -1,11 +1,12 @@
 //! The room without its task: [`core`] takes a peer's decoded messages and
 //! says which frames go to whom, [`held`] keeps what waits for what it
 //! builds on (cut by `gaps`), [`presence`] decides whose awareness
-//! states a room takes, and [`presence_batch`] holds what changed for the
-//! room's next awareness message. The server's room owner task drives them.
+//! states a room takes (remembering who left in [`departed`]), and
+//! [`presence_batch`] holds what changed for the room's next awareness
+//! message. The server's room owner task drives them.
 
 pub mod core;
-mod departed;
+pub mod departed;
 mod gaps;
 pub mod held;
 pub mod presence;
