@@ -41,6 +41,9 @@ pub enum Config {
     HotRoom,
     /// 500 clients in one room, each moving its cursor twice a second.
     Presence,
+    /// The same, each client sending back every awareness message it
+    /// receives, as y-websocket and Hocuspocus providers before v4 do.
+    PresenceEcho,
     /// 10,000 idle connections over 1,000 rooms.
     Idle,
     /// 1,000 clients join a room holding a 5 MB document within 1 s.
@@ -61,6 +64,7 @@ impl Config {
                 Self::BigRoom,
                 Self::HotRoom,
                 Self::Presence,
+                Self::PresenceEcho,
                 Self::Idle,
                 Self::JoinStorm,
                 Self::B4,
@@ -317,7 +321,19 @@ pub async fn run(options: CompareOptions) -> Result<()> {
                             "presence storm: {clients} clients in one room, 2 cursor moves/s each"
                         ),
                         options.rounds,
-                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration)),
+                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration, false)),
+                    )
+                    .await;
+            }
+            Config::PresenceEcho => {
+                let clients = plan.presence_clients;
+                harness
+                    .measure(
+                        &format!(
+                            "presence storm, echoing clients: {clients} clients in one room, 2 cursor moves/s each, each sending back what it receives"
+                        ),
+                        options.rounds,
+                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration, true)),
                     )
                     .await;
             }

@@ -112,6 +112,10 @@ struct RunArgs {
     /// updates per second (a presence storm; see bench/src/presence.rs).
     #[arg(long)]
     presence: bool,
+    /// With --presence: each client sends back every awareness message it
+    /// receives, as y-websocket and Hocuspocus providers before v4 do.
+    #[arg(long, requires = "presence")]
+    echo: bool,
     /// Give each room a document of about this many bytes before the
     /// clients join (a hot room); 0 starts them empty.
     #[arg(long, default_value_t = 0)]
@@ -365,7 +369,7 @@ async fn run(args: RunArgs) -> Result<()> {
         preload_bytes: args.preload_bytes,
     };
     if args.presence {
-        return run_presence(&config, args.json).await;
+        return run_presence(&config, args.echo, args.json).await;
     }
     let report = fanout::run(&config).await?;
     if args.json {
@@ -398,7 +402,7 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// `run --presence`: the same clients, rooms and schedule, moving cursors.
-async fn run_presence(fanout: &FanoutConfig, json: bool) -> Result<()> {
+async fn run_presence(fanout: &FanoutConfig, echo: bool, json: bool) -> Result<()> {
     let [base] = fanout.bases.as_slice() else {
         anyhow::bail!("--presence runs against one server");
     };
@@ -415,6 +419,7 @@ async fn run_presence(fanout: &FanoutConfig, json: bool) -> Result<()> {
         connect_concurrency: fanout.connect_concurrency,
         drain_timeout: fanout.drain_timeout,
         server_pid: fanout.server_pids.first().copied(),
+        echo,
     })
     .await?;
     if json {

@@ -10,6 +10,12 @@
 //! cursor needs. So deliveries are counted per move received, and what
 //! must hold is that every receiver ends with every other client's last
 //! move ("last moves seen").
+//!
+//! With `echo`, each client also sends back every awareness message it
+//! receives, as stock clients do: y-websocket (every major) and Hocuspocus
+//! providers before v4 re-broadcast each change they apply, other
+//! clients' included. A server then reads as many awareness messages as
+//! it sends, each carrying what it merged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +53,8 @@ pub struct PresenceConfig {
     pub drain_timeout: Duration,
     /// The server process, for CPU and memory; `None` skips those.
     pub server_pid: Option<u32>,
+    /// Send back every awareness message received, as y-websocket does.
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +76,8 @@ pub struct PresenceReport {
     pub messages: u64,
     /// Own moves the server sent back to their sender.
     pub echoes: u64,
+    /// Awareness messages the clients sent back (`echo`).
+    pub echoed: u64,
     /// Receivers that ended with every other client's last move.
     pub last_moves_seen: usize,
     pub latency: Latency,
@@ -121,8 +131,14 @@ struct Heard {
     /// Moves received; a greeting or a repeat counts as a duplicate.
     tally: Tally,
     messages: u64,
+    /// Messages sent back.
+    echoed: u64,
     closed: Option<String>,
 }
+
+/// A client's sending half, shared by its cursor and, with `echo`, its
+/// listener.
+type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, WsMessage>>>;
 
 struct Moved {
     sent: u64,
@@ -182,6 +198,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
     for (mover, socket) in movers.iter().zip(opened.sockets) {
         let Some(socket) = socket else { continue };
         let (sink, stream) = socket.split();
+        let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
         let wire = mover_wires[mover.index].clone();
         listeners.push((
             mover.room,
@@ -193,6 +210,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
                 config.clients,
                 shared.clone(),
                 stop_rx.clone(),
+                config.echo.then(|| sink.clone()),
             )),
         ));
         let schedule = config.arrivals.schedule(
@@ -244,7 +262,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
     stop_tx.send(true).ok();
 
     let mut latency = stats::new_histogram();
-    let (mut delivered, mut messages, mut echoes) = (0, 0, 0);
+    let (mut delivered, mut messages, mut echoes, mut echoed) = (0, 0, 0, 0);
     let mut last_moves_seen = 0;
     let mut closed_by_server = 0;
     for (room, me, listener) in listeners {
@@ -255,6 +273,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
         delivered += heard.tally.deliveries;
         messages += heard.messages;
         echoes += heard.tally.echoes;
+        echoed += heard.echoed;
         let saw_all = (0..config.clients)
             .filter(|&other| other != me && other % config.rooms == room)
             .all(|other| heard.tally.newest[other] == last_move[other]);
@@ -284,6 +303,7 @@ pub async fn run(config: &PresenceConfig) -> Result<PresenceReport> {
         delivered,
         messages,
         echoes,
+        echoed,
         last_moves_seen,
         latency: Latency::of(&latency),
         send_lag: Latency::of(&lag),
@@ -318,12 +338,12 @@ fn state_json(index: usize) -> String {
 }
 
 async fn move_cursor(
-    mut sink: SplitSink<Ws, WsMessage>,
+    sink: Sink,
     wire: Arc<Wire>,
     index: usize,
     client_id: u64,
     schedule: Vec<Instant>,
-) -> (Moved, SplitSink<Ws, WsMessage>) {
+) -> (Moved, Sink) {
     let mut moved = Moved {
         sent: 0,
         last: 0,
@@ -339,7 +359,12 @@ async fn move_cursor(
         stamp::patch(&mut json, at, micros);
         let state = std::str::from_utf8(&json).expect("ASCII");
         let frame = wire.awareness(client_id, clock, state);
-        if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+        if let Err(e) = sink
+            .lock()
+            .await
+            .send(WsMessage::Binary(frame.into()))
+            .await
+        {
             moved.error = Some(format!("send failed: {e}"));
             break;
         }
@@ -356,10 +381,12 @@ async fn listen(
     senders: usize,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    echo: Option<Sink>,
 ) -> Heard {
     let mut heard = Heard {
         tally: Tally::new(senders),
         messages: 0,
+        echoed: 0,
         closed: None,
     };
     loop {
@@ -376,6 +403,18 @@ async fn listen(
         };
         heard.messages += 1;
         heard.tally.count(update, me, stamp::now_micros(), &shared);
+        if let Some(sink) = &echo {
+            let frame = wire.awareness_update(update);
+            if sink
+                .lock()
+                .await
+                .send(WsMessage::Binary(frame.into()))
+                .await
+                .is_ok()
+            {
+                heard.echoed += 1;
+            }
+        }
     }
     heard
 }

@@ -136,6 +136,16 @@ impl Wire {
         }))
     }
 
+    /// An awareness message carrying `update` (an encoded awareness
+    /// update, as [`Incoming::Awareness`] borrows it) as it is.
+    pub fn awareness_update(&self, update: &[u8]) -> Vec<u8> {
+        use yrs::encoding::write::Write;
+        let mut frame = self.prefix.clone();
+        frame.write_var(1u32); // MSG_AWARENESS
+        frame.write_buf(update);
+        frame
+    }
+
     fn frame(&self, message: &Message) -> Vec<u8> {
         let mut frame = self.prefix.clone();
         frame.extend_from_slice(&message.encode_v1());
@@ -214,6 +224,18 @@ mod tests {
             b"\x06room-1\x00\x00\x01\x00"
         );
         assert_eq!(wire.url("ws://127.0.0.1:9/"), "ws://127.0.0.1:9/");
+    }
+
+    #[test]
+    fn an_echo_is_the_awareness_message_it_answers() {
+        for protocol in [Protocol::YWebsocket, Protocol::Hocuspocus] {
+            let wire = Wire::new(protocol, "room-1");
+            let sent = wire.awareness(42, 7, r#"{"cursor":1}"#);
+            let Incoming::Awareness(update) = wire.parse(&sent) else {
+                panic!("not awareness");
+            };
+            assert_eq!(wire.awareness_update(update), sent);
+        }
     }
 
     #[test]

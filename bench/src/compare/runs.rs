@@ -55,6 +55,7 @@ pub(super) async fn presence_run(
     clients: usize,
     rate: f64,
     duration: Duration,
+    echo: bool,
 ) -> Result<Measured> {
     let report = presence::run(&PresenceConfig {
         base: target.base.clone(),
@@ -69,6 +70,7 @@ pub(super) async fn presence_run(
         connect_concurrency: 64,
         drain_timeout: Duration::from_secs(10),
         server_pid: Some(target.pid),
+        echo,
     })
     .await?;
     Ok(Measured {
