@@ -313,27 +313,21 @@ pub async fn run(options: CompareOptions) -> Result<()> {
                     )
                     .await;
             }
-            Config::Presence => {
+            Config::Presence | Config::PresenceEcho => {
                 let clients = plan.presence_clients;
+                let echo = *config == Config::PresenceEcho;
+                let (kind, echoing) = if echo {
+                    (", echoing clients", ", each sending back what it receives")
+                } else {
+                    ("", "")
+                };
                 harness
                     .measure(
                         &format!(
-                            "presence storm: {clients} clients in one room, 2 cursor moves/s each"
+                            "presence storm{kind}: {clients} clients in one room, 2 cursor moves/s each{echoing}"
                         ),
                         options.rounds,
-                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration, false)),
-                    )
-                    .await;
-            }
-            Config::PresenceEcho => {
-                let clients = plan.presence_clients;
-                harness
-                    .measure(
-                        &format!(
-                            "presence storm, echoing clients: {clients} clients in one room, 2 cursor moves/s each, each sending back what it receives"
-                        ),
-                        options.rounds,
-                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration, true)),
+                        &|t| Box::pin(presence_run(t, clients, 2.0, plan.presence_duration, echo)),
                     )
                     .await;
             }
