@@ -256,12 +256,7 @@ impl Default for StoreOptions {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    let store: Arc<dyn Store> = match scheme(url) {
-        Some("sqlite") => Arc::new(
-            sqlite::SqliteStore::connect_with_cache(url, options.sqlite_cache_bytes).await?,
-        ),
-        _ => connect_without_migrating(url).await?,
-    };
+    let store = open(url, options).await?;
     store.migrate().await?;
     Ok(store)
 }
@@ -272,11 +267,18 @@ pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn S
 /// # Errors
 /// As [`connect`].
 pub async fn connect_without_migrating(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open(url, &StoreOptions::default()).await
+}
+
+/// The backend `url` names, opened with `options`.
+async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     match scheme(url) {
         Some("postgres" | "postgresql") => {
             Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
         }
-        Some("sqlite") => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        Some("sqlite") => Ok(Arc::new(
+            sqlite::SqliteStore::connect_with_cache(url, options.sqlite_cache_bytes).await?,
+        )),
         _ => Err(StoreError::UnsupportedUrl(redact(url))),
     }
 }
