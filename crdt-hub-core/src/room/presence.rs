@@ -58,6 +58,14 @@ pub fn is_removal(json: &str) -> bool {
     json.trim() == NULL
 }
 
+/// y-protocols' clock rule: whether an entry at `clock` (a removal or
+/// not) replaces one held at `held_clock` (with a state, or already
+/// removed). A higher clock wins; a removal at the same clock removes a
+/// state still there.
+pub fn wins(clock: u32, removal: bool, held_clock: u32, held_has_state: bool) -> bool {
+    clock > held_clock || (clock == held_clock && removal && held_has_state)
+}
+
 /// Bounds on what one room's connections may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceCaps {
@@ -205,11 +213,7 @@ impl Presence {
                 applied.set.push(client);
                 continue;
             };
-            // y-protocols' clock rule: a higher clock replaces; a removal
-            // at the same clock removes what is there.
-            let newer =
-                clock > entry.clock || (clock == entry.clock && removal && entry.state.is_some());
-            if !newer {
+            if !wins(clock, removal, entry.clock, entry.state.is_some()) {
                 // Stale, as clients would find it too: most often a stock
                 // client (y-websocket, Hocuspocus before v4) sending back
                 // what it was sent, which is no attempt on anyone's id.

@@ -98,7 +98,12 @@ impl PresenceBatch {
 /// Whether `new` wins over `held` for the same client id by y-protocols'
 /// clock rule.
 fn supersedes(new: &AwarenessUpdateEntry, held: &AwarenessUpdateEntry) -> bool {
-    new.clock > held.clock || (new.clock == held.clock && presence::is_removal(&new.json))
+    presence::wins(
+        new.clock,
+        presence::is_removal(&new.json),
+        held.clock,
+        !presence::is_removal(&held.json),
+    )
 }
 
 #[cfg(test)]
