@@ -58,13 +58,6 @@ fn awareness_frame(entries: impl IntoIterator<Item = (u64, u32, String)>) -> Vec
     crdt_hub::protocol::encode_awareness(&AwarenessUpdate { clients }).to_vec()
 }
 
-/// Sets `client`'s own presence and sends it, as y-websocket does.
-async fn announce(client: &mut YClient, state: Value) {
-    client.awareness.set_local_state(state).unwrap();
-    let update = client.awareness.update().unwrap();
-    client.send(YMessage::Awareness(update)).await;
-}
-
 fn name_of(client: &YClient, id: ClientID) -> Option<String> {
     let state = client.awareness.state::<Value>(id)?;
     Some(state["user"]["name"].as_str()?.to_string())
@@ -157,7 +150,9 @@ async fn a_flood_of_fake_client_ids_is_capped_and_joiners_sync_at_once() {
     let mut honest = YClient::connect(&url(&server, room, Role::Write)).await;
     skip_greeting(&mut honest).await;
     honest.insert("t", 0, "the document").await;
-    announce(&mut honest, serde_json::json!({"user": {"name": "ann"}})).await;
+    honest
+        .announce(serde_json::json!({"user": {"name": "ann"}}))
+        .await;
     barrier(&mut honest).await;
     let before = rss_bytes(&server);
 
@@ -223,7 +218,9 @@ async fn a_spoofer_can_neither_rename_nor_remove_another_connections_presence() 
     let mut bystanders = Bystanders::join(&url(&server, "docs/bystanders", Role::Write)).await;
     let mut victim = YClient::connect(&url(&server, room, Role::Write)).await;
     let mut observer = YClient::connect(&url(&server, room, Role::Write)).await;
-    announce(&mut victim, serde_json::json!({"user": {"name": "victim"}})).await;
+    victim
+        .announce(serde_json::json!({"user": {"name": "victim"}}))
+        .await;
     let id = victim.awareness.client_id();
     observer
         .until("the victim's presence", |c| {
@@ -251,11 +248,9 @@ async fn a_spoofer_can_neither_rename_nor_remove_another_connections_presence() 
 
     // The victim renews its presence (clock 2) and the observer takes it:
     // had the observer received the spoofed clock 1000, it would ignore 2.
-    announce(
-        &mut victim,
-        serde_json::json!({"user": {"name": "victim, renewed"}}),
-    )
-    .await;
+    victim
+        .announce(serde_json::json!({"user": {"name": "victim, renewed"}}))
+        .await;
     observer
         .until("the victim's renewal", |c| {
             name_of(c, id).as_deref() == Some("victim, renewed")
@@ -321,7 +316,9 @@ async fn states_that_are_not_json_or_too_big_close_the_sender_and_reach_no_one()
 
     // An honest state set after them arrives; none of theirs ever did.
     let mut honest = YClient::connect(&url(&server, room, Role::Write)).await;
-    announce(&mut honest, serde_json::json!({"user": {"name": "bo"}})).await;
+    honest
+        .announce(serde_json::json!({"user": {"name": "bo"}}))
+        .await;
     let bo = honest.awareness.client_id();
     observer
         .until("bo's presence", |c| name_of(c, bo).is_some())

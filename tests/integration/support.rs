@@ -400,6 +400,13 @@ impl YClient {
         self.send_raw(message.encode_v1()).await;
     }
 
+    /// Sets this client's presence and sends it, as y-websocket does.
+    pub async fn announce(&mut self, state: serde_json::Value) {
+        self.awareness.set_local_state(state).unwrap();
+        let update = self.awareness.update().unwrap();
+        self.send(YMessage::Awareness(update)).await;
+    }
+
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }

@@ -141,7 +141,7 @@ async fn an_echo_of_a_departed_clients_presence_does_not_bring_it_back() {
     let mut b = YClient::connect(&url).await;
     let alice = a.awareness.client_id();
     let bob = b.awareness.client_id();
-    announce(&mut a, serde_json::json!({"user": "alice"})).await;
+    a.announce(serde_json::json!({"user": "alice"})).await;
     b.until("alice's presence", |c| {
         c.awareness.state::<serde_json::Value>(alice).is_some()
     })
@@ -149,7 +149,7 @@ async fn an_echo_of_a_departed_clients_presence_does_not_bring_it_back() {
 
     // Bob moves (a window starts), Alice leaves (her removal is held),
     // then Bob's client echoes her last state, as y-websocket does.
-    announce(&mut b, serde_json::json!({"user": "bob"})).await;
+    b.announce(serde_json::json!({"user": "bob"})).await;
     drop(a);
     let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
     loop {
@@ -183,13 +183,6 @@ async fn an_echo_of_a_departed_clients_presence_does_not_bring_it_back() {
         "a joiner is shown the departed client"
     );
     server.stop().await;
-}
-
-/// Sets `client`'s presence and sends it, as y-websocket does.
-async fn announce(client: &mut YClient, state: serde_json::Value) {
-    client.awareness.set_local_state(state).unwrap();
-    let update = client.awareness.update().unwrap();
-    client.send(Message::Awareness(update)).await;
 }
 
 #[tokio::test]
