@@ -78,6 +78,33 @@ test('a client clearing its own state (setLocalState(null)) is removed for the o
   await waitFor(() => userOf(b, a.doc.clientID)?.name === 'a again', undefined, 'state set after clearing was not forwarded')
 })
 
+// A dropped connection: the server removes the client's state for the
+// others, and the provider reconnects with that state unchanged (same
+// clock), which the others ignore as the one just removed. Its next change
+// must show again at once, for the others and for the room: the removal
+// carries the state's own clock, so one change is past it.
+for (const version of VERSIONS) {
+  test(`a client back after a dropped connection shows again at its first change (y-websocket ${version})`, async t => {
+    const scope = useScope(t)
+    const room = uniqueRoom(`aw-back-${version}`)
+    const owner = await scope.syncedClient(server, room, { version })
+    const observer = await scope.syncedClient(server, room, { version: version === 'v3' ? 'v2' : 'v3' })
+    const ownerId = owner.doc.clientID
+    owner.awareness.setLocalStateField('user', { name: 'owner', cursor: 1 })
+    await waitFor(() => userOf(observer, ownerId)?.cursor === 1, undefined, 'state not forwarded')
+
+    owner.provider.ws.close()
+    await waitFor(() => !observer.awareness.getStates().has(ownerId), undefined, 'dropped client not removed')
+    await waitFor(() => owner.connected && owner.synced, undefined, 'the provider did not reconnect')
+    owner.awareness.setLocalStateField('user', { name: 'owner', cursor: 2 })
+    // Well inside the 15 s renewal, which would bring it back anyway.
+    await waitFor(() => userOf(observer, ownerId)?.cursor === 2, 5000,
+      () => `the observer sees ${JSON.stringify([...observer.awareness.getStates()])}`)
+    const newcomer = await scope.syncedClient(server, room, { version: 'v2' })
+    await waitFor(() => userOf(newcomer, ownerId)?.cursor === 2, undefined, 'the room did not take it back')
+  })
+}
+
 // A presence storm: everyone moves at once. The server holds the changes
 // of one awareness window and sends them as one message (--awareness-window),
 // so a peer gets far fewer awareness frames than there were moves, and stock

@@ -337,7 +337,12 @@ impl Presence {
                 self.departed.record(client, entry.clock);
                 continue;
             };
-            let clock = entry.clock.saturating_add(1);
+            // The removal carries the state's own clock, as the reference
+            // server's does: clients take a removal at the clock of the
+            // state they hold, and the client itself, reconnecting with
+            // that state unchanged, shows again at its next change or
+            // 15 s renewal (one past this) rather than the second.
+            let clock = entry.clock;
             self.departed.record(client, clock);
             if entry.owner != Owner::Remote {
                 self.local_bytes -= state.len();

@@ -204,15 +204,18 @@ fn leaving_removes_the_owners_states_and_frees_its_ids() {
     presence.apply(Owner::Peer(1), update(&[(11, 2, "null")]));
     presence.apply(Owner::Peer(2), update(&[(20, 1, EVE)]));
     let removal = encode_changes(presence.leave(1)).unwrap();
-    // Only what the others still saw, one clock past.
-    assert_eq!(states(&removal), HashMap::from([(10, (4, "null".into()))]));
+    // Only what the others still saw, at the clock they hold it at.
+    assert_eq!(states(&removal), HashMap::from([(10, (3, "null".into()))]));
     assert_eq!(presence.owner(ClientID::new(10)), None);
     assert_eq!(presence.owner(ClientID::new(11)), None);
     assert_eq!(presence.local_bytes(), EVE.len());
     assert!(presence.leave(1).is_empty());
     // The freed id may be set by whoever comes next, with a clock past
-    // its removal (the client itself, reconnecting and moving).
-    let next = presence.apply(Owner::Peer(3), update(&[(10, 5, ANN)]));
+    // its removal: the client itself, reconnecting, at its first change
+    // or renewal (clients would ignore its unchanged state too).
+    let unchanged = presence.apply(Owner::Peer(3), update(&[(10, 3, ANN)]));
+    assert!(unchanged.set.is_empty());
+    let next = presence.apply(Owner::Peer(3), update(&[(10, 4, ANN)]));
     assert_eq!(next.set, [ClientID::new(10)]);
     assert_eq!(presence.owner(ClientID::new(10)), Some(Owner::Peer(3)));
 }
@@ -225,8 +228,12 @@ fn an_echo_of_a_departed_clients_state_does_not_bring_it_back() {
     presence.apply(Owner::Peer(1), update(&[(10, 3, ANN)]));
     presence.apply(Owner::Peer(2), update(&[(20, 1, EVE)]));
     let removal = presence.leave(1);
-    assert_eq!(removal[&ClientID::new(10)].clock, 4);
-    for clock in [3, 4] {
+    assert_eq!(
+        removal[&ClientID::new(10)].clock,
+        3,
+        "the last state's clock"
+    );
+    for clock in [2, 3] {
         let echo = presence.apply(Owner::Peer(2), update(&[(10, clock, ANN)]));
         assert!(echo.changes.is_empty() && echo.set.is_empty());
         assert!(!echo.ignored.any(), "an honest client's echo is no offence");
@@ -270,7 +277,7 @@ fn a_remote_client_id_cannot_be_taken_by_a_local_connection() {
     let expired = presence
         .expire_remote([ClientID::new(31), ClientID::new(32)])
         .unwrap();
-    assert_eq!(states(&expired), HashMap::from([(31, (2, "null".into()))]));
+    assert_eq!(states(&expired), HashMap::from([(31, (1, "null".into()))]));
     assert_eq!(presence.state(ClientID::new(32)), Some(ANN));
     assert!(presence.local().is_some_and(|f| states(&f).len() == 1));
 }
