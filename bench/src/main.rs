@@ -223,8 +223,15 @@ struct SoakArgs {
     /// Length of one fan-out round; every round uses fresh rooms.
     #[arg(long, default_value = "60s", value_parser = soak::parse_duration)]
     fanout_round: Duration,
+    /// Churn rooms open at a time.
     #[arg(long, default_value_t = 24)]
     churn_rooms: usize,
+    /// Visits a churn room gets before a fresh room takes its place, so
+    /// that the documents loaded stay the same size on average (each visit
+    /// adds a client's text); 0 keeps the same rooms for the whole run,
+    /// and then their growth shows in RSS.
+    #[arg(long, default_value_t = 20)]
+    churn_visits_per_room: u32,
     /// Churn clients' workers; each owns every N-th churn room.
     #[arg(long, default_value_t = 4)]
     churn_workers: usize,
@@ -322,6 +329,7 @@ async fn main() -> Result<()> {
                 arrivals: args.arrivals,
                 fanout_round: args.fanout_round,
                 churn_rooms: args.churn_rooms,
+                churn_visits_per_room: args.churn_visits_per_room,
                 churn_workers: args.churn_workers.min(args.churn_rooms),
                 api_interval: args.api_interval,
                 limits: soak::Limits {

@@ -57,7 +57,10 @@ pub struct SoakOptions {
     pub arrivals: Arrivals,
     /// Length of one fan-out round; each round uses fresh rooms.
     pub fanout_round: Duration,
+    /// Churn rooms open at a time (slots).
     pub churn_rooms: usize,
+    /// Visits a churn room gets before a fresh one replaces it; 0: never.
+    pub churn_visits_per_room: u32,
     pub churn_workers: usize,
     pub api_interval: Duration,
     pub limits: Limits,
@@ -148,6 +151,7 @@ pub async fn run(options: SoakOptions) -> Result<()> {
             Protocol::YWebsocket,
             &format!("{prefix}-c"),
             options.churn_rooms,
+            options.churn_visits_per_room,
         )),
         base,
         pid,
@@ -157,9 +161,9 @@ pub async fn run(options: SoakOptions) -> Result<()> {
         churn_stats: Arc::default(),
     };
     ctx.say(&format!(
-        "soak of {} (pid {pid}): {:?} after a {warmup:?} warm-up; fan-out {} clients in {} rooms at {}/s, rounds of {:?}; churn over {} rooms ({} workers); an API read every {:?}; room idle timeout {:?}",
+        "soak of {} (pid {pid}): {:?} after a {warmup:?} warm-up; fan-out {} clients in {} rooms at {}/s, rounds of {:?}; churn over {} rooms ({} workers, a fresh room every {} visits, 0: never); an API read every {:?}; room idle timeout {:?}",
         ctx.base, options.duration - warmup, options.fanout_clients, options.fanout_rooms, options.rate,
-        options.fanout_round, options.churn_rooms, options.churn_workers, options.api_interval, options.room_idle_timeout,
+        options.fanout_round, options.churn_rooms, options.churn_workers, options.churn_visits_per_room, options.api_interval, options.room_idle_timeout,
     ));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let (stop_sampling, stopped) = watch::channel(false);
@@ -193,7 +197,7 @@ pub async fn run(options: SoakOptions) -> Result<()> {
         ));
         expected.extend(round.expected_rooms.iter().cloned());
     }
-    wires.extend(ctx.churn.wires().iter().cloned());
+    wires.extend(ctx.churn.wires());
     expected.extend(ctx.churn.expected());
     let connect = ConnectOptions::default();
     let (rooms_converged, convergence_errors) =

@@ -182,8 +182,8 @@ pub async fn reader(
 }
 
 async fn read_one(addr: SocketAddr, rooms: &ChurnRooms, endpoint: &str, room: usize) -> Result<()> {
-    let name = rooms.wires()[room].room();
-    let path = endpoint.replace("{}", name);
+    let wire = rooms.wire(room);
+    let path = endpoint.replace("{}", wire.room());
     let floor = rooms.expected_of(room);
     let response = get(addr, &path).await?;
     if response.status != 200 {

@@ -32,39 +32,111 @@ use crate::workload;
 const FIRST_CLIENT_ID: u64 = 1 << 32;
 
 /// The churn rooms and what each must hold.
+///
+/// Each worker owns some slots, and each slot has a room at a time. A room
+/// gets `visits_per_room` visits, then a fresh one takes its slot: every
+/// visit adds a client and its text, so a room that lived for the whole
+/// run would grow for the whole run, and the server's memory with it (a
+/// loaded document holds every client's items). With rooms replaced, the
+/// documents loaded at any time stay the same size on average, and the
+/// soak's RSS measures what the server keeps, not how much was written.
+/// Retired rooms stay in storage; API reads and the final check reopen
+/// them.
 pub struct ChurnRooms {
-    wires: Vec<Arc<Wire>>,
-    expected: Mutex<Vec<Expected>>,
+    protocol: Protocol,
+    prefix: String,
+    /// Visits a room gets before it is retired; 0 keeps every room for the
+    /// whole run.
+    visits_per_room: u32,
+    state: Mutex<State>,
     next_client: AtomicU64,
 }
 
+struct State {
+    /// Every room opened, oldest first, with what it must hold as far as
+    /// its worker has confirmed.
+    rooms: Vec<(Arc<Wire>, Expected)>,
+    /// Each slot's room and how many visits that room has left.
+    slots: Vec<(usize, u32)>,
+}
+
 impl ChurnRooms {
-    pub fn new(protocol: Protocol, prefix: &str, rooms: usize) -> Self {
+    pub fn new(protocol: Protocol, prefix: &str, slots: usize, visits_per_room: u32) -> Self {
+        let rooms = (0..slots)
+            .map(|r| {
+                (
+                    Arc::new(Wire::new(protocol, &format!("{prefix}-{r}"))),
+                    Expected::default(),
+                )
+            })
+            .collect();
+        // The first rooms retire at staggered times, so that later the
+        // slots' rooms are of every age at once rather than all young or
+        // all old together.
+        let slots = (0..slots)
+            .map(|s| {
+                let first = (u64::from(visits_per_room) * (s as u64 + 1)).div_ceil(slots as u64);
+                (s, u32::try_from(first).unwrap_or(u32::MAX))
+            })
+            .collect();
         Self {
-            wires: Wire::for_rooms(protocol, prefix, rooms),
-            expected: Mutex::new(vec![Expected::default(); rooms]),
+            protocol,
+            prefix: prefix.to_owned(),
+            visits_per_room,
+            state: Mutex::new(State { rooms, slots }),
             next_client: AtomicU64::new(FIRST_CLIENT_ID),
         }
     }
 
-    pub fn wires(&self) -> &[Arc<Wire>] {
-        &self.wires
+    pub fn slots(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// The room the next visit to `slot` goes to: its current one, or a
+    /// fresh one once that has had its visits.
+    fn visit(&self, slot: usize) -> usize {
+        let mut state = self.lock();
+        let (room, left) = state.slots[slot];
+        if self.visits_per_room == 0 {
+            return room;
+        }
+        if left > 0 {
+            state.slots[slot].1 = left - 1;
+            return room;
+        }
+        let fresh = state.rooms.len();
+        let name = format!("{}-{fresh}", self.prefix);
+        state.rooms.push((
+            Arc::new(Wire::new(self.protocol, &name)),
+            Expected::default(),
+        ));
+        state.slots[slot] = (fresh, self.visits_per_room - 1);
+        fresh
+    }
+
+    pub fn wire(&self, room: usize) -> Arc<Wire> {
+        self.lock().rooms[room].0.clone()
+    }
+
+    /// Every room opened so far.
+    pub fn wires(&self) -> Vec<Arc<Wire>> {
+        self.lock().rooms.iter().map(|(w, _)| w.clone()).collect()
     }
 
     /// What room `r` must hold, as far as its worker has confirmed.
     pub fn expected_of(&self, room: usize) -> Expected {
-        self.expected.lock().expect("not poisoned")[room].clone()
+        self.lock().rooms[room].1.clone()
     }
 
     pub fn expected(&self) -> Vec<Expected> {
-        self.expected.lock().expect("not poisoned").clone()
+        self.lock().rooms.iter().map(|(_, e)| e.clone()).collect()
     }
 
     /// Rooms that have content (worth an API read).
     pub fn written(&self) -> Vec<usize> {
-        let expected = self.expected.lock().expect("not poisoned");
-        (0..expected.len())
-            .filter(|&r| expected[r].text_len > 0)
+        let state = self.lock();
+        (0..state.rooms.len())
+            .filter(|&r| state.rooms[r].1.text_len > 0)
             .collect()
     }
 
@@ -72,9 +144,13 @@ impl ChurnRooms {
         if clock == 0 {
             return;
         }
-        let mut expected = self.expected.lock().expect("not poisoned");
-        expected[room].clocks.push((client, clock));
-        expected[room].text_len += clock;
+        let expected = &mut self.lock().rooms[room].1;
+        expected.clocks.push((client, clock));
+        expected.text_len += clock;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
     }
 }
 
@@ -112,8 +188,8 @@ impl ChurnStats {
     }
 }
 
-/// Worker `worker` of `workers`: visits its rooms (`worker`, `worker +
-/// workers`, …) in turn until `until`. A visit opens one to three clients
+/// Worker `worker` of `workers`: visits its slots' rooms (slots `worker`,
+/// `worker + workers`, …) in turn until `until`. A visit opens one to three clients
 /// at once, each writing one to five updates, staying up to 3 s and
 /// leaving, a third of them without a close frame. With a few rooms per
 /// worker a room sits empty for longer than a short idle timeout between
@@ -128,13 +204,13 @@ pub async fn worker(
     stats: Arc<Mutex<ChurnStats>>,
 ) {
     let mut rng = StdRng::seed_from_u64(worker as u64);
-    let mine: Vec<usize> = (worker..rooms.wires.len())
-        .step_by(workers.max(1))
-        .collect();
-    for &room in mine.iter().cycle() {
+    let mine: Vec<usize> = (worker..rooms.slots()).step_by(workers.max(1)).collect();
+    for &slot in mine.iter().cycle() {
         if Instant::now() >= until {
             break;
         }
+        let room = rooms.visit(slot);
+        let wire = rooms.wire(room);
         let before = rooms.expected_of(room);
         // The others write only once the first has checked what it found.
         let (checked_tx, checked_rx) = watch::channel(false);
@@ -150,7 +226,7 @@ pub async fn worker(
                 after: checked_rx.clone(),
             };
             let (id, abrupt) = (visit.client_id, visit.abrupt);
-            let (base, wire) = (base.clone(), rooms.wires[room].clone());
+            let (base, wire) = (base.clone(), wire.clone());
             tasks.push((id, abrupt, tokio::spawn(visit.run(base, wire, connect))));
         }
         let mut outcome = ChurnStats {
@@ -169,7 +245,7 @@ pub async fn worker(
                     outcome.checked_joins += u64::from(checked);
                     outcome.dropped += u64::from(abrupt);
                 }
-                Err(e) => outcome.fail(&e.context(format!("room {}", rooms.wires[room].room()))),
+                Err(e) => outcome.fail(&e.context(format!("room {}", wire.room()))),
             }
         }
         stats.lock().expect("not poisoned").merge(outcome);
@@ -272,5 +348,35 @@ async fn hold(ws: &mut Ws, time: Duration) -> Result<()> {
             Ok(Some(Err(e))) => return Err(e).context("reading"),
             Ok(None) => bail!("connection ended"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_gets_a_fresh_room_after_its_visits_and_slots_retire_staggered() {
+        let rooms = ChurnRooms::new(Protocol::YWebsocket, "c", 4, 8);
+        // Slot s's first room gets 8 × (s + 1) / 4 visits; the visit after
+        // them goes to the slot's next room.
+        let firsts: Vec<usize> = (0..4)
+            .map(|s| (0..).take_while(|_| rooms.visit(s) == s).count())
+            .collect();
+        assert_eq!(firsts, [2, 4, 6, 8]);
+        // Every later room gets 8 visits: slot 0's second has had one.
+        let room = rooms.visit(0);
+        assert!(room >= 4);
+        assert!((0..6).all(|_| rooms.visit(0) == room));
+        assert_ne!(rooms.visit(0), room);
+        assert_eq!(rooms.wires().len(), rooms.expected().len());
+        assert!(rooms.wire(room).room().starts_with("c-"));
+    }
+
+    #[test]
+    fn with_no_visit_count_the_rooms_stay() {
+        let rooms = ChurnRooms::new(Protocol::YWebsocket, "c", 2, 0);
+        assert!((0..100).all(|_| rooms.visit(1) == 1));
+        assert_eq!(rooms.wires().len(), 2);
     }
 }
