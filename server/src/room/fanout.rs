@@ -8,13 +8,16 @@
 //!   further apart than the window, sends each frame at once;
 //! - until the frame after the next would come too late, then everything
 //!   held goes out together, several frames per wake-up and per write;
-//! - for one and a half of the room's gaps at most, so a steady room sends
-//!   pairs: two frames per write already save half the writes, and a third
-//!   would make the oldest frame wait a whole gap more (holding for two
-//!   gaps sent triples at 90k deliveries/s, 13 % less CPU, but p99 went
-//!   past 5 ms). But at least a millisecond (the timer's granularity), so
-//!   a room flooded by a fast sender sends one batch per millisecond, not
-//!   one per few frames;
+//! - for one and a quarter of the room's gaps at most, so a steady room
+//!   sends pairs: two frames per write already save half the writes, and a
+//!   third would make the oldest frame wait a whole gap more (holding for
+//!   two gaps sent triples at 90k deliveries/s, 13 % less CPU, but p99 went
+//!   past 5 ms). A quarter gap of slack rather than a half: with Poisson
+//!   senders the awaited frame often does not come, and the frame waits
+//!   the whole hold; in an alternated A/B at 90k, 1.25 gaps gave p99 4.8 ms
+//!   against 5.5 for 1.5, at the same CPU (BENCHMARKS.md). But at least a
+//!   millisecond (the timer's granularity), so a room flooded by a fast
+//!   sender sends one batch per millisecond, not one per few frames;
 //! - never longer than the window (which tokio's timer rounds up to the
 //!   next whole millisecond).
 //!
@@ -98,7 +101,7 @@ impl FanoutWindow {
     /// How long the oldest held frame may wait at the room's current pace:
     /// long enough for the next frame, not for the one after.
     fn hold(&self) -> Duration {
-        (self.pace * 3 / 2).clamp(MIN_HOLD.min(self.window), self.window)
+        (self.pace + self.pace / 4).clamp(MIN_HOLD.min(self.window), self.window)
     }
 
     /// Everything held, to be sent now (the window ended, or something must
@@ -174,7 +177,7 @@ mod tests {
         assert_held_for_the_next_gap(&fanout, held_at, GAP);
         // A frame sooner than the pace said (this one from the room
         // itself): the next is still expected in time, so it is held too.
-        let second = held_at + GAP / 4;
+        let second = held_at + GAP / 8;
         assert!(fanout.offer(second, None, vec![frame(2)]).is_empty());
         // One more would come after the first frame is due: everything
         // goes now, in order, with its sender.
@@ -203,7 +206,7 @@ mod tests {
         let due = fanout.due().expect("a frame is held");
         let held_for = due - held_at;
         assert!(
-            held_for >= gap * 3 / 2 && held_for <= gap * 3 / 2 + gap / 10,
+            held_for >= gap * 5 / 4 && held_for <= gap * 5 / 4 + gap / 10,
             "held for {held_for:?}"
         );
     }
@@ -242,7 +245,7 @@ mod tests {
         let (mut fanout, held_at) = busy_room(GAP);
         assert!(fanout.offer(held_at, Some(1), vec![frame(1)]).is_empty());
         assert_held_for_the_next_gap(&fanout, held_at, GAP);
-        assert_eq!(bytes_of(&fanout.take(held_at + GAP * 3 / 2)), [1]);
+        assert_eq!(bytes_of(&fanout.take(held_at + GAP * 5 / 4)), [1]);
         assert_eq!(fanout.due(), None);
     }
 
