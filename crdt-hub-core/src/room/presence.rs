@@ -332,11 +332,6 @@ impl Presence {
             let Some(entry) = self.entries.remove(&client) else {
                 continue;
             };
-            let Some(state) = entry.state else {
-                // Its removal went out when it was removed.
-                self.departed.record(client, entry.clock);
-                continue;
-            };
             // The removal carries the state's own clock, as the reference
             // server's does: clients take a removal at the clock of the
             // state they hold, and the client itself, reconnecting with
@@ -344,6 +339,10 @@ impl Presence {
             // 15 s renewal (one past this) rather than the second.
             let clock = entry.clock;
             self.departed.record(client, clock);
+            let Some(state) = entry.state else {
+                // Its removal went out when it was removed.
+                continue;
+            };
             if entry.owner != Owner::Remote {
                 self.local_bytes -= state.len();
             }
