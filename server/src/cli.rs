@@ -219,10 +219,10 @@ pub struct ServeArgs {
     pub subdocuments: SubdocumentsArg,
 
     /// Threads that run connections and rooms (default: one per CPU core).
-    /// On a machine of one or two cores shared with other work, 1 spends a
-    /// little less CPU per message: no hand-offs between workers
-    /// (BENCHMARKS.md). The database and the kernel's network work use
-    /// other threads either way.
+    /// On a machine of one or two cores, 1 spent 7–21 % less CPU per
+    /// delivery in the fan-out benchmarks (no hand-offs between workers;
+    /// BENCHMARKS.md), but caps the server's own work at one core at its
+    /// peak. The database uses other threads either way.
     #[arg(long, env = "CRDT_HUB_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
 }
