@@ -63,6 +63,7 @@ const rooms = positive('rooms')
 const rate = positive('rate')
 const durationMs = positive('duration') * 1000
 const serverPid = opt.pid ? Number(opt.pid) : null
+if (clients % rooms !== 0) throw new Error(`--clients ${clients} must be a multiple of --rooms ${rooms} (every room the same size)`)
 if (!['even', 'poisson', 'interval'].includes(opt.arrivals)) throw new Error(`--arrivals even|poisson|interval, not ${opt.arrivals}`)
 if (!['append', 'shared'].includes(opt.edits)) throw new Error(`--edits append|shared, not ${opt.edits}`)
 const period = 1000 / rate
