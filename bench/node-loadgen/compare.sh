@@ -30,6 +30,10 @@ while [[ $# -gt 0 && $1 != -- ]]; do edits+=("$1"); shift; done
 for dir in "$here" "$root/bench/peers"; do
   [[ -d $dir/node_modules ]] || (cd "$dir" && npm ci --silent)
 done
+if [[ " ${GENERATORS:-node} " == *" rust "* && ! -x $root/target/release/crdt-hub-loadgen ]]; then
+  echo "no target/release/crdt-hub-loadgen: cargo build --release -p bench" >&2
+  exit 1
+fi
 out=$root/target/bench/node-fanout-$(date +%s).jsonl
 mkdir -p "$(dirname "$out")"
 
@@ -67,12 +71,28 @@ start() {
   wait_listening "$port"
 }
 
+# Stops the server of the last start() and removes its files.
+stop() {
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$tmp"
+  pid=
+}
+pid=
+trap '[[ -n $pid ]] && stop' EXIT
+
 # The fanout.mjs flags the Rust generator shares, with its defaults.
 declare -A shared=([clients]=200 [rooms]=20 [rate]=25 [duration]=20 [arrivals]=even)
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   name=${args[i]#--}
-  [[ -n ${shared[$name]+set} ]] && shared[$name]=${args[i + 1]}
+  if [[ $name == *=* ]]; then
+    value=${name#*=}
+    name=${name%%=*}
+  else
+    value=${args[i + 1]:-}
+  fi
+  if [[ -n ${shared[$name]+set} ]]; then shared[$name]=$value; fi
 done
 
 # One run of crdt-hub-loadgen, printed as fanout.mjs prints one.
@@ -96,7 +116,9 @@ for round in $(seq "$rounds"); do
   for kind in "${edits[@]}"; do
     for server in crdt-hub y-websocket; do
       for generator in ${GENERATORS:-node}; do
-        [[ $generator == rust && $kind != append ]] && continue
+        # crdt-hub-loadgen sends precomputed appends, on an even beat or
+        # as a Poisson process only.
+        [[ $generator == rust && ($kind != append || ${shared[arrivals]} == interval) ]] && continue
         start "$server"
         if [[ $generator == rust ]]; then
           rust_run "$server round $round"
@@ -104,7 +126,7 @@ for round in $(seq "$rounds"); do
           node "$here/fanout.mjs" --url "ws://127.0.0.1:$port" --pid "$pid" \
             --edits "$kind" --label "$server round $round" "$@"
         fi | tee -a "$out"
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        stop
       done
     done
   done
