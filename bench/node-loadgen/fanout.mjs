@@ -103,6 +103,9 @@ let echoes = 0
 let sent = 0
 let lastDelivery = 0
 let sending = false
+/** Close codes of connections the server ended before the run did. */
+const closedByServer = []
+let finished = false
 
 class Client {
   constructor (index) {
@@ -132,7 +135,10 @@ class Client {
         }
       })
       this.ws.on('error', reject)
-      this.ws.on('close', (code) => { if (!this.synced) reject(new Error(`closed ${code} before sync`)) })
+      this.ws.on('close', (code) => {
+        if (!this.synced) reject(new Error(`closed ${code} before sync`))
+        else if (!finished) closedByServer.push(code)
+      })
     })
   }
 
@@ -234,6 +240,7 @@ for (let quiet = lastDelivery; performance.now() < drainEnd;) {
 const cpuEnd = cpuSeconds(serverPid)
 const own = process.cpuUsage(ownCpuStart)
 sending = false
+finished = true
 for (const c of all) c.ws.terminate()
 
 const roomSize = clients / rooms
@@ -257,6 +264,8 @@ console.log(JSON.stringify({
   delivered,
   echoes,
   delivery_ratio: round(delivered / Math.max(1, expected), 4),
+  closed_by_server: closedByServer.length,
+  close_codes: [...new Set(closedByServer)],
   p50_ms: round(percentile(latencies, 0.5)),
   p99_ms: round(percentile(latencies, 0.99)),
   server_cpu_s: round(windowCpu, 2),
