@@ -48,18 +48,16 @@ wait_listening() {
   return 1
 }
 
-# Starts one server; sets $pid and $port. The same limits lifted as
-# crdt-hub-loadgen lifts (every client comes from 127.0.0.1).
+# Starts one server; sets $pid and $port. crdt-hub gets the limits
+# crdt-hub-loadgen lifts (every client comes from 127.0.0.1), from the file
+# both read.
 start() {
   port=$(free_port)
   tmp=$(mktemp -d)
   case $1 in
     crdt-hub)
-      CRDT_HUB_RATE_CONNECTIONS_PER_IP=1000000 CRDT_HUB_RATE_CONNECTION_BURST_PER_IP=1000000 \
-      CRDT_HUB_RATE_MESSAGES=10000000 CRDT_HUB_RATE_MESSAGE_BURST=10000000 \
-      CRDT_HUB_RATE_BYTES=4GiB CRDT_HUB_RATE_BYTE_BURST=4GiB \
-      CRDT_HUB_MAX_CONNECTIONS=1000000 CRDT_HUB_MAX_CONNECTIONS_PER_IP=1000000 \
-        "$crdt_hub" serve --bind "127.0.0.1:$port" --database-url "sqlite://$tmp/bench.db" \
+      (set -a && . "$root/bench/crdt-hub-bench.env" &&
+        exec "$crdt_hub" serve --bind "127.0.0.1:$port" --database-url "sqlite://$tmp/bench.db") \
         >"$tmp/server.log" 2>&1 &
       ;;
     y-websocket)

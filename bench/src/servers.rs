@@ -174,6 +174,20 @@ fn node_major(version: &str) -> Option<u32> {
     version.strip_prefix('v')?.split('.').next()?.parse().ok()
 }
 
+/// The abuse limits a benchmarked crdt-hub runs without, as environment
+/// variables: `bench/crdt-hub-bench.env`, which the Node harness sources
+/// too, so both harnesses start the same server.
+fn lifted_limits() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("../crdt-hub-bench.env")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            line.split_once('=')
+                .expect("crdt-hub-bench.env holds KEY=VALUE lines")
+        })
+}
+
 /// A running server. Stopped (SIGTERM, then SIGKILL) by [`Server::stop`] or
 /// on drop.
 pub struct Server {
@@ -227,21 +241,7 @@ impl Server {
                         || format!("sqlite://{}", dir.path().join("bench.db").display()),
                         str::to_owned,
                     ))
-                    // Every generated client comes from 127.0.0.1 and the
-                    // B4 sender pushes 260k updates as fast as it can: lift
-                    // the abuse limits (flags in --crdt-hub-arg still win
-                    // over these environment defaults).
-                    .env("CRDT_HUB_RATE_CONNECTIONS_PER_IP", "1000000")
-                    .env("CRDT_HUB_RATE_CONNECTION_BURST_PER_IP", "1000000")
-                    .env("CRDT_HUB_RATE_MESSAGES", "10000000")
-                    .env("CRDT_HUB_RATE_MESSAGE_BURST", "10000000")
-                    .env("CRDT_HUB_RATE_BYTES", "4GiB")
-                    .env("CRDT_HUB_RATE_BYTE_BURST", "4GiB")
-                    .env("CRDT_HUB_MAX_CONNECTIONS", "1000000")
-                    // Since d8a97e2 one address holds at most 256 sockets:
-                    // the idle run (2,000 and 10,000 connections) measured
-                    // 256 until this was lifted too.
-                    .env("CRDT_HUB_MAX_CONNECTIONS_PER_IP", "1000000")
+                    .envs(lifted_limits())
                     .envs(paths.crdt_hub_env.iter().map(|(k, v)| (k, v)))
                     .args(extra)
                     .args(&paths.crdt_hub_args);
@@ -396,6 +396,19 @@ pub fn package_version(peers: &Path, package: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lifted_limits_are_read_whole() {
+        let limits: Vec<_> = lifted_limits().collect();
+        assert_eq!(limits.len(), 8);
+        assert!(limits.contains(&("CRDT_HUB_MAX_CONNECTIONS_PER_IP", "1000000")));
+        assert!(limits.contains(&("CRDT_HUB_RATE_BYTES", "4GiB")));
+        assert!(
+            limits
+                .iter()
+                .all(|(k, v)| k.starts_with("CRDT_HUB_") && !v.is_empty())
+        );
+    }
 
     #[test]
     fn node_majors_parse() {
