@@ -218,13 +218,24 @@ pub struct ServeArgs {
     )]
     pub subdocuments: SubdocumentsArg,
 
-    /// Threads that run connections and rooms (default: one per CPU core).
-    /// On a machine of one or two cores, 1 spent 7–21 % less CPU per
-    /// delivery in the fan-out benchmarks (no hand-offs between workers;
-    /// BENCHMARKS.md), but caps the server's own work at one core at its
-    /// peak. The database uses other threads either way.
+    /// Threads of the shared pool (default: one per CPU core): HTTP, the
+    /// WebSocket handshake, the journal, Hocuspocus connections (which
+    /// multiplex rooms), and the rooms themselves with --room-threads 0.
+    /// The database uses other threads either way.
     #[arg(long, env = "CRDT_HUB_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
+
+    /// Threads that each run a share of the rooms, picked by a hash of the
+    /// room's name, with the rooms' y-websocket connections (default 0:
+    /// rooms and connections run on the shared pool). A keystroke then
+    /// stays on one thread from the read to the writes to its peers: 5–11 %
+    /// less CPU per delivery in the fan-out benchmark (BENCHMARKS.md, "Room
+    /// threads"). But a room busy with large updates then delays every room
+    /// on its thread, where the shared pool lets the other rooms run on
+    /// another worker: turn it on (one per core) only when every writer is
+    /// trusted.
+    #[arg(long, env = "CRDT_HUB_ROOM_THREADS", default_value_t = 0)]
+    pub room_threads: usize,
 }
 
 /// The values of `--subdocuments`: clap's side of [`SubdocPolicy`], which
@@ -319,6 +330,7 @@ mod tests {
         assert_eq!(args.max_message_size, 16 << 20);
         assert_eq!(args.room_idle_timeout, Duration::from_secs(60));
         assert_eq!(args.worker_threads, None);
+        assert_eq!(args.room_threads, 0);
         assert_eq!(args.header_read_timeout, Duration::from_secs(5));
         let limits = args.limits.limits_config(args.max_message_size);
         assert_eq!(limits.max_connections_per_ip, 256);
@@ -334,6 +346,15 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.connection_config().subdocuments, SubdocPolicy::Allow);
+    }
+
+    #[test]
+    fn room_threads_are_asked_for_by_number() {
+        let cli = Cli::try_parse_from(["crdt-hub", "serve", "--room-threads", "2"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.room_threads, 2);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::auth::Verifier;
 use crate::cli::{Cli, Command, DatabaseArgs, ServeArgs};
 use crate::cli_security::TokenArgs;
 use crate::logging;
+use crate::room::{RoomConfig, RoomThreads};
 use crate::server::{self, Outcome};
 use anyhow::Context;
 use clap::Parser;
@@ -131,10 +132,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let threads = RoomThreads::start(args.room_threads).context("starting room threads")?;
+    if threads.count() > 0 {
+        info!(
+            room_threads = threads.count(),
+            "rooms and their connections run on threads of their own (--room-threads)"
+        );
+    }
     let (app, journal_task) = App::build(
         store,
         AppConfig {
-            room: args.room_config(),
+            room: RoomConfig {
+                threads,
+                ..args.room_config()
+            },
             journal: args.journal_config(),
             connection: args.connection_config(),
             http: args.http_limits(),

@@ -59,19 +59,32 @@ pub enum SocketIo {
 impl SocketIo {
     /// Takes the socket out of hyper's upgrade; returns it with the bytes
     /// hyper had already read past the handshake.
-    pub fn from_upgraded(upgraded: Upgraded) -> (Self, Vec<u8>) {
+    ///
+    /// With `rehome`, a plain TCP socket is registered again with the
+    /// runtime this runs on (a room thread's): tokio reports a socket's
+    /// readiness through the runtime it was registered with, and a socket
+    /// whose every read woke another thread's runtime would undo what
+    /// running the connection with its room saves.
+    ///
+    /// # Errors
+    /// When the socket cannot be moved (out of descriptors, say).
+    pub fn from_upgraded(upgraded: Upgraded, rehome: bool) -> io::Result<(Self, Vec<u8>)> {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let (read, socket) = SharedSocket::split(parts.io.into_inner());
-                (
+                let mut stream = parts.io.into_inner();
+                if rehome {
+                    stream = TcpStream::from_std(stream.into_std()?)?;
+                }
+                let (read, socket) = SharedSocket::split(stream);
+                Ok((
                     Self::Shared {
                         read,
                         socket: Arc::new(socket),
                     },
                     parts.read_buf.to_vec(),
-                )
+                ))
             }
-            Err(upgraded) => (Self::Upgraded(TokioIo::new(upgraded)), Vec::new()),
+            Err(upgraded) => Ok((Self::Upgraded(TokioIo::new(upgraded)), Vec::new())),
         }
     }
 

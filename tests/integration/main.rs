@@ -21,6 +21,7 @@ mod hostile_outbox;
 mod keys;
 mod metrics;
 mod restore;
+mod room_threads;
 mod rooms;
 mod saved;
 mod security;

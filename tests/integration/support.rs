@@ -134,10 +134,18 @@ impl TestServer {
         let store = crdt_store::connect(&url).await.expect("store");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut room = options.room;
+        if room.threads.count() == 0 {
+            // In-process servers run rooms on threads of their own
+            // (`--room-threads 2`), so this suite covers that path too;
+            // `ServerProcess` and the interop suite run the default, rooms
+            // on the shared pool.
+            room.threads = crdt_hub::room::RoomThreads::start(2).expect("room threads");
+        }
         let (app, journal_task) = App::build(
             store,
             AppConfig {
-                room: options.room,
+                room,
                 journal: options.journal,
                 connection: options.connection,
                 http: crdt_hub::app::HttpLimits::default(),

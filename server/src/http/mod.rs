@@ -181,7 +181,8 @@ fn upgrade(ws: websocket::WsUpgrade, request: UpgradeRequest<'_>, app: App) -> R
         acks: crate::saved::SavedQueue::wanted(request.query),
     };
     let config = websocket::socket_config(app.max_message_size);
-    ws.on_upgrade(config, move |socket| {
+    let home = app.rooms.home(&admitted.room).cloned();
+    ws.on_upgrade(config, home, move |socket| {
         let tasks = app.tasks.clone();
         tasks.track_future(connection::serve(
             socket,
@@ -208,7 +209,7 @@ fn upgrade_multiplexed(
         ip_slot: request.ip_slot,
     };
     let config = websocket::socket_config(app.max_message_size);
-    ws.on_upgrade(config, move |socket| {
+    ws.on_upgrade(config, None, move |socket| {
         let tasks = app.tasks.clone();
         tasks.track_future(crate::hocuspocus::serve(socket, admitted, app))
     })

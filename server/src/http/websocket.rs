@@ -81,8 +81,15 @@ pub fn websocket() -> impl Filter<Extract = (WsUpgrade,), Error = Rejection> + C
 
 impl WsUpgrade {
     /// Answers 101 and, once hyper hands over the connection, runs
-    /// `serve` on it in a task of its own.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    /// `serve` on it in a task of its own: on `home` when given (a room
+    /// thread, see [`crate::room::RoomThreads`]; a plain TCP socket moves
+    /// there with it), else on the runtime this runs on.
+    pub fn on_upgrade<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        home: Option<tokio::runtime::Handle>,
+        serve: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -91,10 +98,17 @@ impl WsUpgrade {
             return warp::reply::with_status("upgrade already taken", StatusCode::BAD_REQUEST)
                 .into_response();
         };
-        tokio::spawn(async move {
+        let rehome = home.is_some();
+        let upgrading = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let (io, already_read) = SocketIo::from_upgraded(upgraded);
+                    let (io, already_read) = match SocketIo::from_upgraded(upgraded, rehome) {
+                        Ok(parts) => parts,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot move the socket to its room's thread");
+                            return;
+                        }
+                    };
                     let io = match CountedIo::new(io, &already_read) {
                         Ok(io) => io,
                         Err(e) => {
@@ -116,7 +130,11 @@ impl WsUpgrade {
                 }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
-        });
+        };
+        match home {
+            Some(home) => drop(home.spawn(upgrading)),
+            None => drop(tokio::spawn(upgrading)),
+        }
         let mut response = Response::new(Default::default());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();

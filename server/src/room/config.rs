@@ -37,6 +37,9 @@ pub struct RoomConfig {
     /// What one connection, and the room's connections in all, may hold
     /// of awareness (see [`super::presence`]).
     pub presence: PresenceCaps,
+    /// Where rooms and their connections run (see [`super::RoomThreads`]);
+    /// none: on the shared pool.
+    pub threads: super::RoomThreads,
 }
 
 impl Default for RoomConfig {
@@ -55,6 +58,7 @@ impl Default for RoomConfig {
             fanout_window: Duration::from_millis(5),
             awareness_window: Duration::from_millis(20),
             presence: PresenceCaps::default(),
+            threads: super::RoomThreads::none(),
         }
     }
 }

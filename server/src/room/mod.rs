@@ -11,6 +11,7 @@ pub mod peer;
 mod presence_window;
 mod registry;
 pub mod request;
+mod threads;
 
 pub use config::RoomConfig;
 pub use crdt_hub_core::room::{
@@ -26,3 +27,4 @@ pub use request::{
     Accepted, RequestFailed, RoomEvent, RoomInfo, RoomReply, RoomRequest, SnapshotFailed,
     Subscription, TransformError,
 };
+pub use threads::RoomThreads;

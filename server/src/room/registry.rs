@@ -170,21 +170,27 @@ impl Rooms {
         let span = tracing::info_span!(parent: None, "room", room = %name);
         let rooms = self.clone();
         let room = name.clone();
-        self.inner.tasks.spawn(
-            async move {
-                // A panic that escapes the room (yrs encoding a corrupt
-                // state, say) must not leave a dead handle behind: joins
-                // would spin on it. Drop it; the next join reloads.
-                if AssertUnwindSafe(task.run()).catch_unwind().await.is_err() {
-                    tracing::error!(
-                        "room task panicked; it will reload from storage on the next join"
-                    );
-                    rooms.remove(&room, generation);
-                }
+        let running = async move {
+            // A panic that escapes the room (yrs encoding a corrupt
+            // state, say) must not leave a dead handle behind: joins
+            // would spin on it. Drop it; the next join reloads.
+            if AssertUnwindSafe(task.run()).catch_unwind().await.is_err() {
+                tracing::error!("room task panicked; it will reload from storage on the next join");
+                rooms.remove(&room, generation);
             }
-            .instrument(span),
-        );
+        }
+        .instrument(span);
+        match self.home(name) {
+            Some(home) => drop(self.inner.tasks.spawn_on(running, home)),
+            None => drop(self.inner.tasks.spawn(running)),
+        }
         Ok(handle)
+    }
+
+    /// The runtime `name` runs on when rooms have threads of their own:
+    /// where its connections are to run too.
+    pub fn home(&self, name: &RoomName) -> Option<&tokio::runtime::Handle> {
+        self.inner.config.threads.home(name)
     }
 
     /// Connections in `name` now (0 when it is not loaded).
