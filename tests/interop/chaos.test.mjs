@@ -24,7 +24,7 @@ import { execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import net from 'node:net'
-import { test } from 'node:test'
+import { after, test } from 'node:test'
 import { promisify } from 'node:util'
 
 import * as decoding from 'lib0/decoding'
@@ -131,6 +131,7 @@ class TcpProxy {
     this.route = route
     this.pairs = new Set()
     this.refusingUntil = 0
+    this.closed = false
     this.server = net.createServer(socket => this.accept(socket))
   }
 
@@ -144,7 +145,7 @@ class TcpProxy {
 
   accept (client) {
     client.on('error', () => {})
-    if (Date.now() < this.refusingUntil) {
+    if (this.closed || Date.now() < this.refusingUntil) {
       client.resetAndDestroy()
       return
     }
@@ -160,6 +161,14 @@ class TcpProxy {
         if (!upstream.connected) attempt(i + 1)
       })
       upstream.once('connect', () => {
+        // The client left, or the proxy closed, while this connected: a
+        // pair made now would never be cut, and its upstream (Postgres,
+        // say) would keep this process alive.
+        if (this.closed || client.destroyed) {
+          upstream.destroy()
+          client.destroy()
+          return
+        }
         const pair = { client, upstream, backend: backends[i] }
         this.pairs.add(pair)
         upstream.on('error', () => { client.destroy(); upstream.destroy() })
@@ -193,6 +202,7 @@ class TcpProxy {
   }
 
   async close () {
+    this.closed = true
     this.cut(0)
     this.server.close()
   }
@@ -337,6 +347,22 @@ async function metric (server, name) {
 // ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------
+
+// Once, in CI, this file was cancelled at its timeout after both tests had
+// passed: something kept the process alive. If it happens again, the log
+// says what (the timer is unref'd: it never keeps the process alive).
+after(() => {
+  const describe = handle => {
+    const kind = handle?.constructor?.name
+    if (kind === 'Socket') return `Socket ${handle.localPort} -> ${handle.remoteAddress}:${handle.remotePort} destroyed=${handle.destroyed}`
+    if (kind === 'ChildProcess') return `ChildProcess ${handle.pid} ${handle.spawnargs?.join(' ')}`
+    if (kind === 'Server') return `Server ${JSON.stringify(handle.address())}`
+    return kind
+  }
+  setTimeout(() => {
+    process._rawDebug(`chaos.test.mjs still running 20 s after its tests; open handles:\n  ${process._getActiveHandles().map(describe).join('\n  ')}`)
+  }, 20_000).unref()
+})
 
 test('chaos: kill -9 of a node, a Redis restart that loses every key, Postgres away for 5 s', { timeout: 240_000 }, async t => {
   const scope = useScope(t)
