@@ -5,10 +5,14 @@
 # With GENERATORS="node rust", each Node run is followed by the same run from
 # `crdt-hub-loadgen run` (append edits only: its updates are precomputed),
 # so the two generators are compared on the same servers in the same hour.
+# With VARIANT_ARGS, each round also runs crdt-hub with those extra `serve`
+# flags (labelled "crdt-hub+"), between the default crdt-hub and the
+# reference, so a flag's effect is measured in the same hour too.
 #
 # Usage: bench/node-loadgen/compare.sh [ROUNDS] [EDITS...] -- [fanout.mjs args]
 #   e.g. bench/node-loadgen/compare.sh 3 append shared -- --arrivals poisson --rate 25
 #   GENERATORS="node rust" bench/node-loadgen/compare.sh 3 append -- --duration 10
+#   VARIANT_ARGS="--room-threads 2" GENERATORS=rust bench/node-loadgen/compare.sh 3 append -- --arrivals poisson
 # Needs: target/release/crdt-hub (cargo build --release -p crdt-hub), and
 # `npm ci` in bench/peers and bench/node-loadgen (done here when missing);
 # for GENERATORS with rust, target/release/crdt-hub-loadgen.
@@ -55,9 +59,11 @@ start() {
   port=$(free_port)
   tmp=$(mktemp -d)
   case $1 in
-    crdt-hub)
+    crdt-hub | crdt-hub+)
+      local extra=()
+      [[ $1 == crdt-hub+ ]] && read -ra extra <<<"$VARIANT_ARGS"
       (set -a && . "$root/bench/crdt-hub-bench.env" &&
-        exec "$crdt_hub" serve --bind "127.0.0.1:$port" --database-url "sqlite://$tmp/bench.db") \
+        exec "$crdt_hub" serve --bind "127.0.0.1:$port" --database-url "sqlite://$tmp/bench.db" "${extra[@]}") \
         >"$tmp/server.log" 2>&1 &
       ;;
     y-websocket)
@@ -112,7 +118,10 @@ rust_run() {
 
 for round in $(seq "$rounds"); do
   for kind in "${edits[@]}"; do
-    for server in crdt-hub y-websocket; do
+    servers=(crdt-hub)
+    [[ -n ${VARIANT_ARGS:-} ]] && servers+=(crdt-hub+)
+    servers+=(y-websocket)
+    for server in "${servers[@]}"; do
       for generator in ${GENERATORS:-node}; do
         # crdt-hub-loadgen sends precomputed appends, on an even beat or
         # as a Poisson process only.
