@@ -19,6 +19,7 @@ mod hostile_awareness;
 mod hostile_network;
 mod hostile_outbox;
 mod keys;
+mod memory_after_sync;
 mod metrics;
 mod restore;
 mod room_threads;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crdt_hub_core::hocuspocus::{self, Incoming, ProviderMessage};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{Instrument, debug, info_span, warn};
@@ -26,6 +27,7 @@ use crate::connection::{
 use crate::ip_connections::IpSlot;
 use crate::limits::ConnectionRate;
 use crate::room::Access;
+use crate::shared_socket::{MAX_DIRECT_FRAME, WriteFailed};
 use crate::{metrics, protocol};
 
 /// A multiplexed upgrade that passed the socket-wide checks.
@@ -230,33 +232,43 @@ impl Session {
                 }
                 Out::Close(reason) => return Err(Some(reason)),
             };
-            match timeout(write_timeout, self.ws.feed(Message::Binary(frame))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!(error = %e, "write failed");
-                    return Err(None);
-                }
-                Err(_) => return Err(Some(close::WRITE_TIMEOUT)),
-            }
+            self.write_frame(frame).await?;
             written += 1;
             if written < MAX_FRAMES_PER_FLUSH {
                 next = self.outgoing.try_recv().ok();
             }
         }
-        match timeout(write_timeout, self.ws.flush()).await {
-            Ok(Ok(())) => {
-                // In order: a document's later frames keep it from
-                // direct writes until they are written too.
-                for mark in marks {
-                    mark.written();
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => {
+        write_outcome(timeout(write_timeout, self.ws.flush()).await)?;
+        // In order: a document's later frames keep it from direct writes
+        // until they are written too.
+        for mark in marks {
+            mark.written();
+        }
+        Ok(())
+    }
+
+    /// Feeds one frame to the WebSocket. A big one (a document's sync) goes
+    /// straight from its bytes to a plain TCP socket, in fragments, behind
+    /// what tungstenite holds: through tungstenite, its buffer would keep
+    /// the whole frame's size for the connection's life.
+    async fn write_frame(&mut self, frame: Bytes) -> Flow {
+        let write_timeout = self.app.connection.write_timeout;
+        let direct = (frame.len() > MAX_DIRECT_FRAME)
+            .then(|| self.ws.get_ref().shared())
+            .flatten();
+        let Some(socket) = direct else {
+            return write_outcome(
+                timeout(write_timeout, self.ws.feed(Message::Binary(frame))).await,
+            );
+        };
+        write_outcome(timeout(write_timeout, self.ws.flush()).await)?;
+        match socket.write_message(&frame, write_timeout).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Io(e)) => {
                 debug!(error = %e, "write failed");
                 Err(None)
             }
-            Err(_) => Err(Some(close::WRITE_TIMEOUT)),
+            Err(WriteFailed::TimedOut) => Err(Some(close::WRITE_TIMEOUT)),
         }
     }
 
@@ -416,6 +428,18 @@ impl Session {
 
 /// Too many of a document's updates wait for storage: the provider
 /// reconnects and resyncs once storage keeps up.
+/// What became of one write to the client given `write_timeout`.
+fn write_outcome(result: Result<Result<(), tungstenite::Error>, Elapsed>) -> Flow {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "write failed");
+            Err(None)
+        }
+        Err(_) => Err(Some(close::WRITE_TIMEOUT)),
+    }
+}
+
 fn acks_backlog() -> CloseReason {
     warn!("too many updates waiting for storage on one document; closing");
     close::STORAGE_BACKLOG
