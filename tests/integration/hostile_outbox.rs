@@ -12,17 +12,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::metrics::sample;
 use crate::support::{Bystanders, ServerProcess, YClient, http_request, sqlite_url, temp_dir};
 
-/// The server's resident memory, from /proc.
+/// The server's resident memory in MiB.
 fn rss_mib(server: &ServerProcess) -> u64 {
-    let pid = server.child.id().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        >> 10
+    server.rss_kib() >> 10
 }
 
 async fn connections(server: &ServerProcess, room: &str) -> u64 {

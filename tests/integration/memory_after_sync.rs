@@ -18,17 +18,6 @@ use crate::support::{ServerProcess, YClient, sqlite_url, temp_dir};
 const DOCUMENT_CHARS: usize = 300_000;
 const CLIENTS: usize = 150;
 
-/// The server's resident memory in KiB, from /proc.
-fn rss_kib(server: &ServerProcess) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 async fn start() -> (ServerProcess, tempfile::TempDir) {
     let dir = temp_dir();
     let server = ServerProcess::start(
@@ -48,7 +37,7 @@ async fn start() -> (ServerProcess, tempfile::TempDir) {
 
 /// Server memory per client, in KiB, that `CLIENTS` more clients cost.
 fn per_client(server: &ServerProcess, before: u64) -> u64 {
-    rss_kib(server).saturating_sub(before) / CLIENTS as u64
+    server.rss_kib().saturating_sub(before) / CLIENTS as u64
 }
 
 /// An idle connection costs about 7 KiB in a release build (15 here, in a
@@ -67,7 +56,7 @@ async fn clients_that_synced_a_big_document_keep_no_copy_of_it() {
     // from here is what each further client adds.
     let mut first = YClient::connect(&room).await;
     first.until("the first reader's sync", synced).await;
-    let before = rss_kib(&server);
+    let before = server.rss_kib();
     // One after the other: what a send needs only while it runs is given
     // back before the next one, so it cannot pass for what stays.
     let mut clients = Vec::new();
@@ -114,7 +103,7 @@ async fn hocuspocus_clients_that_synced_a_big_document_keep_no_copy_of_it() {
         provider
     };
     let _first = sync().await;
-    let before = rss_kib(&server);
+    let before = server.rss_kib();
     let mut providers = Vec::new();
     for _ in 0..CLIENTS {
         providers.push(sync().await);

@@ -291,6 +291,17 @@ impl ServerProcess {
         self.child.id().expect("running")
     }
 
+    /// The server's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Whether a line of the server's log so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.stderr
