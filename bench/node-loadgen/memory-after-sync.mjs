@@ -50,7 +50,7 @@ async function yWebsocketClient () {
   const ws = await open(`${args.url}/${args.room}`)
   const doc = new Y.Doc()
   ws.on('message', data => {
-    const decoder = decodingOf(data)
+    const decoder = decoding.createDecoder(new Uint8Array(data))
     if (decoding.readVarUint(decoder) === 0) syncProtocol.readSyncMessage(decoder, encoding.createEncoder(), doc, null)
   })
   ws.send(frame(e => { encoding.writeVarUint(e, 0); syncProtocol.writeSyncStep1(e, doc) }))
@@ -65,8 +65,6 @@ async function hocuspocusClient () {
   while (doc.getText('t').length < size) await delay(5)
   return provider
 }
-
-function decodingOf (data) { return decoding.createDecoder(new Uint8Array(data)) }
 
 const seeder = await open(`${args.url}/${args.room}`)
 const seed = new Y.Doc()

@@ -279,8 +279,10 @@ impl SharedSocket {
         message: &[u8],
         each: std::time::Duration,
     ) -> Result<(), WriteFailed> {
+        // At least one frame: an empty message is one empty final frame.
         let count = message.len().div_ceil(FRAGMENT_SIZE).max(1);
-        for (i, fragment) in message.chunks(FRAGMENT_SIZE).enumerate() {
+        for i in 0..count {
+            let fragment = &message[i * FRAGMENT_SIZE..message.len().min((i + 1) * FRAGMENT_SIZE)];
             tokio::time::timeout(each, self.write_fragment(i == 0, i + 1 == count, fragment))
                 .await
                 .map_err(|_| WriteFailed::TimedOut)??;

@@ -33,6 +33,11 @@ fn ticks_by_thread(pid: u32) -> HashMap<String, u64> {
     ticks
 }
 
+/// Ticks threads of `kind` used between two readings.
+fn used(before: &HashMap<String, u64>, after: &HashMap<String, u64>, kind: &str) -> u64 {
+    after.get(kind).copied().unwrap_or(0) - before.get(kind).copied().unwrap_or(0)
+}
+
 /// One writer and three readers in one room; returns once every reader
 /// holds every edit.
 async fn busy_room(server: &ServerProcess) {
@@ -71,10 +76,8 @@ async fn a_busy_room_runs_on_a_room_thread_not_on_the_shared_pool() {
     let before = ticks_by_thread(server.pid());
     busy_room(&server).await;
     let after = ticks_by_thread(server.pid());
-    let used =
-        |kind: &str| after.get(kind).copied().unwrap_or(0) - before.get(kind).copied().unwrap_or(0);
-    let rooms = used("crdt-hub-rooms");
-    let pool = used("tokio-rt-worker");
+    let rooms = used(&before, &after, "crdt-hub-rooms");
+    let pool = used(&before, &after, "tokio-rt-worker");
     eprintln!("room threads used {rooms} ticks, the shared pool {pool}");
     // Reading, merging and writing to the peers all happen on the room's
     // thread; the pool only did the handshakes and the journal.
@@ -97,7 +100,7 @@ async fn with_no_room_threads_rooms_run_on_the_shared_pool() {
     busy_room(&server).await;
     let after = ticks_by_thread(server.pid());
     assert!(!after.contains_key("crdt-hub-rooms"), "{after:?}");
-    let pool = after["tokio-rt-worker"] - before.get("tokio-rt-worker").copied().unwrap_or(0);
+    let pool = used(&before, &after, "tokio-rt-worker");
     assert!(pool >= 10, "the shared pool used {pool} ticks: {after:?}");
     let (status, logs) = server.terminate().await;
     assert!(status.success(), "{logs}");

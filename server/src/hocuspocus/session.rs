@@ -275,16 +275,13 @@ impl Session {
     /// Writes one message of the session's own (auth answers), ahead of
     /// whatever the documents have queued.
     async fn send_now(&mut self, frame: Bytes) -> Flow {
-        match timeout(
-            self.app.connection.write_timeout,
-            self.ws.send(Message::Binary(frame)),
+        write_outcome(
+            timeout(
+                self.app.connection.write_timeout,
+                self.ws.send(Message::Binary(frame)),
+            )
+            .await,
         )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(None),
-            Err(_) => Err(Some(close::WRITE_TIMEOUT)),
-        }
     }
 
     async fn on_incoming(
@@ -426,8 +423,6 @@ impl Session {
     }
 }
 
-/// Too many of a document's updates wait for storage: the provider
-/// reconnects and resyncs once storage keeps up.
 /// What became of one write to the client given `write_timeout`.
 fn write_outcome(result: Result<Result<(), tungstenite::Error>, Elapsed>) -> Flow {
     match result {
@@ -440,6 +435,8 @@ fn write_outcome(result: Result<Result<(), tungstenite::Error>, Elapsed>) -> Flo
     }
 }
 
+/// Too many of a document's updates wait for storage: the provider
+/// reconnects and resyncs once storage keeps up.
 fn acks_backlog() -> CloseReason {
     warn!("too many updates waiting for storage on one document; closing");
     close::STORAGE_BACKLOG
