@@ -112,7 +112,7 @@ async fn a_database_outage_buffers_retries_and_loses_nothing() {
     }
     assert!(server.app.journal.status().pending_bytes > 0);
 
-    proxy.restore().await;
+    proxy.restore();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while server.app.journal.status().pending_bytes > 0
         || server.app.journal.status().failing.is_some()
@@ -159,7 +159,7 @@ async fn a_full_backlog_refuses_updates_with_1013_instead_of_dropping_them() {
         writer.insert("t", 0, &chunk).await;
     }
     assert_eq!(writer.close_code().await, Some(1013));
-    proxy.restore().await;
+    proxy.restore();
     server.stop().await;
 }
 

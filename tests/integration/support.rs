@@ -611,66 +611,75 @@ impl Drop for PostgresDb {
     }
 }
 
-/// A TCP proxy on loopback that can be cut (every connection closed, new
-/// ones refused) and restored, to simulate a database outage.
+/// A TCP proxy on loopback that can be cut (every connection reset, new
+/// ones reset as they arrive) and restored, to simulate a database outage.
+///
+/// It keeps listening while cut. Closing the listener and binding the same
+/// port again on restore raced with every other test's ephemeral ports: CI
+/// saw `AddrInUse` when an outgoing connection had taken the port meanwhile.
 pub struct TcpProxy {
     pub addr: SocketAddr,
-    target: SocketAddr,
-    running: Option<CancellationToken>,
+    /// The links of the current uptime, cancelled by `cut`; `None` while cut.
+    links: Arc<std::sync::Mutex<Option<CancellationToken>>>,
+    /// Stops the accept loop when the proxy is dropped.
+    stopped: CancellationToken,
 }
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> Self {
-        let mut proxy = Self {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            target,
-            running: None,
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            addr: listener.local_addr().unwrap(),
+            links: Arc::new(std::sync::Mutex::new(Some(CancellationToken::new()))),
+            stopped: CancellationToken::new(),
         };
-        proxy.restore().await;
-        proxy
-    }
-
-    /// Closes every proxied connection and stops listening.
-    pub fn cut(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.cancel();
-        }
-    }
-
-    /// Listens again on the same address.
-    pub async fn restore(&mut self) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).unwrap();
-        let listener = socket.listen(64).unwrap();
-        self.addr = listener.local_addr().unwrap();
-        let running = CancellationToken::new();
-        self.running = Some(running.clone());
-        let target = self.target;
+        let links = proxy.links.clone();
+        let stopped = proxy.stopped.clone();
         tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = tokio::select! {
                     accepted = listener.accept() => match accepted { Ok(pair) => pair, Err(_) => return },
-                    () = running.cancelled() => return,
+                    () = stopped.cancelled() => return,
                 };
-                let running = running.clone();
+                let Some(up) = links.lock().unwrap().clone() else {
+                    // Cut: reset it, as a stopped database's host would.
+                    let _ = inbound.set_zero_linger();
+                    continue;
+                };
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = running.cancelled() => {}
+                        () = up.cancelled() => {}
                     }
                 });
             }
         });
+        proxy
+    }
+
+    /// Resets every proxied connection and every new one until `restore`.
+    pub fn cut(&mut self) {
+        if let Some(up) = self.links.lock().unwrap().take() {
+            up.cancel();
+        }
+    }
+
+    /// Proxies new connections again.
+    pub fn restore(&mut self) {
+        self.links
+            .lock()
+            .unwrap()
+            .get_or_insert_with(CancellationToken::new);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
+        self.stopped.cancel();
     }
 }
 

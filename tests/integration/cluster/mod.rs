@@ -263,7 +263,7 @@ async fn nodes_that_missed_bus_messages_converge_through_anti_entropy() {
     // The streams vanish (Redis restart, FLUSHALL): nothing to replay.
     delete_keys(&prefix).await;
     edit_rounds(&mut clients[..1], &mut rng, &mut inserted, 8..12).await;
-    proxy.restore().await;
+    proxy.restore();
 
     let text = converge(&mut clients, "after the Redis outage").await;
     assert_same_content(&text, &inserted);
