@@ -14,9 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -30,7 +28,7 @@ use crate::room::{
 };
 use crate::saved::SavedQueue;
 use crate::sessions::{Holder, Registered, Sessions};
-use crate::shared_socket::{FRAGMENT_SIZE, MAX_DIRECT_FRAME, WriteFailed};
+use crate::shared_socket::{MAX_DIRECT_FRAME, WriteFailed};
 use crate::subdocs::SubdocPolicy;
 use crate::{metrics, protocol};
 
@@ -523,41 +521,26 @@ impl Session {
     }
 
     /// A large frame (a big document's SyncStep2) goes out as one message
-    /// in fragments, each written before the next. On a plain TCP socket
-    /// they go straight from the frame's bytes to the kernel
-    /// ([`crate::shared_socket::SharedSocket::write_message`]): through
-    /// tungstenite, each would
-    /// be copied into a write buffer that then stays as large as the
-    /// largest fragment for the connection's life (measured: 45 KiB more
-    /// per idle client after a 40 KB document, 70 KiB after 1 MB). Over
-    /// TLS they go through tungstenite, flushed one by one, so a thousand
-    /// clients joining a 5 MB room never hold a 5 MB copy each.
+    /// in fragments, each written before the next, straight from the
+    /// frame's bytes ([`crate::shared_socket::SocketIo::write_message`]):
+    /// through tungstenite, each would be copied into a write buffer that
+    /// then stays as large as the largest fragment for the connection's
+    /// life (measured: 45 KiB more per idle client after a 40 KB document,
+    /// 70 KiB after 1 MB). A thousand clients joining a 5 MB room never
+    /// hold a 5 MB copy each either way.
     async fn write_large(&mut self, frame: Bytes) -> Result<(), WriteError> {
         self.step(Step::Flush).await?;
-        if let Some(socket) = self.ws.get_ref().shared() {
-            return match socket
-                .write_message(&frame, self.config.write_timeout)
-                .await
-            {
-                Ok(()) => Ok(()),
-                Err(WriteFailed::Io(e)) => Err(WriteError::Failed(e.into())),
-                Err(WriteFailed::TimedOut) => Err(WriteError::TimedOut),
-            };
+        match self
+            .ws
+            .get_mut()
+            .socket_mut()
+            .write_message(&frame, self.config.write_timeout)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Io(e)) => Err(WriteError::Failed(e.into())),
+            Err(WriteFailed::TimedOut) => Err(WriteError::TimedOut),
         }
-        let mut offset = 0;
-        while offset < frame.len() {
-            let end = (offset + FRAGMENT_SIZE).min(frame.len());
-            let opcode = if offset == 0 {
-                OpCode::Data(Data::Binary)
-            } else {
-                OpCode::Data(Data::Continue)
-            };
-            let fragment = Frame::message(frame.slice(offset..end), opcode, end == frame.len());
-            self.step(Step::Feed(Message::Frame(fragment))).await?;
-            self.step(Step::Flush).await?;
-            offset = end;
-        }
-        Ok(())
     }
 
     async fn step(&mut self, step: Step) -> Result<(), WriteError> {

@@ -168,6 +168,12 @@ impl CountedIo {
         self.io.shared()
     }
 
+    /// The socket under the scanner, to write a large message past
+    /// tungstenite ([`SocketIo::write_message`]).
+    pub fn socket_mut(&mut self) -> &mut SocketIo {
+        &mut self.io
+    }
+
     /// Frames read since the last call (at least the messages read).
     pub fn take_frames(&mut self) -> u32 {
         self.scanner.take_frames()

@@ -18,7 +18,8 @@
 //! holds no frame of its own).
 //!
 //! TLS connections do not share their socket (their bytes are encrypted in
-//! order by one writer); they keep the hop.
+//! order by one writer); they keep the hop. Their large frames, too, go
+//! past tungstenite ([`SocketIo::write_message`]).
 //!
 //! Reads stay with the connection alone, through tokio's own read half: a
 //! read that comes back short of the buffer tells tokio the socket is
@@ -34,7 +35,7 @@ use bytes::Bytes;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -109,6 +110,52 @@ impl SocketIo {
             Self::Upgraded(_) => None,
         }
     }
+
+    /// Writes `message` as one binary WebSocket message in fragments of at
+    /// most [`FRAGMENT_SIZE`], each taken within `each`, past tungstenite,
+    /// whose write buffer keeps the size of the largest frame it ever sent
+    /// for the connection's life. The caller flushes tungstenite first.
+    ///
+    /// Over TLS each fragment goes to rustls, which encrypts it into
+    /// records it frees once they are written: nothing of the message's
+    /// size stays either (a Hocuspocus client over `wss://` kept its whole
+    /// document).
+    ///
+    /// # Errors
+    /// When the socket fails or a fragment waits longer than `each`.
+    pub async fn write_message(
+        &mut self,
+        message: &[u8],
+        each: std::time::Duration,
+    ) -> Result<(), WriteFailed> {
+        let io = match self {
+            Self::Shared { socket, .. } => return socket.write_message(message, each).await,
+            Self::Upgraded(io) => io,
+        };
+        for (first, fin, fragment) in fragments(message) {
+            let mut buf = [0u8; MAX_HEADER];
+            let header = frame_header(first, fin, fragment.len(), &mut buf);
+            let write = async {
+                io.write_all(header).await?;
+                io.write_all(fragment).await?;
+                io.flush().await
+            };
+            tokio::time::timeout(each, write)
+                .await
+                .map_err(|_| WriteFailed::TimedOut)??;
+        }
+        Ok(())
+    }
+}
+
+/// `message` cut into fragments of at most [`FRAGMENT_SIZE`]: (first, fin,
+/// bytes) each. An empty message is one empty final fragment.
+fn fragments(message: &[u8]) -> impl Iterator<Item = (bool, bool, &[u8])> {
+    let count = message.len().div_ceil(FRAGMENT_SIZE).max(1);
+    (0..count).map(move |i| {
+        let end = message.len().min((i + 1) * FRAGMENT_SIZE);
+        (i == 0, i + 1 == count, &message[i * FRAGMENT_SIZE..end])
+    })
 }
 
 /// A TCP socket's sending side, whose writes are serialised by one lock.
@@ -279,11 +326,8 @@ impl SharedSocket {
         message: &[u8],
         each: std::time::Duration,
     ) -> Result<(), WriteFailed> {
-        // At least one frame: an empty message is one empty final frame.
-        let count = message.len().div_ceil(FRAGMENT_SIZE).max(1);
-        for i in 0..count {
-            let fragment = &message[i * FRAGMENT_SIZE..message.len().min((i + 1) * FRAGMENT_SIZE)];
-            tokio::time::timeout(each, self.write_fragment(i == 0, i + 1 == count, fragment))
+        for (first, fin, fragment) in fragments(message) {
+            tokio::time::timeout(each, self.write_fragment(first, fin, fragment))
                 .await
                 .map_err(|_| WriteFailed::TimedOut)??;
         }

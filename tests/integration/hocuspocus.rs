@@ -10,22 +10,26 @@ use crdt_hub::auth::{Role, mint_hs256};
 use crdt_hub::connection::ConnectionConfig;
 use crdt_hub_core::hocuspocus::kind;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 use yrs::{Doc, Text, Transact};
 
 use crate::api::read_events;
 use crate::support::{
-    ServerOptions, ServerProcess, Socket, TIMEOUT, TestServer, YClient, close_code_of,
-    http_request, http_send, sqlite_url, stored_doc, temp_dir, text_of,
+    ServerOptions, ServerProcess, TIMEOUT, TestServer, YClient, close_code_of, http_request,
+    http_send, sqlite_url, stored_doc, temp_dir, text_of,
 };
 
 const SECRET: &str = "hocuspocus-test-secret";
 
-/// A provider's socket, written by hand.
-pub(crate) struct Provider {
-    ws: Socket,
+/// A provider's socket, written by hand (over `wss://` too: see
+/// [`Provider::over`]).
+pub(crate) struct Provider<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
 }
 
 /// One message from the server: its address, type and the rest.
@@ -85,6 +89,17 @@ impl Provider {
         Self { ws }
     }
 
+    /// Reads until the server closes; its close code.
+    async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        close_code_of(&mut self.ws, within).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Provider<S> {
+    pub fn over(ws: WebSocketStream<S>) -> Self {
+        Self { ws }
+    }
+
     pub async fn send(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }
@@ -122,11 +137,6 @@ impl Provider {
                 return got;
             }
         }
-    }
-
-    /// Reads until the server closes; its close code.
-    async fn close_code(&mut self, within: Duration) -> Option<u16> {
-        close_code_of(&mut self.ws, within).await
     }
 }
 

@@ -921,6 +921,57 @@ pub struct TestPki {
     pub key_pem: String,
 }
 
+impl TestPki {
+    /// Writes the server's certificate and key into `dir`; returns the
+    /// server flags that serve them.
+    pub fn server_flags(&self, dir: &Path) -> [String; 4] {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        [
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]
+    }
+}
+
+/// A TLS client that trusts `ca` alone.
+pub fn tls_connector(
+    ca: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A `wss://` connection to `path` on `server`, trusting `pki`'s CA.
+pub async fn connect_wss(
+    server: SocketAddr,
+    pki: &TestPki,
+    path: &str,
+) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(pki.ca.clone())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let url = format!("wss://localhost:{}{path}", server.port());
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("wss upgrade")
+        .0
+}
+
 pub fn make_pki() -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();

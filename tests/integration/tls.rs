@@ -1,46 +1,20 @@
 //! `--tls-cert`/`--tls-key`: the same port serves wss:// and https://, to a
 //! client that trusts a test CA made here.
 
-use std::sync::Arc;
-
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 
-use crate::support::{ServerProcess, make_pki, sqlite_url, temp_dir};
-
-fn connector(ca: CertificateDer<'static>) -> TlsConnector {
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
+use crate::support::{ServerProcess, connect_wss, make_pki, sqlite_url, temp_dir, tls_connector};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_wss_and_https_to_a_client_trusting_the_ca() {
     let dir = temp_dir();
     let pki = make_pki();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, &pki.cert_pem).unwrap();
-    std::fs::write(&key, &pki.key_pem).unwrap();
-    let server = ServerProcess::start(
-        &sqlite_url(dir.path()),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let connector = connector(pki.ca.clone());
+    let flags = pki.server_flags(dir.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = ServerProcess::start(&sqlite_url(dir.path()), &flags).await;
+    let connector = tls_connector(pki.ca.clone());
     let name = ServerName::try_from("localhost").unwrap();
 
     // https://
@@ -63,12 +37,7 @@ async fn tls_serves_wss_and_https_to_a_client_trusting_the_ca() {
     // wss://: two clients sync through the TLS port.
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
-        let tls = connector.connect(name.clone(), tcp).await.unwrap();
-        let url = format!("wss://localhost:{}/secure-room", server.addr.port());
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
-            .await
-            .expect("wss upgrade");
+        let mut ws = connect_wss(server.addr, &pki, "/secure-room").await;
         // The server greets a connection once it has joined its room: wait
         // for that, or an update sent now could beat the other's join.
         let greeting = tokio::time::timeout(crate::support::TIMEOUT, ws.next())

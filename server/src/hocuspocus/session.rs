@@ -248,21 +248,24 @@ impl Session {
     }
 
     /// Feeds one frame to the WebSocket. A big one (a document's sync) goes
-    /// straight from its bytes to a plain TCP socket, in fragments, behind
-    /// what tungstenite holds: through tungstenite, its buffer would keep
-    /// the whole frame's size for the connection's life.
+    /// straight from its bytes to the socket (or to rustls), in fragments,
+    /// behind what tungstenite holds: through tungstenite, its buffer would
+    /// keep the whole frame's size for the connection's life.
     async fn write_frame(&mut self, frame: Bytes) -> Flow {
         let write_timeout = self.app.connection.write_timeout;
-        let direct = (frame.len() > MAX_DIRECT_FRAME)
-            .then(|| self.ws.get_ref().shared())
-            .flatten();
-        let Some(socket) = direct else {
+        if frame.len() <= MAX_DIRECT_FRAME {
             return write_outcome(
                 timeout(write_timeout, self.ws.feed(Message::Binary(frame))).await,
             );
-        };
+        }
         write_outcome(timeout(write_timeout, self.ws.flush()).await)?;
-        match socket.write_message(&frame, write_timeout).await {
+        match self
+            .ws
+            .get_mut()
+            .socket_mut()
+            .write_message(&frame, write_timeout)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(WriteFailed::Io(e)) => {
                 debug!(error = %e, "write failed");
