@@ -144,6 +144,15 @@ impl RoomBus {
 
     /// Whether routine compaction may run here (this node holds the lease,
     /// or Redis cannot be asked).
+    /// How long a room deleted through another node may take to write
+    /// what it accepted before it lets go: a little longer than the
+    /// deleting node waits (`holder_patience` in `cluster::delete`), which
+    /// then deletes nothing rather than delete under a writer.
+    pub fn flush_patience_after_delete(&self) -> std::time::Duration {
+        super::delete::holder_patience(self.cluster.config.sync_interval)
+            + self.cluster.config.sync_interval
+    }
+
     pub fn may_compact(&self) -> bool {
         self.lease.may_compact()
     }
@@ -384,11 +393,11 @@ async fn heartbeat(
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        if let Err(mpsc::error::TrySendError::Closed(_)) =
-            inbox.try_send(RoomCommand::Cluster(Remote::Tick))
-        {
-            break;
-        }
+        // A closed inbox does not end the claim: the room has stopped but
+        // may still be writing what it accepted (its journal, a snapshot);
+        // a node deleting the room waits for the claim to go, and the bus
+        // withdraws it only when the room drops it, after those writes.
+        let _ = inbox.try_send(RoomCommand::Cluster(Remote::Tick));
         let renew = interest::renew(&mut redis, &keys, &cluster.node, key_ttl);
         tokio::select! {
             () = stop.cancelled() => break,

@@ -14,6 +14,12 @@
 //! 3. waits until no other node claims the room (or the claims expire:
 //!    those nodes died) and then deletes the stored rows;
 //! 4. removes the tombstone.
+//!
+//! A claim still renewed after [`holder_patience`] belongs to a live node
+//! that has not written what it accepted (its database may be out of
+//! reach). Deleting then would let those writes land after the rows are
+//! gone and bring part of the room back, so nothing is deleted: the
+//! caller is told to retry, and the tombstone goes.
 
 use std::time::Duration;
 
@@ -55,15 +61,36 @@ return redis.call('ZCARD', KEYS[2])
 /// How often the deleting node looks whether the others let go.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long the deleting node waits for the others to let go: a dead
+/// node's claim has expired by then (it lasts [`key_ttl`] unrenewed), so a
+/// claim left is a live node's.
+pub fn holder_patience(sync_interval: Duration) -> Duration {
+    key_ttl(sync_interval) + sync_interval
+}
+
+/// Why [`Cluster::delete_everywhere`] did not clear the way.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteBlocked {
+    /// The other nodes cannot be told, so the rows must not be deleted
+    /// under them.
+    #[error("Redis did not answer")]
+    Redis(#[from] redis::RedisError),
+    /// Nodes still holding the room kept their claims: they have not
+    /// written what they accepted.
+    #[error("{others} node(s) holding the room have not let go")]
+    StillHeld { others: i64 },
+}
+
 impl Cluster {
     /// Steps 1–3 of the module docs: returns once no other node holds
     /// `room`, so its stored rows can be deleted. Call [`Self::deleted`]
-    /// after deleting them (also when that failed).
+    /// after deleting them (also when that failed, or when this refused
+    /// because others still hold the room).
     ///
     /// # Errors
-    /// When Redis cannot be asked: the other nodes cannot be told, so the
-    /// rows must not be deleted under them.
-    pub async fn delete_everywhere(&self, room: &RoomName) -> redis::RedisResult<()> {
+    /// [`DeleteBlocked`]: Redis cannot be asked, or a live node kept its
+    /// claim for longer than `holder_patience` (six sync intervals).
+    pub async fn delete_everywhere(&self, room: &RoomName) -> Result<(), DeleteBlocked> {
         let keys = self.room_keys(room);
         // A claim lasts at most this long unrenewed; the tombstone outlives
         // every claim made before it was set.
@@ -80,12 +107,11 @@ impl Cluster {
             .arg(ttl_ms)
             .query_async(&mut redis)
             .await?;
-        let deadline = Instant::now() + ttl + self.config.sync_interval;
+        let deadline = Instant::now() + holder_patience(self.config.sync_interval);
         while others > 0 {
             if Instant::now() >= deadline {
-                // Their claims ran out unrenewed: those nodes are gone.
-                warn!(room = %room, others, "nodes holding the deleted room did not let go in time; deleting anyway");
-                break;
+                warn!(room = %room, others, "nodes holding the room did not let go in time; deleting nothing");
+                return Err(DeleteBlocked::StillHeld { others });
             }
             tokio::time::sleep(POLL).await;
             others = redis::cmd("EVAL")

@@ -31,13 +31,22 @@ pub fn key_ttl(sync_interval: Duration) -> Duration {
 /// Claims or renews this node's interest; returns the tombstone flag, how
 /// many other nodes hold the room and where the stream ends.
 ///
+/// Under a tombstone no new claim is made, but one held is renewed: its
+/// node has closed the room and is writing what it accepted, and the
+/// deleting node waits for it to withdraw the claim once that is stored
+/// (dropping it here let the rows go first, and those writes bring part of
+/// the room back).
+///
 /// KEYS: interest, tombstone, stream. ARGV: node, ttl (ms).
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
   return {1, 0, '0-0'}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)

@@ -52,6 +52,7 @@ use crate::room::RoomCommand;
 pub use args::ClusterArgs;
 pub use awareness::RemoteAwareness;
 pub use bus::{Joined, RemoteOutcome, RoomBus};
+pub use delete::DeleteBlocked;
 pub use message::{BusMessage, Remote};
 
 /// Settings of cluster mode.

@@ -26,7 +26,7 @@ use crdt_store::{RoomName, SnapshotId, Store};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use self::compaction::{Compaction, compaction_done};
 use super::config::RoomConfig;
@@ -169,6 +169,9 @@ struct Loaded {
     /// Updates from other nodes this node has not stored, journaled before
     /// it acknowledges an edit (see [`bus_only`]).
     bus_only: bus_only::BusOnly,
+    /// Another node deleted the room: it waits longer for the journal
+    /// before the claim goes (see `run`).
+    deleted_elsewhere: bool,
 }
 
 type SnapshotWaiter = oneshot::Sender<Result<RoomReply, RoomUnavailable>>;
@@ -223,6 +226,7 @@ impl RoomTask {
             ready: Vec::new(),
             presence,
             bus_only: bus_only::BusOnly::default(),
+            deleted_elsewhere: false,
         };
         self.serve(&mut state).await;
         if let Some(compaction) = state.compaction.take() {
@@ -232,11 +236,22 @@ impl RoomTask {
         }
         crate::metrics::document_bytes(-state.document_bytes);
         crate::metrics::room_unloaded();
-        if self.bus.is_some() {
+        if let Some(bus) = &self.bus {
             // What this node accepted reaches storage before the bus, as it
             // drops, withdraws the room's claim: a node deleting the room
-            // waits for that, then deletes the rows.
-            let _ = timeout(UNLOAD_FLUSH_TIMEOUT, self.journal.flushed()).await;
+            // waits for that, then deletes the rows. After a delete, as long
+            // as that node waits: letting go sooner with writes pending
+            // would let them land after the rows are gone.
+            let patience = if state.deleted_elsewhere {
+                bus.flush_patience_after_delete().max(UNLOAD_FLUSH_TIMEOUT)
+            } else {
+                UNLOAD_FLUSH_TIMEOUT
+            };
+            if timeout(patience, self.journal.flushed()).await.is_err() && state.deleted_elsewhere {
+                warn!(
+                    "storage did not take this room's writes in time; the deleting node deletes nothing"
+                );
+            }
         }
         if let Some(hooks) = &self.webhooks {
             hooks.room_unloaded(&self.name);
@@ -410,6 +425,7 @@ impl RoomTask {
     /// the room back); `run` flushes the journal before the bus lets go.
     fn deleted_elsewhere(&mut self, state: &mut Loaded) {
         info!("room deleted through another node; closing it without saving");
+        state.deleted_elsewhere = true;
         self.close_unsaved(state, close::ROOM_DELETED);
     }
 

@@ -595,6 +595,69 @@ async fn a_room_deleted_through_a_node_that_does_not_hold_it_is_closed_where_it_
     finish(vec![a, b], &prefix).await;
 }
 
+/// Node B cannot reach the database while it holds edits it accepted: a
+/// delete through node A must not go ahead under it (B's journal would
+/// write them once the database is back, after the rows are gone, and
+/// bring part of the room back). A answers 503 and deletes nothing; once
+/// B has written them, the delete goes through and nothing comes back.
+#[tokio::test]
+async fn a_delete_waits_for_a_node_that_cannot_write_and_deletes_nothing_meanwhile() {
+    let db = PostgresDb::create().await;
+    let prefix = unique_prefix("delete-outage");
+    let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let mut b_database = TcpProxy::start(postgres).await;
+    let a = start_node(&db.url, REDIS, &prefix, &[]).await;
+    let b = start_node(&db.url_via(b_database.addr), REDIS, &prefix, &[]).await;
+    let room = "held";
+    let mut bob = YClient::connect(&b.url(room)).await;
+    bob.insert("t", 0, "stored").await;
+    bob.pump_for(Duration::from_millis(300)).await;
+
+    b_database.cut();
+    bob.insert("t", 0, "pending ").await;
+    bob.pump_for(Duration::from_millis(100)).await;
+    let refused = http_request(
+        a.addr,
+        "DELETE",
+        &format!("/api/rooms/{room}?confirm={room}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(bob.close_code().await, Some(1000), "closed on node B");
+    let doc = stored_doc(&db.url, room).await;
+    assert_eq!(text_of(&doc, "t"), "stored", "nothing deleted");
+
+    // B writes its edit once the database is back, then lets go.
+    b_database.restore();
+    let deadline = Instant::now() + CONVERGE;
+    while text_of(&*stored_doc(&db.url, room).await, "t") != "pending stored" {
+        assert!(Instant::now() < deadline, "node B never wrote its edit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let deleted = http_request(
+            a.addr,
+            "DELETE",
+            &format!("/api/rooms/{room}?confirm={room}"),
+            &[],
+            vec![],
+        )
+        .await;
+        if deleted.status == 200 {
+            break;
+        }
+        assert_eq!(deleted.status, 503, "{:?}", deleted.body);
+        assert!(Instant::now() < deadline, "the delete never went through");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_rows_gone(&db.url, room).await;
+    finish(vec![a, b], &prefix).await;
+}
+
 #[tokio::test]
 async fn a_restore_through_a_node_without_clients_reaches_the_clients_of_another() {
     let db = PostgresDb::create().await;

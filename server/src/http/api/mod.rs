@@ -130,6 +130,13 @@ pub enum ApiError {
     Unavailable(#[from] RoomUnavailable),
     #[error("storage write backlog is full; retry later")]
     Backlogged,
+    /// A delete found another node still writing the room (its database
+    /// may be out of reach): deleting under it would let its writes bring
+    /// part of the room back.
+    #[error(
+        "another node holding the room has not finished writing it; nothing was deleted; retry later"
+    )]
+    HeldElsewhere,
     #[error("storage error")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -151,7 +158,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::RoomNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Backlogged | ApiError::HeldElsewhere => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Body(e) => e.status(),
             ApiError::Store(_) | ApiError::Internal(_) | ApiError::RestoreFailed(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -12,6 +12,7 @@ use yrs::updates::decoder::Decode;
 
 use super::{ApiError, ApiResult, Caller, Query};
 use crate::app::App;
+use crate::cluster::DeleteBlocked;
 use crate::protocol::DocUpdate;
 use crate::room::{RoomReply, RoomRequest, RoomUnavailable};
 
@@ -245,8 +246,16 @@ pub async fn delete(app: &App, room: Room, query: Query) -> ApiResult {
         && let Err(e) = cluster.delete_everywhere(&room).await
     {
         app.rooms.end_delete(&room);
-        tracing::error!(room = %room, error = %e, "cannot tell the other nodes of a deletion; nothing deleted");
-        return Err(ApiError::Internal("the cluster could not be told".into()));
+        return Err(match e {
+            DeleteBlocked::Redis(e) => {
+                tracing::error!(room = %room, error = %e, "cannot tell the other nodes of a deletion; nothing deleted");
+                ApiError::Internal("the cluster could not be told".into())
+            }
+            DeleteBlocked::StillHeld { .. } => {
+                cluster.deleted(&room).await;
+                ApiError::HeldElsewhere
+            }
+        });
     }
     let deleted = app.store.delete_room(&room).await;
     app.rooms.end_delete(&room);
