@@ -259,15 +259,24 @@ pub(super) async fn keys_of(prefix: &str) -> Vec<String> {
 
 /// Deletes `room` through the API of the node at `addr`.
 pub(super) async fn delete_through(addr: std::net::SocketAddr, room: &str) {
-    let deleted = http_request(
+    let deleted = ask_to_delete(addr, room).await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+}
+
+/// `DELETE /api/rooms/{room}` through the node at `addr`, whatever it
+/// answers.
+pub(super) async fn ask_to_delete(
+    addr: std::net::SocketAddr,
+    room: &str,
+) -> crate::support::HttpResponse {
+    http_request(
         addr,
         "DELETE",
         &format!("/api/rooms/{room}?confirm={room}"),
         &[],
         vec![],
     )
-    .await;
-    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    .await
 }
 
 /// Nothing of `room` is stored: no node brought it back after the delete.

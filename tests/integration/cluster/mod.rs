@@ -19,9 +19,9 @@ use super::support::{
     text_of,
 };
 use common::{
-    Bus, CONVERGE, REDIS, REDIS_ADDR, announce_presence, assert_nodes_hold, assert_rows_gone,
-    assert_same_content, converge, delete_keys, delete_through, edit_rounds, finish,
-    insert_randomly, keys_of, redis, start_node, state_vector, unique_prefix,
+    Bus, CONVERGE, REDIS, REDIS_ADDR, announce_presence, ask_to_delete, assert_nodes_hold,
+    assert_rows_gone, assert_same_content, converge, delete_keys, delete_through, edit_rounds,
+    finish, insert_randomly, keys_of, redis, start_node, state_vector, unique_prefix,
 };
 
 #[tokio::test]
@@ -616,14 +616,7 @@ async fn a_delete_waits_for_a_node_that_cannot_write_and_deletes_nothing_meanwhi
     b_database.cut();
     bob.insert("t", 0, "pending ").await;
     bob.pump_for(Duration::from_millis(100)).await;
-    let refused = http_request(
-        a.addr,
-        "DELETE",
-        &format!("/api/rooms/{room}?confirm={room}"),
-        &[],
-        vec![],
-    )
-    .await;
+    let refused = ask_to_delete(a.addr, room).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert_eq!(bob.close_code().await, Some(1000), "closed on node B");
     let doc = stored_doc(&db.url, room).await;
@@ -638,14 +631,7 @@ async fn a_delete_waits_for_a_node_that_cannot_write_and_deletes_nothing_meanwhi
     }
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let deleted = http_request(
-            a.addr,
-            "DELETE",
-            &format!("/api/rooms/{room}?confirm={room}"),
-            &[],
-            vec![],
-        )
-        .await;
+        let deleted = ask_to_delete(a.addr, room).await;
         if deleted.status == 200 {
             break;
         }
