@@ -142,8 +142,6 @@ impl RoomBus {
         }
     }
 
-    /// Whether routine compaction may run here (this node holds the lease,
-    /// or Redis cannot be asked).
     /// How long a room deleted through another node may take to write
     /// what it accepted before it lets go: a little longer than the
     /// deleting node waits (`holder_patience` in `cluster::delete`), which
@@ -153,6 +151,8 @@ impl RoomBus {
             + self.cluster.config.sync_interval
     }
 
+    /// Whether routine compaction may run here (this node holds the lease,
+    /// or Redis cannot be asked).
     pub fn may_compact(&self) -> bool {
         self.lease.may_compact()
     }
