@@ -348,9 +348,11 @@ async function metric (server, name) {
 // The test
 // ---------------------------------------------------------------------------
 
-// Once, in CI, this file was cancelled at its timeout after both tests had
+// Twice, in CI, this file was cancelled at its timeout after both tests had
 // passed: something kept the process alive. If it happens again, the log
-// says what (the timer is unref'd: it never keeps the process alive).
+// says what, and what is left is closed so that the file ends (the tests
+// have passed by then; the timers are unref'd: they never keep the
+// process alive themselves).
 after(() => {
   const describe = handle => {
     const kind = handle?.constructor?.name
@@ -360,7 +362,21 @@ after(() => {
     return kind
   }
   setTimeout(() => {
-    process._rawDebug(`chaos.test.mjs still running 20 s after its tests; open handles:\n  ${process._getActiveHandles().map(describe).join('\n  ')}`)
+    const handles = process._getActiveHandles()
+    process._rawDebug(`chaos.test.mjs LEFTOVERS: still running 20 s after its tests; closing them. Open handles:\n  ` +
+      `${handles.map(describe).join('\n  ')}\n  resources: ${process.getActiveResourcesInfo().join(', ')}`)
+    for (const handle of handles) {
+      try {
+        const kind = handle?.constructor?.name
+        if (kind === 'Socket') handle.destroy()
+        else if (kind === 'ChildProcess') handle.kill('SIGKILL')
+        else if (kind === 'Server') handle.close()
+      } catch {}
+    }
+    setTimeout(() => {
+      process._rawDebug(`chaos.test.mjs LEFTOVERS: still running after closing them (${process.getActiveResourcesInfo().join(', ')}); exiting`)
+      process.exit()
+    }, 5_000).unref()
   }, 20_000).unref()
 })
 
