@@ -47,7 +47,7 @@ pub const MAX_DIRECT_FRAME: usize = 16 * 1024;
 /// most one write's tail can leave in `unsent` (and for so long only).
 pub const FRAGMENT_SIZE: usize = 64 * 1024;
 
-/// Why [`SharedSocket::write_message`] did not finish.
+/// Why [`SocketIo::write_message`] did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteFailed {
     #[error(transparent)]
@@ -321,7 +321,7 @@ impl SharedSocket {
     ///
     /// # Errors
     /// When the socket fails or a fragment waits longer than `each`.
-    pub async fn write_message(
+    async fn write_message(
         &self,
         message: &[u8],
         each: std::time::Duration,
